@@ -1,0 +1,1 @@
+"""Thin Ray wrappers around core: one Ray idea per file."""

@@ -1,0 +1,73 @@
+"""Ray Data over G: read the complete shards, filter by the delta threshold at read time, decode for training.
+
+The threshold (the paper's lambda, `filter.min_delta`) is applied here, not by the experts, so it can be swept
+without re-running them. Shards are listed when the dataset is built; only complete `*.parquet` files are listed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import ray
+import ray.data
+from ray.data.expressions import col
+
+from core import schema, storage
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> dict:
+    """Decode a batch of G rows into arrays for training.
+
+    Returns image (B, 3, H, W) float32 in [-1, 1]; input_ids (B, L) int64; demo_images (B, K, 3, H, W);
+    demo_ids (B, K, L). K = `num_demos` demos picked per row, deterministically from the row's key.
+    """
+    from core.backbone import images_to_tensor, tokenize
+    from core.expert import seed_for
+    from core.toyworld import from_png
+
+    tok = _tokenizer(storage.local_dir(tokenizer_uri))
+    images, prompts, demo_imgs, demo_caps = [], [], [], []
+    for i in range(len(batch["prompt"])):
+        images.append(from_png(batch["image"][i]))
+        prompts.append(str(batch["prompt"][i]))
+        demos, caps = list(batch["demo_images"][i]), list(batch["demo_captions"][i])
+        rng = np.random.default_rng(seed_for(seed, batch["subject_id"][i], batch["prompt_id"][i], batch["sample_index"][i]))
+        pick = rng.choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
+        demo_imgs.append(np.stack([from_png(demos[j]) for j in pick]))
+        demo_caps.extend(str(caps[j]) for j in pick)
+    b = len(images)
+    demo_t = images_to_tensor(np.concatenate(demo_imgs)).view(b, num_demos, 3, *images[0].shape[:2])
+    return {
+        "image": images_to_tensor(images).numpy(),
+        "input_ids": tokenize(tok, prompts).numpy(),
+        "demo_images": demo_t.numpy(),
+        "demo_ids": tokenize(tok, demo_caps).view(b, num_demos, -1).numpy(),
+    }
+
+
+def read_g(g_uri: str, min_delta: float | None, tokenizer_uri: str, num_demos: int, seed: int = 0) -> ray.data.Dataset:
+    """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None)."""
+    storage.require(g_uri, "paths.g", "G (expert renders)")
+    shards = storage.list_shards(g_uri)
+    if not shards:
+        raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
+    fs, _ = storage.resolve(g_uri)
+    paths = [storage.resolve(s)[1] for s in shards]
+    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
+    ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
+    if min_delta is not None:
+        ds = ds.filter(expr=col("delta") > float(min_delta))
+    return ds.map_batches(
+        decode_batch,
+        fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed},
+        batch_format="numpy",
+        batch_size=32,
+    )

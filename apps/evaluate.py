@@ -1,0 +1,90 @@
+"""Stage `evaluate`: on toy test subjects never seen in training, compare the oracle (real renders), the base
+model without demos, per-subject experts (Ray actor pool) and the apprentice. Writes metrics.json, metrics.md and
+grid.png to `paths.eval` and prints the table.
+
+    python -m apps.evaluate experiment=smoke
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+
+import numpy as np
+
+from actors.cluster import ray_cluster, remote_call
+from actors.expert_pool import run_pool
+from apps.config import base_uri, stage_main
+from apps.experts import provenance
+from core import evaluation, storage, toyworld
+from core.config import PipelineConfig
+
+
+def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> dict:
+    """Runs as one Ray task: apprentice (with demos) and base (prompt only) samples for every eval prompt."""
+    import torch
+
+    from core import apprentice as ap
+    from core.backbone import load_backbone, sample
+
+    torch.set_num_threads(config.apprentice.threads)
+    acfg, n = config.apprentice, config.evaluate.samples_per_prompt
+    apprentice = ap.load_apprentice(storage.local_dir(config.paths.apprentice))
+    base = load_backbone(storage.local_dir(base_uri(config)))
+    out = {"apprentice": [], "base": [], "seconds": {"apprentice": [], "base": []}}
+    for r, record in enumerate(records):
+        demos = [toyworld.from_png(b) for b in record["demo_images"]]
+        for method in ("apprentice", "base"):
+            start = time.perf_counter()
+            per_prompt = []
+            for p, prompt in enumerate(record["prompts"]):
+                kwargs = dict(sampler=acfg.sampler, num_inference_steps=acfg.num_inference_steps, guidance_scale=acfg.guidance_scale, seed=config.evaluate.seed + 100 * r + p)
+                if method == "apprentice":
+                    imgs = ap.sample(apprentice, prompt, demos, record["demo_captions"], num_images=n, demo_guidance_scale=acfg.demo_guidance_scale, **kwargs)
+                else:
+                    imgs = sample(base, [prompt] * n, **kwargs)
+                per_prompt.append(list(imgs))
+            out[method].append(per_prompt)
+            out["seconds"][method].append(time.perf_counter() - start)
+    return out
+
+
+def run(config: PipelineConfig) -> dict:
+    from core.scorer import load_scorer
+
+    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+    storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
+    records = evaluation.eval_set(config.world, config.evaluate)
+    plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
+    expert_cfg = dataclasses.replace(config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None)
+    with ray_cluster(config.cluster):
+        sampled = remote_call(sample_apprentice_and_base, config, plain, num_cpus=1, num_gpus=config.serve.num_gpus)
+        expert_results, _ = run_pool(plain, base_uri(config), config.paths.scorer, expert_cfg, provenance(config), None, config.filter)
+    by_subject = {res["subject_id"]: res for res in expert_results}
+    expert_outputs, expert_seconds = [], []
+    for record in plain:
+        res = by_subject[record["subject_id"]]
+        if res["status"] != "done":
+            raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
+        rows = {(row["prompt_id"], row["sample_index"]): toyworld.from_png(row["image"]) for row in res["rows"]}
+        expert_outputs.append([[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]])
+        expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
+    outputs = {"oracle": [r["oracle"] for r in records], "base": sampled["base"], "expert": expert_outputs, "apprentice": sampled["apprentice"]}
+    seconds = {"base": float(np.mean(sampled["seconds"]["base"])), "expert": float(np.mean(expert_seconds)), "apprentice": float(np.mean(sampled["seconds"]["apprentice"]))}
+    table = evaluation.score(records, outputs, load_scorer(storage.local_dir(config.paths.scorer)))
+    markdown = evaluation.markdown_table(table, seconds)
+    storage.write_bytes(storage.join(config.paths.eval, "metrics.json"), json.dumps({"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}, indent=1).encode())
+    storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), (markdown + "\n").encode())
+    buf = io.BytesIO()
+    evaluation.grid(records, outputs).save(buf, format="PNG")
+    storage.write_bytes(storage.join(config.paths.eval, "grid.png"), buf.getvalue())
+    print(markdown)
+    return {"stage": "evaluate", "table": table, "seconds_per_subject": seconds, "out": config.paths.eval}
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

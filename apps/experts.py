@@ -1,0 +1,45 @@
+"""Stage `experts`: a pool of Ray actors fine-tunes one expert per D_S subject and writes G shards (kept and
+rejected renders, with delta-CLIP scores and provenance) to `paths.g`. Re-running skips subjects already in G.
+
+    python -m apps.experts experiment=smoke
+"""
+
+from __future__ import annotations
+
+import os
+
+from actors.cluster import ray_cluster
+from actors.expert_pool import run_pool
+from apps.config import base_uri, stage_main
+from core import schema, storage
+from core.backbone import weight_files
+from core.config import PipelineConfig, config_hash
+
+
+def provenance(config: PipelineConfig) -> dict:
+    from core.scorer import load_scorer
+
+    base = storage.local_dir(base_uri(config))
+    return {
+        "base_checkpoint_hash": storage.sha256_files(weight_files(base)),
+        "expert_config_hash": config_hash(config.expert),
+        "scorer_hash": load_scorer(storage.local_dir(config.paths.scorer)).digest,
+    }
+
+
+def run(config: PipelineConfig) -> dict:
+    ds = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
+    storage.require(base_uri(config), "model.path" if config.model.path else "paths.base", "base model")
+    storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
+    records = ds.to_pylist()[: config.expert.max_subjects]
+    with ray_cluster(config.cluster):
+        _, summary = run_pool(
+            records, base_uri(config), config.paths.scorer, config.expert, provenance(config), config.paths.g, config.filter
+        )
+    return {"stage": "experts", **summary, "out": config.paths.g}
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Stage `mine`: group the corpus by URL, keep coherent clusters, write D_S (DS_SCHEMA parquet) to `paths.ds`.
+
+    python -m apps.mine experiment=smoke
+"""
+
+from __future__ import annotations
+
+from apps.config import stage_main
+from core import schema, storage
+from core.config import PipelineConfig
+
+
+def run(config: PipelineConfig) -> dict:
+    from core.mining import mine
+    from core.scorer import load_scorer
+
+    corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
+    storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
+    scorer = load_scorer(storage.local_dir(config.paths.scorer))
+    rows, summary = mine(corpus, scorer, config.mine, config.world.resolution)
+    if not rows:
+        raise RuntimeError(f"mining kept no cluster ({summary}); lower mine.min_image_image / mine.min_image_text")
+    storage.write_shard(schema.table_from_rows(rows, schema.DS_SCHEMA), config.paths.ds, name="ds")
+    return {"stage": "mine", **summary, "out": config.paths.ds}
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The whole SuTI pipeline on one Ray cluster: world -> scorer -> pretrain -> mine -> experts -> train ->
+evaluate -> serve. Every stage reads and writes files under `paths`, so any stage can be re-run on its own.
+
+    python -m apps.pipeline experiment=smoke
+    python -m apps.pipeline experiment=demo
+    python -m apps.pipeline experiment=demo stages='[train,evaluate]'
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from actors.cluster import ray_cluster
+from apps import evaluate, experts, mine, pretrain, scorer, serve, train, world
+from apps.config import stage_main
+from core.config import PipelineConfig
+
+STAGES = {
+    "world": world.run,
+    "scorer": scorer.run,
+    "pretrain": pretrain.run,
+    "mine": mine.run,
+    "experts": experts.run,
+    "train": train.run,
+    "evaluate": evaluate.run,
+    "serve": serve.run,
+}
+
+
+def run(config: PipelineConfig) -> dict:
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown} in `stages`; known: {list(STAGES)}")
+    summaries = {}
+    with ray_cluster(config.cluster):
+        for name in config.stages:
+            start = time.perf_counter()
+            summaries[name] = STAGES[name](config)
+            summaries[name]["seconds"] = round(time.perf_counter() - start, 1)
+            print(f"[pipeline] {name} done in {summaries[name]['seconds']} s: {json.dumps(summaries[name], default=str)[:300]}", flush=True)
+    return summaries
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Stage `serve`: start the Ray Serve app on `serve.host:serve.port` (127.0.0.1 unless configured), ask it once for
+a toy test subject, save the answer to `paths.eval/serve_sample.png`, and shut down (`serve.keep_serving=true`
+keeps it up until Ctrl-C).
+
+    python -m apps.serve experiment=smoke serve.keep_serving=true
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import requests
+from ray import serve
+
+from actors.cluster import ray_cluster
+from actors.serve_app import ServeArgs, build_app
+from apps.config import stage_main
+from core import evaluation, storage
+from core.config import PipelineConfig
+
+APP_NAME = "suti"
+
+
+def start(config: PipelineConfig) -> str:
+    """Deploy the app; returns its base URL."""
+    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+    s = config.serve
+    serve.start(http_options={"host": s.host, "port": s.port})
+    args = ServeArgs(
+        apprentice=config.paths.apprentice, host=s.host, num_replicas=s.num_replicas, num_cpus=s.num_cpus,
+        num_gpus=s.num_gpus, threads=config.apprentice.threads, sampler=config.apprentice.sampler, max_body_bytes=s.max_body_bytes,
+    )
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{s.host}:{s.port}"
+
+
+def example_request(config: PipelineConfig) -> dict:
+    record = evaluation.eval_set(config.world, config.evaluate)[0]
+    return {
+        "prompt": record["prompts"][0],
+        "demos": [{"image": base64.b64encode(b).decode(), "caption": c} for b, c in zip(record["demo_images"], record["demo_captions"])],
+        "steps": config.apprentice.num_inference_steps,
+        "guidance_scale": config.apprentice.guidance_scale,
+        "num_images": 1,
+        "seed": 0,
+    }
+
+
+def run(config: PipelineConfig) -> dict:
+    with ray_cluster(config.cluster):
+        url = start(config)
+        try:
+            body = example_request(config)
+            start_t = time.perf_counter()
+            reply = requests.post(f"{url}/v1/generate", json=body, timeout=300)
+            if reply.status_code != 200:
+                raise RuntimeError(f"the endpoint answered {reply.status_code}: {reply.text[:500]}")
+            latency = time.perf_counter() - start_t
+            storage.write_bytes(storage.join(config.paths.eval, "serve_sample.png"), base64.b64decode(reply.json()["images"][0]))
+            if config.serve.keep_serving:
+                print(f"serving on {url} (POST /v1/generate, docs at {url}/docs); Ctrl-C to stop")
+                while True:
+                    time.sleep(3600)
+        finally:
+            serve.shutdown()
+    return {"stage": "serve", "url": url, "prompt": body["prompt"], "latency_s": round(latency, 3), "out": storage.join(config.paths.eval, "serve_sample.png")}
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()

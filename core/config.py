@@ -1,0 +1,203 @@
+"""Typed configuration of every stage: one source of defaults.
+
+Hydra composes YAML onto these dataclasses (apps/ registers them); core code only ever sees the dataclasses.
+Field names match the config groups under conf/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # a name in core.backbone.PRESETS
+    # Optional local folder (or URI) of a pretrained base written by the pretrain stage or save_pretrained.
+    path: Optional[str] = None
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    resolution: int = 32
+    test_fraction: float = 0.2  # share of subjects no training stage ever sees
+    min_demos: int = 3
+    max_demos: int = 5
+    # The "web" corpus: URL groups of one subject, plus noise for mining to remove.
+    corpus_groups: int = 40
+    group_min_images: int = 4
+    group_max_images: int = 6
+    mixed_group_fraction: float = 0.2  # groups that mix two subjects
+    offtopic_image_fraction: float = 0.1  # images of an unrelated subject slipped into a clean group
+    corrupt_records: int = 3
+
+
+@dataclass
+class ScorerConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    embed_dim: int = 64
+    width: int = 64
+    layers: int = 2
+    threads: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class MineConfig:
+    min_image_image: float = 0.8  # keep an image when its mean similarity to the rest of its group passes this
+    min_image_text: float = 0.15  # keep a cluster when its mean image-caption similarity passes this
+    min_cluster_size: int = 3
+    max_demos: int = 5
+    prompts_per_subject: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ExpertConfig:
+    num_actors: int = 2
+    num_cpus: float = 1.0  # per actor
+    num_gpus: float = 0.0  # per actor
+    resources: dict[str, float] = field(default_factory=dict)  # e.g. {"TPU": 1}
+    threads: int = 1  # torch threads per actor
+    max_tasks_in_flight: int = 4  # per actor
+    max_subjects: Optional[int] = None  # None: every subject of D_S
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 5e-4
+    optimizer: str = "adamw"  # adamw | adafactor
+    train_text_encoder: bool = True
+    samples_per_prompt: int = 1
+    sampler: str = "ddim"  # ddim | ddpm
+    num_inference_steps: int = 25
+    guidance_scale: float = 3.0
+    seed: int = 0
+    max_retries: int = 2
+
+
+@dataclass
+class FilterConfig:
+    min_delta: Optional[float] = 0.0  # the paper's lambda; None keeps every render
+
+
+@dataclass
+class ApprenticeConfig:
+    num_workers: int = 1
+    num_cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    threads: int = 2  # torch threads per worker
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 5e-4
+    num_demos: int = 3  # demonstrations per training example (paper: 3)
+    demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
+    text_dropout: float = 0.1
+    demo_dropout: float = 0.1
+    checkpoint_every: int = 100
+    seed: int = 0
+    # Sampling defaults for the trained apprentice.
+    sampler: str = "ddim"
+    num_inference_steps: int = 25
+    guidance_scale: float = 3.0
+    demo_guidance_scale: Optional[float] = None  # None: one scale over text and demos together
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    keep_serving: bool = False  # the pipeline asks once and shuts down unless this is set
+    num_replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_images: int = 4
+    max_steps: int = 200
+    max_demos: int = 8
+    max_prompt_chars: int = 300
+
+
+@dataclass
+class EvaluateConfig:
+    num_subjects: int = 8  # test subjects, never seen in training
+    prompts_per_subject: int = 4
+    num_demos: int = 3
+    samples_per_prompt: int = 1
+    seed: int = 1234
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # None starts a local cluster; "auto" joins a running one
+    num_cpus: int = 4  # logical CPUs of a local cluster; Ray Data needs room beside Train workers
+    object_store_memory_mb: int = 512
+
+
+@dataclass
+class PathsConfig:
+    root: str = "outputs/default"
+    corpus: str = "${paths.root}/corpus"
+    ds: str = "${paths.root}/ds"
+    g: str = "${paths.root}/g"
+    scorer: str = "${paths.root}/scorer"
+    base: str = "${paths.root}/base"
+    apprentice: str = "${paths.root}/apprentice"
+    train_storage: str = "${paths.root}/ray_train"
+    eval: str = "${paths.root}/eval"
+
+
+@dataclass
+class PipelineConfig:
+    experiment_name: str = "default"
+    stages: list[str] = field(
+        default_factory=lambda: ["world", "scorer", "pretrain", "mine", "experts", "train", "evaluate", "serve"]
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    apprentice: ApprenticeConfig = field(default_factory=ApprenticeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config dataclass (or dict), for provenance columns."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output, e.g. a config saved beside a checkpoint."""
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in hints:
+            continue
+        ftype = hints[key].type
+        sub = globals().get(ftype) if isinstance(ftype, str) else ftype
+        kwargs[key] = from_dict(sub, value) if dataclasses.is_dataclass(sub) and isinstance(value, dict) else value
+    return cls(**kwargs)

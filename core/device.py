@@ -1,0 +1,19 @@
+"""One place that chooses the accelerator: CUDA, XLA (torch_xla, imported lazily) or CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """`prefer` (or $SUTI_DEVICE): "cuda", "xla", "cpu", or None for the best available."""
+    prefer = prefer or os.environ.get("SUTI_DEVICE")
+    if prefer in (None, "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if prefer == "xla":
+        import torch_xla.core.xla_model as xm  # only on TPU hosts, where the `tpu` extra is installed
+
+        return xm.xla_device()
+    return torch.device("cpu")

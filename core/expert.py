@@ -1,0 +1,132 @@
+"""The expert: the base model fine-tuned on one subject cluster C_s, rendering y_s for its unseen prompts p_s,
+each render scored by delta-CLIP (the paper's filter: keep when delta > lambda).
+
+One `Expert` keeps the base weights in memory and restores them before every subject, so a long-lived worker
+(a Ray actor on an accelerator slot) never re-reads them from disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+
+import numpy as np
+import torch
+
+from core import backbone as bb
+from core.config import ExpertConfig
+from core.scorer import Scorer
+from core.toyworld import from_png, to_png
+
+
+def _optimizer(params, cfg: ExpertConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=cfg.lr)
+    raise ValueError(f"unknown expert optimizer {cfg.optimizer!r}; known: adamw, adafactor")
+
+
+def seed_for(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def delta_clip(scorer: Scorer, renders: list[np.ndarray], prompts: list[str], demo_images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clip_score, ref_clip_score, delta) per render: CLIP(y, p) - max over x in C_s of CLIP(x, p)."""
+    text = scorer.encode_texts(prompts)  # (N, E)
+    clip = (scorer.encode_images(renders) * text).sum(-1).numpy()
+    ref = (text @ scorer.encode_images(demo_images).T).max(dim=1).values.numpy()  # (N,)
+    return clip, ref, clip - ref
+
+
+class Expert:
+    def __init__(self, backbone: bb.Backbone, scorer: Scorer, cfg: ExpertConfig, provenance: dict[str, str]):
+        self.backbone = backbone
+        self.scorer = scorer
+        self.cfg = cfg
+        self.provenance = provenance  # base_checkpoint_hash, expert_config_hash, scorer_hash
+        self._base_state = [copy.deepcopy(m.state_dict()) for m in backbone.modules()]
+
+    def reset(self) -> None:
+        """Restore the base weights from memory."""
+        for module, state in zip(self.backbone.modules(), self._base_state):
+            module.load_state_dict(state)
+
+    def fine_tune(self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int) -> list[float]:
+        """Fine-tune on C_s with the plain denoising loss (no identifier token, no prior preservation)."""
+        cfg = self.cfg
+        self.reset()
+        unet, text_encoder = self.backbone.unet, self.backbone.text_encoder
+        params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+        unet.train()
+        text_encoder.train(cfg.train_text_encoder)
+        opt = _optimizer(params, cfg)
+        device = self.backbone.device
+        images = bb.images_to_tensor(demo_images).to(device)
+        ids = bb.tokenize(self.backbone.tokenizer, demo_captions).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(cfg.steps):
+            idx = torch.randint(0, len(demo_images), (cfg.batch_size,), generator=generator)
+            x0 = images[idx]
+            flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1).to(device), x0.flip(-1), x0)
+            with torch.set_grad_enabled(cfg.train_text_encoder):
+                states = text_encoder(ids[idx]).last_hidden_state
+            loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        unet.eval()
+        text_encoder.eval()
+        return losses
+
+    def run_subject(self, record: dict, min_delta: float | None, should_stop=None) -> tuple[list[dict], dict]:
+        """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats)."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        demo_images = [from_png(b) for b in record["demo_images"]]
+        seed = seed_for(cfg.seed, record["subject_id"])
+        losses = self.fine_tune(demo_images, record["demo_captions"], seed)
+        tuned = time.perf_counter()
+        prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
+        renders = bb.sample(
+            self.backbone,
+            prompts,
+            sampler=cfg.sampler,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            seed=seed,
+        )
+        clip, ref, delta = delta_clip(self.scorer, list(renders), prompts, demo_images)
+        rows = []
+        for i, (pid, prompt, skill) in enumerate(zip(record["prompt_ids"], record["prompts"], record["prompt_skills"])):
+            for j in range(cfg.samples_per_prompt):
+                k = i * cfg.samples_per_prompt + j
+                rows.append(
+                    {
+                        "subject_id": record["subject_id"],
+                        "prompt_id": pid,
+                        "sample_index": j,
+                        "prompt": prompt,
+                        "prompt_skill": skill,
+                        "image": to_png(renders[k]),
+                        "demo_images": list(record["demo_images"]),
+                        "demo_captions": list(record["demo_captions"]),
+                        "clip_score": float(clip[k]),
+                        "ref_clip_score": float(ref[k]),
+                        "delta": float(delta[k]),
+                        "kept": bool(min_delta is None or delta[k] > min_delta),
+                        **self.provenance,
+                    }
+                )
+        stats = {
+            "subject_id": record["subject_id"],
+            "first_loss": losses[0] if losses else float("nan"),
+            "last_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
+            "fine_tune_s": tuned - start,
+            "sample_s": time.perf_counter() - tuned,
+        }
+        return rows, stats

@@ -1,0 +1,86 @@
+"""Every parquet column the project reads or writes, with its pyarrow type.
+
+Three record kinds flow between stages:
+- corpus: a "web" corpus of (url, image, caption) rows, grouped by url into candidate subject clusters;
+- D_S: one row per mined subject cluster C_s with its unseen prompts p_s;
+- G: one row per expert render y_s, kept or rejected by the delta-CLIP filter, with its provenance.
+
+Images are PNG bytes. Every reader and writer goes through `validate` (or builds its table with these schemas),
+so a column renamed in one place fails loudly everywhere else.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+CORPUS_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),  # PNG bytes; may be corrupt in a noisy corpus
+        pa.field("caption", pa.string(), nullable=False),
+        # Ground truth that only the toy world knows (null for a real corpus): which subject drew this image.
+        pa.field("truth_subject_id", pa.string(), nullable=True),
+    ]
+)
+
+DS_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("demo_images", pa.list_(pa.binary()), nullable=False),  # C_s images, PNG bytes
+        pa.field("demo_captions", pa.list_(pa.string()), nullable=False),  # C_s captions
+        pa.field("prompt_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("prompts", pa.list_(pa.string()), nullable=False),  # unseen prompts p_s
+        pa.field("prompt_skills", pa.list_(pa.string()), nullable=False),
+        pa.field("source_url", pa.string(), nullable=True),
+        # Toy world only: JSON of the subject's attributes and of each prompt's target attributes.
+        pa.field("subject_truth", pa.string(), nullable=True),
+        pa.field("prompt_truths", pa.list_(pa.string()), nullable=True),
+    ]
+)
+
+G_KEY = ("subject_id", "prompt_id", "sample_index")
+
+G_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_skill", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),  # expert render y_s, PNG bytes
+        pa.field("demo_images", pa.list_(pa.binary()), nullable=False),  # C_s, so a row trains on its own
+        pa.field("demo_captions", pa.list_(pa.string()), nullable=False),
+        pa.field("clip_score", pa.float32(), nullable=False),  # CLIP(y_s, p_s)
+        pa.field("ref_clip_score", pa.float32(), nullable=False),  # max over x in C_s of CLIP(x, p_s)
+        pa.field("delta", pa.float32(), nullable=False),  # clip_score - ref_clip_score
+        pa.field("kept", pa.bool_(), nullable=False),  # delta > min_delta of the expert stage's filter config
+        # Provenance: a later threshold sweep must never mix renders of different bases, experts or scorers.
+        pa.field("base_checkpoint_hash", pa.string(), nullable=False),
+        pa.field("expert_config_hash", pa.string(), nullable=False),
+        pa.field("scorer_hash", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS = {"corpus": CORPUS_SCHEMA, "ds": DS_SCHEMA, "g": G_SCHEMA}
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Return `table` cast to `schema`; raise SchemaError naming the missing or extra columns."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    extra = [n for n in table.column_names if n not in schema.names]
+    if missing or extra:
+        raise SchemaError(f"{what}: columns do not match the schema (missing {missing}, unexpected {extra})")
+    table = table.select(schema.names)
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise SchemaError(f"{what}: {err}") from err
+
+
+def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)

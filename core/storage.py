@@ -1,0 +1,145 @@
+"""Stage paths are URIs read and written through `pyarrow.fs`.
+
+A local path works here; on a cluster the same code reads `s3://`, `gs://` or a shared mount, because one
+worker's local disk is invisible to the others. Shards are written under a temporary name and renamed, so a
+reader that lists a folder never meets a half-written file (readers only ever list `*.parquet`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SHARD_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"
+
+
+class MissingInputError(FileNotFoundError):
+    """A stage's input is absent; the message names the path and the config key that set it."""
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def absolute_uri(uri: str) -> str:
+    """Make a local path absolute (Ray workers may run in another directory); leave remote URIs alone."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return str(Path(uri).expanduser().resolve()) if is_local(uri) else uri
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    if is_local(uri):
+        return pafs.LocalFileSystem(), absolute_uri(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def require(uri: str, config_key: str, what: str) -> None:
+    """Fail at once, naming the path and the config key, when a stage input is missing."""
+    if not exists(uri):
+        raise MissingInputError(
+            f"{what} not found at '{uri}' (set by config key `{config_key}`); run the stage that writes it "
+            f"first or point `{config_key}` at an existing location"
+        )
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def list_shards(uri: str) -> list[str]:
+    """Complete parquet shards under a folder URI, sorted; temporary files are never listed."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(SHARD_SUFFIX))
+    prefix = uri.split("://", 1)[0] + "://" if not is_local(uri) else ""
+    return [prefix + p for p in found]
+
+
+def write_shard(table: pa.Table, folder_uri: str, name: str | None = None) -> str:
+    """Write one parquet shard atomically: temporary name first, then rename. Returns the shard's URI."""
+    fs, folder = resolve(folder_uri)
+    fs.create_dir(folder, recursive=True)
+    name = name or f"part-{uuid.uuid4().hex}"
+    final = f"{folder}/{name}{SHARD_SUFFIX}"
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, final)
+    return join(folder_uri, name + SHARD_SUFFIX)
+
+
+def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -> pa.Table:
+    """Read every complete shard under a folder URI into one table with `schema`."""
+    require(folder_uri, config_key, what)
+    shards = list_shards(folder_uri)
+    if not shards:
+        raise MissingInputError(f"{what}: no parquet shards under '{folder_uri}' (config key `{config_key}`)")
+    tables = []
+    for shard in shards:
+        fs, path = resolve(shard)
+        tables.append(pq.read_table(path, filesystem=fs, schema=schema))
+    return pa.concat_tables(tables)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local folder to a folder URI (a plain copy when both are local)."""
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def local_dir(uri: str) -> str:
+    """A local folder holding the contents of a folder URI: the folder itself when local, else a fresh copy."""
+    if is_local(uri):
+        return absolute_uri(uri)
+    fs, path = resolve(uri)
+    target = tempfile.mkdtemp(prefix="suti-")
+    pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target
+
+
+def sha256_files(paths: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(os.path.basename(p).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

@@ -1,0 +1,422 @@
+"""The toy world v0: procedural subjects drawn in scenes at 32x32, where every attribute is known.
+
+A subject is a class word ("ball") plus identity the class word does not say: body colour, pattern and pattern
+colour. Scenes add a background, position and scale, and optionally a property edit (body colour), an
+accessory or a style. The world emits demonstrations with class-only captions, unseen prompts by skill, a noisy
+URL-grouped "web" corpus for mining, and reads its own attributes back from pixels (`read_attributes`), which
+the evaluation turns into exact subject and text fidelity. Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, replace
+from itertools import product
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("ball", "box", "cone", "kite", "cross", "egg")
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+PATTERNS = ("stripes", "bars", "dots")
+BACKGROUNDS = {
+    "grass": (95, 135, 75),
+    "sand": (200, 180, 135),
+    "sky": (135, 170, 210),
+    "stone": (125, 125, 125),
+    "night": (35, 40, 75),
+    "wood": (135, 95, 60),
+}
+ACCESSORIES = {"hat": (255, 0, 200), "flag": (0, 235, 235)}
+STYLES = ("grayscale", "blocky")
+SKILLS = ("recontextualization", "property", "accessory", "style")
+IDENTITY_ATTRIBUTES = ("body", "pattern", "pattern_colour")
+
+
+@dataclass(frozen=True)
+class Subject:
+    class_name: str
+    body: str
+    pattern: str
+    pattern_colour: str
+
+    @property
+    def subject_id(self) -> str:
+        return f"{self.class_name}-{self.body}-{self.pattern}-{self.pattern_colour}"
+
+    def identity(self) -> dict:
+        return {"body": self.body, "pattern": self.pattern, "pattern_colour": self.pattern_colour}
+
+    def describe(self) -> str:
+        return f"{self.body} {self.class_name} with {self.pattern_colour} {self.pattern}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    cx: int
+    cy: int
+    radius: int
+    body: str | None = None  # property edit: replaces the subject's body colour
+    accessory: str | None = None
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    text: str
+    skill: str
+    truth: dict  # the attributes an image must show to follow the prompt
+
+
+def all_subjects() -> list[Subject]:
+    colours = list(PALETTE)
+    return [
+        Subject(c, b, p, pc)
+        for c, b, p, pc in product(CLASSES, colours, PATTERNS, colours)
+        if pc != b
+    ]
+
+
+def _unit_hash(*parts: object) -> float:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_subjects(seed: int, test_fraction: float) -> tuple[list[Subject], list[Subject]]:
+    """(train, test): test subjects are seen by no training stage."""
+    train, test = [], []
+    for s in all_subjects():
+        (test if _unit_hash(seed, "split", s.subject_id) < test_fraction else train).append(s)
+    return train, test
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _shape_mask(class_name: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    dx, dy = (xx - cx) / r, (yy - cy) / r
+    if class_name == "ball":
+        return dx**2 + dy**2 <= 1.0
+    if class_name == "box":
+        return (np.abs(dx) <= 0.85) & (np.abs(dy) <= 0.85)
+    if class_name == "cone":
+        return (dy <= 0.9) & (dy >= -1.0) & (np.abs(dx) <= (dy + 1.0) / 1.9)
+    if class_name == "kite":
+        return np.abs(dx) + np.abs(dy) <= 1.0
+    if class_name == "cross":
+        return ((np.abs(dx) <= 0.38) & (np.abs(dy) <= 1.0)) | ((np.abs(dy) <= 0.38) & (np.abs(dx) <= 1.0))
+    if class_name == "egg":
+        return (dx / 0.72) ** 2 + dy**2 <= 1.0
+    raise ValueError(f"unknown class {class_name!r}")
+
+
+def _pattern_mask(pattern: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    if pattern == "stripes":
+        return (yy // 2) % 2 == 0
+    if pattern == "bars":
+        return (xx // 2) % 2 == 0
+    if pattern == "dots":
+        return ((xx % 4) < 2) & ((yy % 4) < 2)
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
+def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    base = np.array(BACKGROUNDS[name], dtype=np.float32)
+    img = np.broadcast_to(base, (size, size, 3)).copy()
+    yy, xx = np.mgrid[0:size, 0:size]
+    texture = {
+        "grass": 10 * np.sin(xx * 1.7),
+        "sand": 6 * np.sin((xx + yy) * 0.9),
+        "sky": (yy - size / 2) * 0.8,
+        "stone": 8 * ((xx // 4 + yy // 4) % 2),
+        "night": 5 * np.cos(yy * 0.5),
+        "wood": 9 * np.sin(yy * 1.3),
+    }[name]
+    img += texture[..., None]
+    img += rng.normal(0, 3, size=img.shape)
+    return img
+
+
+def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Draw `subject` in `scene`. Returns uint8 (size, size, 3)."""
+    rng = rng or np.random.default_rng(0)
+    img = _background(scene.background, size, rng)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    body = scene.body or subject.body
+    outer = _shape_mask(subject.class_name, xx, yy, scene.cx, scene.cy, scene.radius)
+    # The pattern lives inside a shrunk copy of the shape, so the body colour stays the outline and majority.
+    inner = _shape_mask(subject.class_name, xx, yy, scene.cx, scene.cy, scene.radius * 0.72)
+    img[outer] = PALETTE[body]
+    img[inner & _pattern_mask(subject.pattern, xx.astype(int), yy.astype(int))] = PALETTE[subject.pattern_colour]
+    if scene.accessory == "hat":
+        top = int(round(scene.cy - scene.radius))
+        hat = (np.abs(xx - scene.cx) <= scene.radius * 0.5) & (yy >= top - 4) & (yy < top)
+        img[hat] = ACCESSORIES["hat"]
+    elif scene.accessory == "flag":
+        pole_x = int(round(scene.cx + scene.radius + 2))
+        pole = (xx == pole_x) & (yy >= scene.cy - scene.radius) & (yy <= scene.cy + scene.radius)
+        flag = (xx > pole_x) & (xx <= pole_x + 4) & (yy >= scene.cy - scene.radius) & (yy < scene.cy - scene.radius + 4)
+        img[pole] = (90, 90, 90)
+        img[flag] = ACCESSORIES["flag"]
+    img = np.clip(img, 0, 255)
+    if scene.style == "grayscale":
+        lum = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        img = np.repeat(lum[..., None], 3, axis=-1)
+    elif scene.style == "blocky":
+        small = img.reshape(size // 4, 4, size // 4, 4, 3).mean(axis=(1, 3))
+        img = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def random_scene(rng: np.random.Generator, size: int = 32, **overrides) -> Scene:
+    scene = Scene(
+        background=str(rng.choice(list(BACKGROUNDS))),
+        cx=int(rng.integers(size // 2 - 4, size // 2 + 5)),
+        cy=int(rng.integers(size // 2 - 2, size // 2 + 5)),
+        radius=int(rng.integers(8, 11)),
+    )
+    return replace(scene, **overrides)
+
+
+# ---------------------------------------------------------------- captions and prompts
+
+
+def class_caption(subject: Subject, scene: Scene) -> str:
+    """What a demonstration or a corpus image says: class and place, never the identity."""
+    return f"a {subject.class_name} on {scene.background}"
+
+
+def full_caption(subject: Subject, scene: Scene) -> str:
+    """Identity spelled out: for base pretraining and scorer training on train subjects only."""
+    body = scene.body or subject.body
+    text = f"a {body} {subject.class_name} with {subject.pattern_colour} {subject.pattern} on {scene.background}"
+    if scene.accessory == "hat":
+        text += " wearing a hat"
+    elif scene.accessory == "flag":
+        text += " with a flag"
+    if scene.style:
+        text += f", {scene.style} style"
+    return text
+
+
+def prompt_text(class_name: str, scene: Scene) -> str:
+    body = f"{scene.body} " if scene.body else ""
+    text = f"a {body}{class_name} on {scene.background}"
+    if scene.accessory == "hat":
+        text += " wearing a hat"
+    elif scene.accessory == "flag":
+        text += " with a flag"
+    if scene.style:
+        text += f", {scene.style} style"
+    return text
+
+
+def scene_truth(scene: Scene) -> dict:
+    truth = {"background": scene.background}
+    if scene.body:
+        truth["body"] = scene.body
+    if scene.accessory:
+        truth["accessory"] = scene.accessory
+    if scene.style:
+        truth["style"] = scene.style
+    return truth
+
+
+def prompts_for(
+    class_name: str, count: int, rng: np.random.Generator, size: int = 32, keep_colours: tuple[str, ...] = (), key: str = ""
+) -> list[tuple[Prompt, Scene]]:
+    """Unseen prompts p_s for a subject of `class_name`, cycling through the skills; each comes with the scene an
+    oracle would draw. A property edit never asks for a colour in `keep_colours` (the subject's own, when known)."""
+    out = []
+    for i in range(count):
+        skill = SKILLS[i % len(SKILLS)]
+        overrides: dict = {}
+        if skill == "property":
+            overrides["body"] = str(rng.choice([c for c in PALETTE if c not in keep_colours]))
+        elif skill == "accessory":
+            overrides["accessory"] = str(rng.choice(list(ACCESSORIES)))
+        elif skill == "style":
+            overrides["style"] = str(rng.choice(list(STYLES)))
+        scene = random_scene(rng, size, **overrides)
+        text = prompt_text(class_name, scene)
+        pid = hashlib.sha256(f"{key}|{i}|{text}".encode()).hexdigest()[:12]
+        out.append((Prompt(pid, text, skill, scene_truth(scene)), scene))
+    return out
+
+
+# ---------------------------------------------------------------- images as bytes
+
+
+def to_png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def from_png(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG bytes to uint8 (H, W, 3); raises ValueError on corrupt bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except Exception as err:  # PIL raises several unrelated types for bad bytes
+        raise ValueError(f"not a decodable image ({type(err).__name__}: {err})") from err
+
+
+def demonstrations(subject: Subject, count: int, rng: np.random.Generator, size: int = 32) -> list[tuple[np.ndarray, str]]:
+    """C_s: `count` renders of the subject in random plain scenes, each with a class-only caption."""
+    out = []
+    for _ in range(count):
+        scene = random_scene(rng, size)
+        out.append((render(subject, scene, size, rng), class_caption(subject, scene)))
+    return out
+
+
+# ---------------------------------------------------------------- the noisy web corpus
+
+
+def corpus_rows(train_subjects: list[Subject], cfg, rng: np.random.Generator) -> list[dict]:
+    """URL-grouped corpus rows (CORPUS_SCHEMA) of train subjects with known noise.
+
+    Clean groups hold one subject; a share of groups mix two subjects of the same class; some clean groups get one
+    off-topic image of another class; a few records carry corrupt image bytes.
+    """
+    size = cfg.resolution
+    picks = rng.choice(len(train_subjects), size=cfg.corpus_groups, replace=False)
+    rows: list[dict] = []
+    for g, idx in enumerate(picks):
+        subject = train_subjects[int(idx)]
+        url = f"https://toy.example/album/{g:05d}"
+        n = int(rng.integers(cfg.group_min_images, cfg.group_max_images + 1))
+        members = [subject] * n
+        if rng.random() < cfg.mixed_group_fraction:
+            same_class = [s for s in train_subjects if s.class_name == subject.class_name and s != subject]
+            other = same_class[int(rng.integers(len(same_class)))]
+            members = [subject if i % 2 == 0 else other for i in range(n)]
+        elif rng.random() < cfg.offtopic_image_fraction * 3:
+            others = [s for s in train_subjects if s.class_name != subject.class_name]
+            members[-1] = others[int(rng.integers(len(others)))]
+        for member in members:
+            scene = random_scene(rng, size)
+            rows.append(
+                {
+                    "url": url,
+                    "image": to_png(render(member, scene, size, rng)),
+                    "caption": class_caption(member, scene),
+                    "truth_subject_id": member.subject_id,
+                }
+            )
+    for i in rng.choice(len(rows), size=min(cfg.corrupt_records, len(rows)), replace=False):
+        rows[int(i)]["image"] = b"\x89PNG\r\n\x1a\n" + rng.bytes(40)  # a PNG header, then garbage
+        rows[int(i)]["truth_subject_id"] = None
+    return rows
+
+
+# ---------------------------------------------------------------- reading attributes back from pixels
+
+_PALETTE_ARR = np.array(list(PALETTE.values()), dtype=np.float32)
+_PALETTE_NAMES = list(PALETTE)
+_BG_NAMES = list(BACKGROUNDS)
+_BG_ARR = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def read_style(img: np.ndarray) -> str | None:
+    x = img.astype(np.float32)
+    if (x.max(-1) - x.min(-1)).mean() < 6:
+        return "grayscale"
+    size = x.shape[0]
+    blocks = x.reshape(size // 4, 4, size // 4, 4, 3)
+    if blocks.std(axis=(1, 3)).mean() < 2.5:
+        return "blocky"
+    return None
+
+
+def read_attributes(img: np.ndarray) -> dict:
+    """Read identity and scene attributes from a uint8 (H, W, 3) image.
+
+    v0 readers are hand-written against the known palette: exact on clean renders (a test checks), approximate on
+    generated ones. Colours are not read under the grayscale style (the reader returns None for them).
+    """
+    x = img.astype(np.float32)
+    style = read_style(img)
+    gray = style == "grayscale"
+    border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
+    bg_colour = np.median(border, axis=0)
+    refs = _BG_ARR @ _LUMA if gray else _BG_ARR
+    probe = bg_colour @ _LUMA if gray else bg_colour
+    background = _BG_NAMES[int(np.argmin(np.abs(refs - probe) if gray else np.linalg.norm(refs - probe, axis=1)))]
+
+    accessory = None
+    if not gray:
+        for name, colour in ACCESSORIES.items():
+            if (np.linalg.norm(x - np.array(colour, np.float32), axis=-1) < 60).sum() >= 4:
+                accessory = name
+    out = {"background": background, "accessory": accessory, "style": style, "body": None, "pattern_colour": None, "pattern": None}
+    if gray:
+        return out
+    dist = np.linalg.norm(x[:, :, None, :] - _PALETTE_ARR[None, None], axis=-1)  # (H, W, P)
+    nearest = dist.argmin(-1)
+    close = dist.min(-1) < 70
+    fg = close & (np.linalg.norm(x - bg_colour, axis=-1) > 40)
+    if fg.sum() < 10:
+        return out
+    counts = np.bincount(nearest[fg], minlength=len(_PALETTE_NAMES))
+    order = np.argsort(-counts)
+    out["body"] = _PALETTE_NAMES[order[0]]
+    if counts[order[1]] >= 0.08 * fg.sum():
+        second = order[1]
+        out["pattern_colour"] = _PALETTE_NAMES[second]
+        pat = fg & (nearest == second)
+        inside = fg & ((nearest == second) | (nearest == order[0]))
+        h_pairs = inside[:, :-1] & inside[:, 1:]
+        v_pairs = inside[:-1, :] & inside[1:, :]
+        h_agree = (pat[:, :-1] == pat[:, 1:])[h_pairs].mean() if h_pairs.any() else 0.0
+        v_agree = (pat[:-1, :] == pat[1:, :])[v_pairs].mean() if v_pairs.any() else 0.0
+        if h_agree - v_agree > 0.12:
+            out["pattern"] = "stripes"
+        elif v_agree - h_agree > 0.12:
+            out["pattern"] = "bars"
+        else:
+            out["pattern"] = "dots"
+    return out
+
+
+def subject_fidelity(img: np.ndarray, subject: Subject, truth: dict | None = None) -> float:
+    """Share of the subject's identity attributes read back from `img` (the prompt's edits replace the body)."""
+    read = read_attributes(img)
+    want = subject.identity()
+    if truth and "body" in truth:
+        want = {k: v for k, v in want.items() if k != "body"}  # the prompt asked for another body colour
+    if truth and truth.get("style") == "grayscale":
+        want = {}  # v0 readers read no colour, and so no pattern, under the grayscale style
+    if not want:
+        return float("nan")
+    return float(np.mean([read.get(k) == v for k, v in want.items()]))
+
+
+def text_fidelity(img: np.ndarray, truth: dict) -> float:
+    """Share of the prompt's attributes (background, property, accessory, style) read back from `img`."""
+    read = read_attributes(img)
+    return float(np.mean([read.get(k) == v for k, v in truth.items()]))
+
+
+def subject_to_json(subject: Subject) -> str:
+    return json.dumps(asdict(subject), sort_keys=True)
+
+
+def subject_from_json(text: str) -> Subject:
+    return Subject(**json.loads(text))
