@@ -48,6 +48,7 @@ def example_request(config: PipelineConfig) -> dict:
 
 
 def run(config: PipelineConfig) -> dict:
+    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     with ray_cluster(config.cluster):
         url = start(config)
         try:

@@ -38,8 +38,8 @@ class WorldConfig:
 
 @dataclass
 class ScorerConfig:
-    steps: int = 300
-    batch_size: int = 64
+    steps: int = 400
+    batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
     embed_dim: int = 64
@@ -59,8 +59,8 @@ class PretrainConfig:
 
 @dataclass
 class MineConfig:
-    min_image_image: float = 0.8  # keep an image when its mean similarity to the rest of its group passes this
-    min_image_text: float = 0.15  # keep a cluster when its mean image-caption similarity passes this
+    min_image_image: float = 0.88  # keep an image when its mean similarity to the rest of its group passes this
+    min_image_text: float = 0.0  # keep a cluster when its mean image-caption similarity passes this
     min_cluster_size: int = 3
     max_demos: int = 5
     prompts_per_subject: int = 4

@@ -117,8 +117,8 @@ def train_scorer(cfg: ScorerConfig, subjects: list[toyworld.Subject], resolution
     sched = warmup_cosine(opt, cfg.steps)
     losses = []
     for _ in tqdm(range(cfg.steps), desc="scorer", disable=not progress, mininterval=2):
-        images, captions = [], []
-        for i in rng.choice(len(subjects), size=cfg.batch_size):
+        images, views, captions = [], [], []
+        for i in rng.choice(len(subjects), size=cfg.batch_size, replace=False):
             subject = subjects[int(i)]
             style = rng.choice([None, None, None, "grayscale", "blocky"])
             accessory = rng.choice([None, None, "hat", "flag"])
@@ -126,9 +126,14 @@ def train_scorer(cfg: ScorerConfig, subjects: list[toyworld.Subject], resolution
             scene = toyworld.random_scene(rng, resolution, style=style, accessory=accessory, body=body)
             images.append(toyworld.render(subject, scene, resolution, rng))
             captions.append(toyworld.full_caption(subject, scene))
-        x = _augment(_to_input(np.stack(images)), generator)
+            views.append(toyworld.render(subject, toyworld.random_scene(rng, resolution), resolution, rng))
+        x = _augment(_to_input(np.stack(images + views)), generator)
         out = model(x, scorer.tokenizer(captions))
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        image_features, view_features = out["image_features"].chunk(2)
+        # Image-caption pairs, plus two views of one subject in different scenes: without the second term the
+        # image tower encodes mostly the scene (most of the pixels), and mining cannot tell subjects apart.
+        loss = loss_fn(image_features, out["text_features"], out["logit_scale"])
+        loss = loss + loss_fn(image_features, view_features, out["logit_scale"])
         opt.zero_grad()
         loss.backward()
         opt.step()

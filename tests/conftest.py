@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray cluster for the whole test session, and the smoke pipeline's outputs."""
+
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local cluster per session: fixed logical CPUs (room for Ray Data beside a Train worker), no dashboard,
+    a bounded object store, and a temp dir of its own that is removed afterwards."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def smoke(ray_session, tmp_path_factory):
+    """`experiment=smoke` run end to end once per session: (config, per-stage summaries)."""
+    from apps.config import compose
+    from apps.pipeline import run
+
+    root = tmp_path_factory.mktemp("smoke")
+    config = compose(["experiment=smoke", f"paths.root={root}", f"serve.port={free_port()}"])
+    summaries = run(config)
+    return config, summaries

@@ -1,0 +1,128 @@
+"""`python -m apps.pipeline experiment=smoke`, end to end on the session's local Ray cluster, then checked stage by
+stage: G, training, evaluation, and Ray Serve over HTTP against the offline sampler."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from core import schema, storage, toyworld
+
+
+def test_g_holds_every_render_once_matching_the_schema(smoke):
+    config, summaries = smoke
+    ds = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
+    subjects = ds.to_pylist()[: config.expert.max_subjects]
+    expected = {(s["subject_id"], pid, j) for s in subjects for pid in s["prompt_ids"] for j in range(config.expert.samples_per_prompt)}
+    shards = storage.list_shards(config.paths.g)
+    assert len(shards) == len(subjects)
+    tables = [pq.read_table(s) for s in shards]
+    for t in tables:
+        assert t.schema.equals(schema.G_SCHEMA, check_metadata=False)
+    g = storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G")
+    keys = list(zip(*(g.column(c).to_pylist() for c in schema.G_KEY)))
+    assert len(keys) == len(set(keys)) == len(expected) == 4 * 2 * 4
+    assert set(keys) == expected
+    summary = summaries["experts"]
+    assert summary["kept"] + summary["rejected"] == summary["renders"] == g.num_rows
+    assert len(set(g.column("scorer_hash").to_pylist())) == 1 and len(set(g.column("base_checkpoint_hash").to_pylist())) == 1
+
+
+def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
+    from apps import experts
+
+    config, _ = smoke
+    before = sorted(storage.list_shards(config.paths.g))
+    summary = experts.run(config)
+    assert summary["skipped_already_in_g"] == summary["subjects"] == config.expert.max_subjects
+    assert sorted(storage.list_shards(config.paths.g)) == before
+
+
+def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
+    """The same G rows, noise and timesteps score a lower loss on the trained apprentice than on its start (the base)."""
+    import torch
+
+    from actors.g_dataset import decode_batch
+    from core.apprentice import Apprentice, load_apprentice, training_loss
+    from core.backbone import load_backbone
+
+    config, _ = smoke
+    state = json.loads(storage.read_bytes(storage.join(config.paths.apprentice, "train_state.json")))
+    assert state["step"] == config.apprentice.steps
+    assert np.abs(np.array(state["gates"]) - np.array(state["initial_gates"])).max() > 0
+    meta = json.loads(storage.read_bytes(storage.join(config.paths.apprentice, "apprentice_config.json")))
+    assert meta["config"]["resolved"]["experiment_name"] == "smoke"  # the resolved config sits beside the weights
+
+    g = storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G").to_pydict()
+    arrays = decode_batch(g, storage.join(config.paths.base, "tokenizer"), config.apprentice.num_demos, seed=0)
+    batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    models = {"start": Apprentice(load_backbone(config.paths.base)).eval(), "trained": load_apprentice(config.paths.apprentice)}
+    losses = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            losses[name] = np.mean([float(training_loss(model, batch, 0.0, 0.0, torch.Generator().manual_seed(s))) for s in range(4)])
+    assert losses["trained"] < losses["start"], losses
+
+
+def test_evaluation_scores_the_oracle_at_the_maximum(smoke):
+    config, summaries = smoke
+    table = summaries["evaluate"]["table"]
+    assert set(table) == {"oracle", "base", "expert", "apprentice"}
+    assert table["oracle"]["text_fidelity"] == 1.0
+    assert table["oracle"]["subject_fidelity"] in (1.0,) or np.isnan(table["oracle"]["subject_fidelity"])
+    for method in ("base", "expert", "apprentice"):
+        assert 0.0 <= table[method]["text_fidelity"] <= 1.0
+    for name in ("metrics.json", "metrics.md", "grid.png"):
+        assert storage.exists(storage.join(config.paths.eval, name))
+
+
+def test_serve_answers_over_http_with_the_offline_sampler_image(smoke):
+    """The pipeline's serve stage asked the endpoint once (seed 0) and saved the PNG it got over HTTP."""
+    from apps.serve import example_request
+    from core.apprentice import load_apprentice, sample
+
+    config, summaries = smoke
+    assert summaries["serve"]["url"].startswith("http://127.0.0.1:")
+    served = toyworld.from_png(storage.read_bytes(summaries["serve"]["out"]))
+    body = example_request(config)
+    demos = [toyworld.from_png(base64.b64decode(d["image"])) for d in body["demos"]]
+    offline = sample(
+        load_apprentice(config.paths.apprentice), body["prompt"], demos, [d["caption"] for d in body["demos"]],
+        num_images=1, sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0,
+    )[0]
+    assert np.abs(served.astype(int) - offline.astype(int)).max() <= 2
+
+
+@pytest.fixture(scope="module")
+def live_app(smoke):
+    from ray import serve
+
+    from apps.serve import start
+
+    config, _ = smoke
+    url = start(config)
+    yield config, url
+    serve.shutdown()
+
+
+def test_serve_refuses_bad_input_with_4xx_and_survives(live_app):
+    from apps.serve import example_request
+
+    config, url = live_app
+    good = example_request(config)
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    bad_image = dict(good, demos=[{"image": base64.b64encode(b"\x89PNG garbage").decode(), "caption": "a ball"}])
+    reply = requests.post(f"{url}/v1/generate", json=bad_image, timeout=60)
+    assert reply.status_code == 422 and "demos[0].image" in reply.text
+    assert requests.post(f"{url}/v1/generate", json=dict(good, demos=good["demos"] * 3), timeout=60).status_code == 422  # 9+ demos
+    assert requests.post(f"{url}/v1/generate", json=dict(good, steps=201), timeout=60).status_code == 422
+    huge = b"{" + b" " * (config.serve.max_body_bytes + 1) + b"}"
+    assert requests.post(f"{url}/v1/generate", data=huge, headers={"content-type": "application/json"}, timeout=60).status_code == 413
+    reply = requests.post(f"{url}/v1/generate", json=dict(good, num_images=2, seed=5), timeout=120)
+    assert reply.status_code == 200, reply.text
+    images = [toyworld.from_png(base64.b64decode(b)) for b in reply.json()["images"]]
+    assert len(images) == 2 and images[0].shape == (32, 32, 3)

@@ -1,0 +1,165 @@
+"""Backbone, apprentice, scorer and expert on tiny random models (real weights cannot be downloaded here)."""
+
+import numpy as np
+import pytest
+import torch
+
+from core import apprentice as ap
+from core import backbone as bb
+from core import toyworld as tw
+from core.config import ExpertConfig, ScorerConfig
+from core.expert import Expert, delta_clip
+from core.scorer import create_scorer, load_scorer, save_scorer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return bb.create_backbone("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def demos():
+    rng = np.random.default_rng(0)
+    return tw.demonstrations(tw.Subject("ball", "red", "dots", "blue"), 3, rng)
+
+
+def test_tokenizer_is_clip_bpe_and_round_trips(tmp_path, backbone):
+    ids = bb.tokenize(backbone.tokenizer, ["a red ball"])
+    assert ids.shape == (1, 24)
+    assert ids[0, :5].tolist() == [49406, 320, 736, 1069, 49407]  # CLIP's own ids: no download, same vocabulary
+    backbone.tokenizer.save_pretrained(tmp_path)
+    again = type(backbone.tokenizer).from_pretrained(tmp_path, local_files_only=True)
+    assert torch.equal(bb.tokenize(again, ["a red ball"]), ids)
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        bb.create_backbone("huge")
+
+
+def test_save_load_round_trip_samples_identically(tmp_path, backbone):
+    bb.save_backbone(backbone, str(tmp_path))
+    loaded = bb.load_backbone(str(tmp_path))
+    a = bb.sample(backbone, ["a ball on sand"], num_inference_steps=3, seed=7)
+    b = bb.sample(loaded, ["a ball on sand"], num_inference_steps=3, seed=7)
+    assert np.array_equal(a, b)
+    assert bb.weight_files(str(tmp_path))
+
+
+def test_sampler_is_seeded_and_both_schedulers_run(backbone):
+    a = bb.sample(backbone, ["a ball"], num_inference_steps=3, seed=1)
+    assert a.shape == (1, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, bb.sample(backbone, ["a ball"], num_inference_steps=3, seed=1))
+    assert not np.array_equal(a, bb.sample(backbone, ["a ball"], num_inference_steps=3, seed=2))
+    assert bb.sample(backbone, ["a ball"], sampler="ddpm", num_inference_steps=3, seed=1).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        bb.create_sampler("euler", backbone.noise_scheduler)
+
+
+def test_denoising_loss_falls_when_overfitting_one_image(demos):
+    model = bb.create_backbone("tiny", seed=1)
+    x0 = bb.images_to_tensor([demos[0][0]]).repeat(8, 1, 1, 1)
+    states = bb.encode_text(model, ["a ball"] * 8).detach()
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        loss = bb.denoising_loss(model.unet, model.noise_scheduler, x0, states, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_apprentice_starts_exactly_as_the_base_model(demos):
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0))
+    base = bb.create_backbone("tiny", seed=0)
+    images, captions = [d[0] for d in demos], [d[1] for d in demos]
+    with_demos = ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3)
+    plain = bb.sample(base, ["a ball on sand"] * 2, num_inference_steps=4, seed=3)
+    assert np.array_equal(with_demos, plain)
+    assert torch.count_nonzero(apprentice.gates()) == 0
+    extra = sum(p.numel() for p in apprentice.new_parameters().values())
+    assert 0 < extra < 0.25 * sum(p.numel() for p in base.unet.parameters())
+    with torch.no_grad():
+        for name, p in apprentice.named_parameters():
+            if name.endswith("processor.gate"):
+                p.fill_(1.0)
+    opened = ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3)
+    assert not np.array_equal(opened, plain)  # once the gates open, the demos change the image
+    dual = ap.sample(apprentice, "a ball on sand", images, captions, num_images=1, num_inference_steps=2, seed=3, demo_guidance_scale=2.0)
+    assert dual.shape == (1, 32, 32, 3)
+
+
+def test_apprentice_training_moves_the_gates_and_round_trips(tmp_path, demos):
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0))
+    images = bb.images_to_tensor([d[0] for d in demos])
+    ids = bb.tokenize(apprentice.tokenizer, [d[1] for d in demos])
+    batch = {
+        "image": images,
+        "input_ids": bb.tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
+        "demo_images": images.unsqueeze(0).repeat(3, 1, 1, 1, 1),
+        "demo_ids": ids.unsqueeze(0).repeat(3, 1, 1),
+    }
+    opt = torch.optim.AdamW(apprentice.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = ap.training_loss(apprentice, batch, 0.1, 0.1, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.count_nonzero(apprentice.gates()) > 0
+    ap.save_apprentice(apprentice.eval(), str(tmp_path), {"note": "test"})
+    loaded = ap.load_apprentice(str(tmp_path))
+    args = ("a ball on sand", [d[0] for d in demos], [d[1] for d in demos])
+    assert np.array_equal(
+        ap.sample(apprentice, *args, num_inference_steps=3, seed=5), ap.sample(loaded, *args, num_inference_steps=3, seed=5)
+    )
+
+
+def test_scorer_scores_identical_images_at_the_maximum_and_round_trips(tmp_path, demos):
+    scorer = create_scorer(ScorerConfig())
+    images = np.stack([d[0] for d in demos])
+    emb = scorer.encode_images(images)
+    assert torch.allclose((emb * scorer.encode_images(images)).sum(-1), torch.ones(3), atol=1e-5)  # CLIP-I maximum
+    save_scorer(scorer, str(tmp_path))
+    loaded = load_scorer(str(tmp_path))
+    assert torch.allclose(loaded.encode_texts(["a ball"]), scorer.encode_texts(["a ball"]), atol=1e-6)
+    assert len(loaded.digest) == 16
+
+
+def test_expert_fine_tunes_then_resets_to_the_base(backbone, demos):
+    scorer = create_scorer(ScorerConfig())
+    cfg = ExpertConfig(steps=2, batch_size=4, num_inference_steps=2, samples_per_prompt=2)
+    expert = Expert(backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"})
+    before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
+    record = {
+        "subject_id": "s1",
+        "demo_images": [tw.to_png(d[0]) for d in demos],
+        "demo_captions": [d[1] for d in demos],
+        "prompt_ids": ["p0", "p1"],
+        "prompts": ["a ball on sand", "a ball on grass, grayscale style"],
+        "prompt_skills": ["recontextualization", "style"],
+    }
+    rows, stats = expert.run_subject(record, min_delta=0.0)
+    assert len(rows) == 4 and {(r["prompt_id"], r["sample_index"]) for r in rows} == {("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)}
+    for r in rows:
+        assert r["kept"] == (r["delta"] > 0.0)
+        assert abs(r["delta"] - (r["clip_score"] - r["ref_clip_score"])) < 1e-5
+    changed = any(not torch.equal(before[k], v) for k, v in backbone.unet.state_dict().items())
+    assert changed
+    expert.reset()
+    assert all(torch.equal(before[k], v) for k, v in backbone.unet.state_dict().items())
+    bad = dict(record, demo_images=[b"not an image"])
+    with pytest.raises(ValueError, match="not a decodable image"):
+        expert.run_subject(bad, min_delta=0.0)
+
+
+def test_delta_clip_is_zero_when_the_render_is_a_demo(demos):
+    scorer = create_scorer(ScorerConfig())
+    images = [d[0] for d in demos]
+    clip, ref, delta = delta_clip(scorer, [images[0]], ["a ball on sand"], images)
+    assert delta[0] <= 1e-6 and abs(delta[0] - (clip[0] - ref[0])) < 1e-6

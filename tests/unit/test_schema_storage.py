@@ -1,0 +1,59 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from core import schema, storage
+
+
+def g_row(i: int = 0) -> dict:
+    return {
+        "subject_id": "s1", "prompt_id": f"p{i}", "sample_index": 0, "prompt": "a ball on sand", "prompt_skill": "style",
+        "image": b"png", "demo_images": [b"a", b"b", b"c"], "demo_captions": ["x", "y", "z"], "clip_score": 0.3,
+        "ref_clip_score": 0.2, "delta": 0.1, "kept": True, "base_checkpoint_hash": "b", "expert_config_hash": "e",
+        "scorer_hash": "s",
+    }
+
+
+def test_g_schema_has_key_and_provenance_columns():
+    for name in (*schema.G_KEY, "delta", "kept", "base_checkpoint_hash", "expert_config_hash", "scorer_hash"):
+        assert name in schema.G_SCHEMA.names
+    assert schema.G_SCHEMA.field("image").type == pa.binary()
+
+
+def test_shard_round_trip_through_the_schema(tmp_path):
+    table = schema.table_from_rows([g_row(0), g_row(1)], schema.G_SCHEMA)
+    uri = storage.write_shard(table, str(tmp_path / "g"), name="subject=s1")
+    assert uri.endswith("subject=s1.parquet")
+    back = storage.read_table(str(tmp_path / "g"), schema.G_SCHEMA, "paths.g", "G")
+    assert back.equals(table)
+    assert os.listdir(tmp_path / "g") == ["subject=s1.parquet"]  # no temporary file left behind
+
+
+def test_validate_names_missing_and_extra_columns():
+    table = schema.table_from_rows([g_row()], schema.G_SCHEMA).drop_columns(["delta"]).append_column("oops", pa.array([1]))
+    with pytest.raises(schema.SchemaError, match=r"missing \['delta'\].*unexpected \['oops'\]"):
+        schema.validate(table, schema.G_SCHEMA, "G")
+
+
+def test_half_written_and_temporary_files_are_never_listed(tmp_path):
+    folder = tmp_path / "g"
+    storage.write_shard(schema.table_from_rows([g_row()], schema.G_SCHEMA), str(folder), name="done")
+    (folder / ".part-x.1234.tmp").write_bytes(b"PAR1 half")
+    assert [os.path.basename(s) for s in storage.list_shards(str(folder))] == ["done.parquet"]
+    assert storage.read_table(str(folder), schema.G_SCHEMA, "paths.g", "G").num_rows == 1
+
+
+def test_missing_input_names_path_and_config_key(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(storage.MissingInputError, match=r"nowhere.*`paths\.corpus`"):
+        storage.read_table(missing, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
+
+
+def test_uris_go_through_pyarrow_fs(tmp_path):
+    fs, path = storage.resolve(f"file://{tmp_path}")
+    assert type(fs).__name__ == "LocalFileSystem" and path == str(tmp_path)
+    fs, _ = storage.resolve("mock://bucket/g")  # a non-local URI goes to pyarrow's filesystem for its scheme
+    assert "Mock" in type(fs).__name__
+    storage.write_bytes(str(tmp_path / "a" / "b.txt"), b"hi")
+    assert storage.read_bytes(str(tmp_path / "a" / "b.txt")) == b"hi"
