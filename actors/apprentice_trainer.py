@@ -16,6 +16,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from tqdm import tqdm
 
 from core import storage
 from core.config import ApprenticeConfig, from_dict
@@ -79,6 +80,7 @@ def train_loop_per_worker(config: dict) -> None:
                 )
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
+    bar = tqdm(total=cfg.steps, initial=step, desc="apprentice", disable=rank != 0, mininterval=5)
     while step < cfg.steps:
         seen = 0
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=device):
@@ -89,12 +91,14 @@ def train_loop_per_worker(config: dict) -> None:
             step += 1
             seen += 1
             losses.append(float(loss.detach()))
+            bar.update(1)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 report(final=False)
             if step >= cfg.steps:
                 break
         if seen == 0:
             raise RuntimeError("the G dataset is empty after filtering by filter.min_delta: nothing to train on")
+    bar.close()
     report(final=True)
 
 

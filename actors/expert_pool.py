@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from core import schema, storage
@@ -54,13 +54,16 @@ class ExpertActor:
             out["rows"] = rows
         else:
             table = schema.table_from_rows(rows, schema.G_SCHEMA)
-            storage.write_shard(table, g_uri, name=f"subject={record['subject_id']}")
+            storage.write_shard(table, g_uri, name=f"{SHARD_PREFIX}{record['subject_id']}")
         return out
+
+
+SHARD_PREFIX = "subject-"  # one G shard per subject: a re-run knows what is done from the file names
 
 
 def shard_name_subject(shard_uri: str) -> str:
     name = shard_uri.rsplit("/", 1)[-1]
-    return name[len("subject=") : -len(storage.SHARD_SUFFIX)] if name.startswith("subject=") else ""
+    return name[len(SHARD_PREFIX) : -len(storage.SHARD_SUFFIX)] if name.startswith(SHARD_PREFIX) else ""
 
 
 def run_pool(
@@ -123,6 +126,10 @@ def run_pool(
                 results.append({"subject_id": sid, "status": "failed", "reason": f"actor died {attempts[sid]} times"})
                 summary["failed"] += 1
                 bar.update(1)
+        except RayTaskError as err:  # a bug or bad data inside the task: record it, don't retry it forever
+            results.append({"subject_id": record["subject_id"], "status": "failed", "reason": str(err.cause)[:500]})
+            summary["failed"] += 1
+            bar.update(1)
         else:
             results.append(result)
             bar.update(1)

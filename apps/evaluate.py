@@ -13,6 +13,7 @@ import json
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from actors.cluster import ray_cluster, remote_call
 from actors.expert_pool import run_pool
@@ -34,7 +35,7 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
     apprentice = ap.load_apprentice(storage.local_dir(config.paths.apprentice))
     base = load_backbone(storage.local_dir(base_uri(config)))
     out = {"apprentice": [], "base": [], "seconds": {"apprentice": [], "base": []}}
-    for r, record in enumerate(records):
+    for r, record in enumerate(tqdm(records, desc="evaluate: apprentice and base")):
         demos = [toyworld.from_png(b) for b in record["demo_images"]]
         for method in ("apprentice", "base"):
             start = time.perf_counter()

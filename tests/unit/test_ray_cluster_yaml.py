@@ -22,7 +22,7 @@ import yaml
 import ray.autoscaler
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+CONFIG_PATH = Path(__file__).resolve().parents[2] / "ray_cluster.yaml"
 SCHEMA_PATH = Path(os.path.dirname(ray.autoscaler.__file__)) / "ray-schema.json"
 
 # AWS instance families with NVIDIA GPUs (g4dn, g5, g6, g6e, p3, p4d, p5, ...).
