@@ -39,15 +39,16 @@ class ApprenticeLoss(torch.nn.Module):
 def train_loop_per_worker(config: dict) -> None:
     from core.apprentice import Apprentice, save_apprentice
     from core.backbone import load_backbone
-    from core.device import pick_device
 
     cfg: ApprenticeConfig = from_dict(ApprenticeConfig, config["apprentice"])
     torch.set_num_threads(cfg.threads)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
     apprentice = Apprentice(load_backbone(storage.local_dir(config["base_uri"])), cfg.demo_grid)
     initial_gates = apprentice.gates().detach().clone()
+    apprentice.to(device)  # before the optimizer state is loaded, so that state lands on the same device
     opt = torch.optim.AdamW(apprentice.parameters(), lr=cfg.lr, weight_decay=0.0)
     step, losses = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -56,12 +57,11 @@ def train_loop_per_worker(config: dict) -> None:
             from safetensors.torch import load_file
 
             apprentice.load_state_dict(load_file(os.path.join(folder, "apprentice.safetensors")))
-            opt.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True))
+            opt.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True, map_location=device))
             with open(os.path.join(folder, "train_state.json")) as f:
                 state = json.load(f)
             step, losses = state["step"], state["losses"]
-    device = pick_device()
-    model = ray.train.torch.prepare_model(ApprenticeLoss(apprentice, cfg).to(device))
+    model = ray.train.torch.prepare_model(ApprenticeLoss(apprentice, cfg), move_to_device=False)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
     shard = ray.train.get_dataset_shard("train")
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
+from pathlib import Path
 
 import ray
 
 from core.config import ClusterConfig
 
-log = logging.getLogger(__name__)
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @contextlib.contextmanager
@@ -29,7 +28,8 @@ def ray_cluster(cfg: ClusterConfig):
             num_cpus=cfg.num_cpus,
             include_dashboard=False,
             object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
-            log_to_driver=os.environ.get("SUTI_RAY_LOG_TO_DRIVER", "1") == "1",
+            # Workers do not see the driver's sys.path: point them at this checkout, installed or not.
+            runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
         )
     try:
         yield

@@ -53,8 +53,8 @@ class ExpertActor:
         if g_uri is None:
             out["rows"] = rows
         else:
-            table = schema.table_from_rows(rows, schema.G_SCHEMA)
-            storage.write_shard(table, g_uri, name=f"{SHARD_PREFIX}{record['subject_id']}")
+            table = schema.table_from_rows(rows, schema.G_SCHEMA, "G")
+            storage.write_shard(table, g_uri, schema.G_SCHEMA, name=f"{SHARD_PREFIX}{record['subject_id']}")
         return out
 
 
@@ -81,7 +81,18 @@ def run_pool(
     Returns (one result dict per subject, summary counts). With `g_uri`, subjects whose shard is already there are
     skipped (a re-run resumes); without it, result dicts carry their G rows.
     """
-    done_before = {shard_name_subject(s) for s in storage.list_shards(g_uri)} if g_uri else set()
+    done_before = set()
+    if g_uri:
+        from actors.g_dataset import PROVENANCE, shard_provenance
+
+        mine = tuple(provenance[k] for k in PROVENANCE)
+        for shard in storage.list_shards(g_uri):
+            if shard_provenance(shard) != {mine}:
+                raise ValueError(
+                    f"{shard} was rendered by another base, expert config or scorer ({shard_provenance(shard)} vs {mine}); "
+                    "write this run to a new `paths.g`"
+                )
+            done_before.add(shard_name_subject(shard))
     todo = [r for r in records if r["subject_id"] not in done_before]
     summary = Counter(subjects=len(records), skipped_already_in_g=len(records) - len(todo))
     results: list[dict] = []
@@ -104,6 +115,16 @@ def run_pool(
         attempts[record["subject_id"]] += 1
         in_flight[actors[i].run.remote(record, g_uri, filter_cfg.min_delta)] = (i, actors[i], record)
 
+    try:
+        _drain(actors, queue, in_flight, submit, new_actor, attempts, results, summary, bar, cfg)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)  # never leave actors holding CPUs that the next stage needs
+    return results, dict(summary)
+
+
+def _drain(actors, queue, in_flight, submit, new_actor, attempts, results, summary, bar, cfg) -> None:
     for i in range(len(actors)):
         for _ in range(cfg.max_tasks_in_flight):
             if queue:
@@ -142,8 +163,4 @@ def run_pool(
                 summary["failed"] += 1
         while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < cfg.max_tasks_in_flight:
             submit(i)
-    bar.close()
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    for actor in actors:
-        ray.kill(actor)
-    return results, dict(summary)

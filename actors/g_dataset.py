@@ -17,10 +17,11 @@ from core import schema, storage
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(folder: str):
+def _tokenizer(uri: str):
+    """One tokenizer per worker process and URI (a remote URI is copied to local disk once)."""
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return CLIPTokenizer.from_pretrained(storage.local_dir(uri), local_files_only=True)
 
 
 def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> dict:
@@ -33,7 +34,7 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> 
     from core.expert import seed_for
     from core.toyworld import from_png
 
-    tok = _tokenizer(storage.local_dir(tokenizer_uri))
+    tok = _tokenizer(tokenizer_uri)
     images, prompts, demo_imgs, demo_caps = [], [], [], []
     for i in range(len(batch["prompt"])):
         images.append(from_png(batch["image"][i]))
@@ -53,18 +54,62 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> 
     }
 
 
-def read_g(g_uri: str, min_delta: float | None, tokenizer_uri: str, num_demos: int, seed: int = 0) -> ray.data.Dataset:
-    """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None)."""
+PROVENANCE = ("base_checkpoint_hash", "expert_config_hash", "scorer_hash")
+
+
+def shard_provenance(shard_uri: str) -> set[tuple[str, ...]]:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(shard_uri)
+    table = pq.read_table(path, filesystem=fs, columns=list(PROVENANCE))
+    return set(zip(*(table.column(c).to_pylist() for c in PROVENANCE)))
+
+
+def check_single_provenance(shards: list[str]) -> None:
+    """Refuse a G whose renders come from more than one (base, expert config, scorer): a threshold sweep over
+    delta-CLIP scores of different scorers, or renders of different bases, would compare unlike things."""
+    seen: dict[tuple[str, ...], str] = {}
+    for shard in shards:
+        for prov in shard_provenance(shard):
+            seen.setdefault(prov, shard)
+    if len(seen) > 1:
+        listed = "; ".join(f"{dict(zip(PROVENANCE, p))} (e.g. {s})" for p, s in seen.items())
+        raise ValueError(f"G mixes {len(seen)} provenances: {listed}. Write each to its own `paths.g`.")
+
+
+def count_kept(g_uri: str, min_delta: float | None) -> int:
+    """Rows of G passing the threshold, from the `delta` column alone (a pyarrow read, not a Ray Data count)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for shard in storage.list_shards(g_uri):
+        fs, path = storage.resolve(shard)
+        delta = pq.read_table(path, filesystem=fs, columns=["delta"]).column("delta").to_numpy()
+        total += int(len(delta) if min_delta is None else (delta > min_delta).sum())
+    return total
+
+
+def read_g(
+    g_uri: str, min_delta: float | None, tokenizer_uri: str, num_demos: int, seed: int = 0, passes: int = 1
+) -> ray.data.Dataset:
+    """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
+
+    `passes` > 1 chains that many reads of G into one dataset: every epoch restarts Ray Data's execution (seconds
+    on a small machine), so a small G is better read several times per epoch than once per many short epochs.
+    """
     storage.require(g_uri, "paths.g", "G (expert renders)")
     shards = storage.list_shards(g_uri)
     if not shards:
         raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
+    check_single_provenance(shards)
     fs, _ = storage.resolve(g_uri)
-    paths = [storage.resolve(s)[1] for s in shards]
+    paths = [s.split("://", 1)[1] if "://" in s else s for s in shards]
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:
         ds = ds.filter(expr=col("delta") > float(min_delta))
+    if passes > 1:
+        ds = ds.union(*[ds] * (passes - 1))
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed},

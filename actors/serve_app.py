@@ -59,6 +59,10 @@ class ServeArgs(BaseModel):
     threads: int = 2
     sampler: str = "ddim"
     max_body_bytes: int = 20 * 1024 * 1024
+    max_prompt_chars: int = 300
+    max_demos: int = 8
+    max_steps: int = 200
+    max_images: int = 4
 
 
 @app.middleware("http")
@@ -121,10 +125,21 @@ class ApprenticeDeployment:
 @serve.deployment
 @serve.ingress(app)
 class SuTIIngress:
-    def __init__(self, generator: DeploymentHandle, max_body_bytes: int):
+    def __init__(self, generator: DeploymentHandle, args: ServeArgs):
         self.generator = generator
-        _limits["max_body_bytes"] = max_body_bytes
+        self.args = args
+        _limits["max_body_bytes"] = args.max_body_bytes
         self._resolution = None
+
+    def _check_limits(self, req: GenerateRequest) -> None:
+        for field, value, limit in (
+            ("prompt", len(req.prompt), self.args.max_prompt_chars),
+            ("demos", len(req.demos), self.args.max_demos),
+            ("steps", req.steps, self.args.max_steps),
+            ("num_images", req.num_images, self.args.max_images),
+        ):
+            if value > limit:
+                raise HTTPException(422, detail=f"{field}: {value} is over this server's limit of {limit}")
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -133,6 +148,7 @@ class SuTIIngress:
     @app.post("/v1/generate", response_model=GenerateResponse)
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
         start = time.perf_counter()
+        self._check_limits(req)
         if self._resolution is None:
             self._resolution = await self.generator.resolution.remote()
         demos = [decode_demo(d.image, f"demos[{i}].image", self._resolution) for i, d in enumerate(req.demos)]
@@ -153,4 +169,4 @@ def build_app(args: ServeArgs) -> Application:
     model = ApprenticeDeployment.options(
         num_replicas=args.num_replicas, ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
     ).bind(args.apprentice, args.threads, args.sampler)
-    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, args.max_body_bytes)
+    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, args)

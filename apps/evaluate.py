@@ -57,6 +57,7 @@ def run(config: PipelineConfig) -> dict:
 
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
+    storage.require(base_uri(config), "model.path" if config.model.path else "paths.base", "base model")
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     expert_cfg = dataclasses.replace(config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None)

@@ -6,7 +6,8 @@ rejected renders, with delta-CLIP scores and provenance) to `paths.g`. Re-runnin
 
 from __future__ import annotations
 
-import os
+import json
+import time
 
 from actors.cluster import ray_cluster
 from actors.expert_pool import run_pool
@@ -33,10 +34,16 @@ def run(config: PipelineConfig) -> dict:
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     records = ds.to_pylist()[: config.expert.max_subjects]
     with ray_cluster(config.cluster):
-        _, summary = run_pool(
+        results, summary = run_pool(
             records, base_uri(config), config.paths.scorer, config.expert, provenance(config), config.paths.g, config.filter
         )
-    return {"stage": "experts", **summary, "out": config.paths.g}
+    failures = [r for r in results if r["status"] == "failed"]
+    if failures:
+        report = json.dumps({"summary": summary, "failed": failures}, indent=1, default=str).encode()
+        storage.write_bytes(storage.join(config.paths.g, "_reports", f"experts-{int(time.time())}.json"), report)
+    if failures and not summary.get("done") and not summary.get("skipped_already_in_g"):
+        raise RuntimeError(f"every expert subject failed; first reason: {failures[0].get('reason')}")
+    return {"stage": "experts", **summary, "failures": [f"{r['subject_id']}: {r.get('reason')}" for r in failures][:10], "out": config.paths.g}
 
 
 main = stage_main(run)

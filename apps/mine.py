@@ -20,7 +20,7 @@ def run(config: PipelineConfig) -> dict:
     rows, summary = mine(corpus, scorer, config.mine, config.world.resolution)
     if not rows:
         raise RuntimeError(f"mining kept no cluster ({summary}); lower mine.min_image_image / mine.min_image_text")
-    storage.write_shard(schema.table_from_rows(rows, schema.DS_SCHEMA), config.paths.ds, name="ds")
+    storage.write_shard(schema.table_from_rows(rows, schema.DS_SCHEMA, "D_S"), config.paths.ds, schema.DS_SCHEMA, name="ds")
     return {"stage": "mine", **summary, "out": config.paths.ds}
 
 

@@ -30,6 +30,7 @@ def start(config: PipelineConfig) -> str:
     args = ServeArgs(
         apprentice=config.paths.apprentice, host=s.host, num_replicas=s.num_replicas, num_cpus=s.num_cpus,
         num_gpus=s.num_gpus, threads=config.apprentice.threads, sampler=config.apprentice.sampler, max_body_bytes=s.max_body_bytes,
+        max_prompt_chars=s.max_prompt_chars, max_demos=s.max_demos, max_steps=s.max_steps, max_images=s.max_images,
     )
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{s.host}:{s.port}"

@@ -17,7 +17,7 @@ def run(config: PipelineConfig) -> dict:
     train, test = toyworld.split_subjects(world.seed, world.test_fraction)
     rows = toyworld.corpus_rows(train, world, np.random.default_rng(world.seed))
     table = schema.table_from_rows(rows, schema.CORPUS_SCHEMA)
-    storage.write_shard(table, config.paths.corpus, name="corpus")
+    storage.write_shard(table, config.paths.corpus, schema.CORPUS_SCHEMA, name="corpus")
     return {"stage": "world", "rows": table.num_rows, "train_subjects": len(train), "test_subjects": len(test), "out": config.paths.corpus}
 
 

@@ -183,8 +183,9 @@ def denoising_loss(
     **unet_kwargs,
 ) -> torch.Tensor:
     """The plain epsilon-prediction loss. x0: (B, C, H, W) in [-1, 1]; text_states: (B, L, D)."""
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    # Drawn on the CPU generator, then moved: a CPU generator cannot draw on CUDA or XLA.
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
     return F.mse_loss(pred, noise)

@@ -25,8 +25,6 @@ class WorldConfig:
     seed: int = 0
     resolution: int = 32
     test_fraction: float = 0.2  # share of subjects no training stage ever sees
-    min_demos: int = 3
-    max_demos: int = 5
     # The "web" corpus: URL groups of one subject, plus noise for mining to remove.
     corpus_groups: int = 40
     group_min_images: int = 4

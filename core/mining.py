@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
+from tqdm import tqdm
 
 from core import toyworld
 from core.config import MineConfig
@@ -23,20 +25,26 @@ def _class_of(captions: list[str]) -> str:
     return words.most_common(1)[0][0] if words else "thing"
 
 
-def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32) -> tuple[list[dict], dict]:
+def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32, progress: bool = True) -> tuple[list[dict], dict]:
     """corpus: a CORPUS_SCHEMA table. Returns (D_S rows, summary counts)."""
     groups: dict[str, list[tuple[np.ndarray, str, str | None]]] = defaultdict(list)
     corrupt = 0
+    resized = 0
     for url, image, caption, truth in zip(*(corpus.column(c).to_pylist() for c in ("url", "image", "caption", "truth_subject_id"))):
         try:
-            groups[url].append((toyworld.from_png(image), caption, truth))
+            img = toyworld.from_png(image)
         except ValueError:
             corrupt += 1
-    summary = Counter(groups=len(groups), images=corpus.num_rows, corrupt_images_skipped=corrupt)
+            continue
+        if img.shape[:2] != (resolution, resolution):
+            img = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BICUBIC))
+            resized += 1
+        groups[url].append((img, caption or "", truth))
+    summary = Counter(groups=len(groups), images=corpus.num_rows, corrupt_images_skipped=corrupt, images_resized=resized)
     rng = np.random.default_rng(cfg.seed)
     rows = []
     kept_truths: list[set] = []
-    for url in sorted(groups):
+    for url in tqdm(sorted(groups), desc="mine", disable=not progress, mininterval=2):
         members = groups[url]
         if len(members) < cfg.min_cluster_size:
             summary["dropped_too_small"] += 1

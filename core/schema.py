@@ -77,10 +77,26 @@ def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         raise SchemaError(f"{what}: columns do not match the schema (missing {missing}, unexpected {extra})")
     table = table.select(schema.names)
     try:
-        return table.cast(schema)
+        table = table.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise SchemaError(f"{what}: {err}") from err
+    check_non_null(table, schema, what)
+    return table
 
 
-def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=schema)
+def check_non_null(table: pa.Table, schema: pa.Schema, what: str) -> None:
+    """Raise SchemaError when a column the schema marks non-nullable holds a null."""
+    bad = [f.name for f in schema if not f.nullable and f.name in table.column_names and table.column(f.name).null_count]
+    if bad:
+        raise SchemaError(f"{what}: nulls in non-nullable columns {bad}")
+
+
+def table_from_rows(rows: list[dict], schema: pa.Schema, what: str = "rows") -> pa.Table:
+    """Build a table with `schema` from dicts; a missing or unexpected key is an error, not a silent null."""
+    for i, row in enumerate(rows):
+        if set(row) != set(schema.names):
+            missing, extra = sorted(set(schema.names) - set(row)), sorted(set(row) - set(schema.names))
+            raise SchemaError(f"{what}: row {i} does not match the schema (missing {missing}, unexpected {extra})")
+    table = pa.Table.from_pylist(rows, schema=schema)
+    check_non_null(table, schema, what)
+    return table

@@ -75,8 +75,11 @@ def list_shards(uri: str) -> list[str]:
     return [prefix + p for p in found]
 
 
-def write_shard(table: pa.Table, folder_uri: str, name: str | None = None) -> str:
-    """Write one parquet shard atomically: temporary name first, then rename. Returns the shard's URI."""
+def write_shard(table: pa.Table, folder_uri: str, schema: pa.Schema, name: str | None = None) -> str:
+    """Write one parquet shard of `schema` atomically: temporary name first, then rename. Returns the shard's URI."""
+    from core.schema import validate
+
+    table = validate(table, schema, f"shard for {folder_uri}")
     fs, folder = resolve(folder_uri)
     fs.create_dir(folder, recursive=True)
     name = name or f"part-{uuid.uuid4().hex}"
@@ -93,10 +96,13 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
     shards = list_shards(folder_uri)
     if not shards:
         raise MissingInputError(f"{what}: no parquet shards under '{folder_uri}' (config key `{config_key}`)")
+    from core.schema import validate
+
+    fs, _ = resolve(folder_uri)
     tables = []
     for shard in shards:
-        fs, path = resolve(shard)
-        tables.append(pq.read_table(path, filesystem=fs, schema=schema))
+        # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
+        tables.append(validate(pq.read_table(resolve(shard)[1], filesystem=fs), schema, f"{what} shard {shard}"))
     return pa.concat_tables(tables)
 
 

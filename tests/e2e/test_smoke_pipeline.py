@@ -33,6 +33,8 @@ def test_g_holds_every_render_once_matching_the_schema(smoke):
 
 
 def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
+    import dataclasses
+
     from apps import experts
 
     config, _ = smoke
@@ -40,6 +42,10 @@ def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
     summary = experts.run(config)
     assert summary["skipped_already_in_g"] == summary["subjects"] == config.expert.max_subjects
     assert sorted(storage.list_shards(config.paths.g)) == before
+    # Another expert config must not top up (or be mixed into) this G.
+    other = dataclasses.replace(config, expert=dataclasses.replace(config.expert, steps=config.expert.steps + 1))
+    with pytest.raises(ValueError, match="rendered by another base, expert config or scorer"):
+        experts.run(other)
 
 
 def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
@@ -98,21 +104,52 @@ def test_serve_answers_over_http_with_the_offline_sampler_image(smoke):
 
 
 @pytest.fixture(scope="module")
-def live_app(smoke):
+def live_app(smoke, tmp_path_factory):
+    """The smoke apprentice with its demo gates opened (a few smoke steps leave them near 0, where an endpoint that
+    dropped the demos would still pass), served by the real app."""
+    import dataclasses
+
+    import torch
     from ray import serve
 
     from apps.serve import start
+    from core.apprentice import load_apprentice, save_apprentice
 
     config, _ = smoke
+    apprentice = load_apprentice(config.paths.apprentice)
+    with torch.no_grad():
+        for name, p in apprentice.named_parameters():
+            if name.endswith("processor.gate"):
+                p.fill_(1.0)
+    folder = str(tmp_path_factory.mktemp("opened"))
+    save_apprentice(apprentice, folder)
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, apprentice=folder))
     url = start(config)
-    yield config, url
+    yield config, url, apprentice
     serve.shutdown()
+
+
+def test_served_image_is_the_offline_samplers_and_depends_on_the_demos(live_app):
+    from apps.serve import example_request
+    from core.apprentice import sample
+
+    config, url, apprentice = live_app
+    body = example_request(config)
+    reply = requests.post(f"{url}/v1/generate", json=dict(body, seed=3), timeout=120)
+    assert reply.status_code == 200, reply.text
+    served = toyworld.from_png(base64.b64decode(reply.json()["images"][0]))
+    demos = [toyworld.from_png(base64.b64decode(d["image"])) for d in body["demos"]]
+    kwargs = dict(num_images=1, sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=3)
+    offline = sample(apprentice, body["prompt"], demos, [d["caption"] for d in body["demos"]], **kwargs)[0]
+    assert np.abs(served.astype(int) - offline.astype(int)).max() <= 2
+    without_demos = sample(apprentice, body["prompt"], [], [], **kwargs)[0]
+    assert np.abs(without_demos.astype(int) - offline.astype(int)).max() > 10  # the demos travelled and mattered
 
 
 def test_serve_refuses_bad_input_with_4xx_and_survives(live_app):
     from apps.serve import example_request
 
-    config, url = live_app
+    config, url, _ = live_app
     good = example_request(config)
     assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
     bad_image = dict(good, demos=[{"image": base64.b64encode(b"\x89PNG garbage").decode(), "caption": "a ball"}])

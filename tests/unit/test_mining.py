@@ -20,7 +20,7 @@ def test_mining_keeps_clusters_purer_than_the_corpus(corpus):
     train, table = corpus
     scorer, losses = train_scorer(ScorerConfig(steps=300), train, progress=False)
     assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20])
-    rows, summary = mine(table, scorer, MineConfig())
+    rows, summary = mine(table, scorer, MineConfig(), progress=False)
     assert summary["corrupt_images_skipped"] == 3
     assert rows, summary
     assert summary["kept_pure_share"] > summary["corpus_pure_share"], summary
@@ -34,6 +34,18 @@ def test_mining_skips_and_counts_corrupt_images_and_drops_small_groups(corpus):
     from core.scorer import create_scorer
 
     _, table = corpus
-    rows, summary = mine(table, create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1, min_cluster_size=7))
+    rows, summary = mine(table, create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1, min_cluster_size=7), progress=False)
     assert rows == [] and summary["corrupt_images_skipped"] == 3
     assert summary["dropped_too_small"] == summary["groups"]
+
+
+def test_mining_resizes_images_of_other_sizes_and_counts_them():
+    from core.scorer import create_scorer
+
+    rng = np.random.default_rng(0)
+    subject = toyworld.all_subjects()[0]
+    big = toyworld.to_png(np.repeat(np.repeat(toyworld.render(subject, toyworld.random_scene(rng)), 2, 0), 2, 1))  # 64x64
+    rows = [{"url": "u", "image": big if i == 0 else toyworld.to_png(toyworld.render(subject, toyworld.random_scene(rng))), "caption": "a ball on sand", "truth_subject_id": None} for i in range(4)]
+    out, summary = mine(schema.table_from_rows(rows, schema.CORPUS_SCHEMA), create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1), progress=False)
+    assert summary["images_resized"] == 1 and len(out) == 1
+    assert toyworld.from_png(out[0]["demo_images"][0]).shape == (32, 32, 3)

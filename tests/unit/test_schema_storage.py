@@ -23,11 +23,11 @@ def test_g_schema_has_key_and_provenance_columns():
 
 def test_shard_round_trip_through_the_schema(tmp_path):
     table = schema.table_from_rows([g_row(0), g_row(1)], schema.G_SCHEMA)
-    uri = storage.write_shard(table, str(tmp_path / "g"), name="subject=s1")
-    assert uri.endswith("subject=s1.parquet")
+    uri = storage.write_shard(table, str(tmp_path / "g"), schema.G_SCHEMA, name="subject-s1")
+    assert uri.endswith("subject-s1.parquet")
     back = storage.read_table(str(tmp_path / "g"), schema.G_SCHEMA, "paths.g", "G")
     assert back.equals(table)
-    assert os.listdir(tmp_path / "g") == ["subject=s1.parquet"]  # no temporary file left behind
+    assert os.listdir(tmp_path / "g") == ["subject-s1.parquet"]  # no temporary file left behind
 
 
 def test_validate_names_missing_and_extra_columns():
@@ -36,9 +36,30 @@ def test_validate_names_missing_and_extra_columns():
         schema.validate(table, schema.G_SCHEMA, "G")
 
 
+def test_rows_and_shards_that_break_the_schema_are_refused(tmp_path):
+    import pyarrow.parquet as pq
+
+    row = g_row()
+    del row["delta"]
+    with pytest.raises(schema.SchemaError, match=r"missing \['delta'\]"):
+        schema.table_from_rows([row], schema.G_SCHEMA)
+    with pytest.raises(schema.SchemaError, match="non-nullable"):
+        schema.table_from_rows([dict(g_row(), prompt=None)], schema.G_SCHEMA)
+    folder = tmp_path / "g"
+    folder.mkdir()
+    renamed = schema.table_from_rows([g_row()], schema.G_SCHEMA).rename_columns(
+        ["delta_clip" if n == "delta" else n for n in schema.G_SCHEMA.names]
+    )
+    pq.write_table(renamed, folder / "old.parquet")  # a shard from a writer that renamed a column
+    with pytest.raises(schema.SchemaError, match=r"missing \['delta'\].*unexpected \['delta_clip'\]"):
+        storage.read_table(str(folder), schema.G_SCHEMA, "paths.g", "G")
+    with pytest.raises(schema.SchemaError):
+        storage.write_shard(renamed, str(tmp_path / "h"), schema.G_SCHEMA)
+
+
 def test_half_written_and_temporary_files_are_never_listed(tmp_path):
     folder = tmp_path / "g"
-    storage.write_shard(schema.table_from_rows([g_row()], schema.G_SCHEMA), str(folder), name="done")
+    storage.write_shard(schema.table_from_rows([g_row()], schema.G_SCHEMA), str(folder), schema.G_SCHEMA, name="done")
     (folder / ".part-x.1234.tmp").write_bytes(b"PAR1 half")
     assert [os.path.basename(s) for s in storage.list_shards(str(folder))] == ["done.parquet"]
     assert storage.read_table(str(folder), schema.G_SCHEMA, "paths.g", "G").num_rows == 1
