@@ -24,11 +24,12 @@ def _tokenizer(uri: str):
     return CLIPTokenizer.from_pretrained(storage.local_dir(uri), local_files_only=True)
 
 
-def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> dict:
-    """Decode a batch of G rows into arrays for training.
+def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, passes: int = 1) -> dict:
+    """Decode a batch of G rows into arrays for training, each row `passes` times with its own pick of demos.
 
     Returns image (B, 3, H, W) float32 in [-1, 1]; input_ids (B, L) int64; demo_images (B, K, 3, H, W);
-    demo_ids (B, K, L). K = `num_demos` demos picked per row, deterministically from the row's key.
+    demo_ids (B, K, L), with B = passes * rows. K = `num_demos` demos per row, picked deterministically from the
+    row's key and the pass.
     """
     from core.backbone import images_to_tensor, tokenize
     from core.expert import seed_for
@@ -37,13 +38,16 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int) -> 
     tok = _tokenizer(tokenizer_uri)
     images, prompts, demo_imgs, demo_caps = [], [], [], []
     for i in range(len(batch["prompt"])):
-        images.append(from_png(batch["image"][i]))
-        prompts.append(str(batch["prompt"][i]))
-        demos, caps = list(batch["demo_images"][i]), list(batch["demo_captions"][i])
-        rng = np.random.default_rng(seed_for(seed, batch["subject_id"][i], batch["prompt_id"][i], batch["sample_index"][i]))
-        pick = rng.choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
-        demo_imgs.append(np.stack([from_png(demos[j]) for j in pick]))
-        demo_caps.extend(str(caps[j]) for j in pick)
+        image = from_png(batch["image"][i])
+        demos = [from_png(d) for d in batch["demo_images"][i]]
+        caps = [str(c) for c in batch["demo_captions"][i]]
+        for p in range(passes):
+            images.append(image)
+            prompts.append(str(batch["prompt"][i]))
+            key = (seed, batch["subject_id"][i], batch["prompt_id"][i], batch["sample_index"][i], p)
+            pick = np.random.default_rng(seed_for(*key)).choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
+            demo_imgs.append(np.stack([demos[j] for j in pick]))
+            demo_caps.extend(caps[j] for j in pick)
     b = len(images)
     demo_t = images_to_tensor(np.concatenate(demo_imgs)).view(b, num_demos, 3, *images[0].shape[:2])
     return {
@@ -94,8 +98,9 @@ def read_g(
 ) -> ray.data.Dataset:
     """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
 
-    `passes` > 1 chains that many reads of G into one dataset: every epoch restarts Ray Data's execution (seconds
-    on a small machine), so a small G is better read several times per epoch than once per many short epochs.
+    `passes` > 1 emits every row that many times (each with its own demos) within one read: every epoch restarts
+    Ray Data's execution (seconds on a small machine), so a small G is better seen several times per epoch than
+    once per many short epochs.
     """
     storage.require(g_uri, "paths.g", "G (expert renders)")
     shards = storage.list_shards(g_uri)
@@ -108,11 +113,9 @@ def read_g(
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:
         ds = ds.filter(expr=col("delta") > float(min_delta))
-    if passes > 1:
-        ds = ds.union(*[ds] * (passes - 1))
     return ds.map_batches(
         decode_batch,
-        fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed},
+        fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},
         batch_format="numpy",
         batch_size=32,
     )

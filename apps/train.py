@@ -31,7 +31,7 @@ def run(config: PipelineConfig) -> dict:
     kept = count_kept(config.paths.g, config.filter.min_delta)
     if kept == 0:
         raise RuntimeError(f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on")
-    passes = min(64, math.ceil(acfg.steps * acfg.batch_size * acfg.num_workers / kept))
+    passes = min(32, math.ceil(acfg.steps * acfg.batch_size * acfg.num_workers / kept))
     with ray_cluster(config.cluster):
         dataset = read_g(config.paths.g, config.filter.min_delta, storage.join(base, "tokenizer"), acfg.num_demos, acfg.seed, passes)
         checkpoint = fit(config.apprentice, dataset, base, config.paths.train_storage, run_name, to_dict(config))
