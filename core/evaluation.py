@@ -17,8 +17,6 @@ from core import toyworld
 from core.config import EvaluateConfig, WorldConfig
 from core.scorer import Scorer
 
-METHODS = ("oracle", "base", "expert", "apprentice")
-
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
     """D_S-style records for test subjects, each with the subject and the oracle renders of its prompts."""

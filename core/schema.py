@@ -62,8 +62,6 @@ G_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"corpus": CORPUS_SCHEMA, "ds": DS_SCHEMA, "g": G_SCHEMA}
-
 
 class SchemaError(ValueError):
     pass

@@ -59,11 +59,6 @@ def require(uri: str, config_key: str, what: str) -> None:
         )
 
 
-def makedirs(uri: str) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
-
-
 def list_shards(uri: str) -> list[str]:
     """Complete parquet shards under a folder URI, sorted; temporary files are never listed."""
     fs, path = resolve(uri)

@@ -41,7 +41,6 @@ BACKGROUNDS = {
 ACCESSORIES = {"hat": (255, 0, 200), "flag": (0, 235, 235)}
 STYLES = ("grayscale", "blocky")
 SKILLS = ("recontextualization", "property", "accessory", "style")
-IDENTITY_ATTRIBUTES = ("body", "pattern", "pattern_colour")
 
 
 @dataclass(frozen=True)
