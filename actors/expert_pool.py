@@ -116,51 +116,47 @@ def run_pool(
         in_flight[actors[i].run.remote(record, g_uri, filter_cfg.min_delta)] = (i, actors[i], record)
 
     try:
-        _drain(actors, queue, in_flight, submit, new_actor, attempts, results, summary, bar, cfg)
+        for i in range(len(actors)):
+            for _ in range(cfg.max_tasks_in_flight):
+                if queue:
+                    submit(i)
+        start = time.perf_counter()
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            i, actor, record = in_flight.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
+                sid = record["subject_id"]
+                log.warning("expert actor %d died on subject %s (%s)", i, sid, type(err).__name__)
+                if actors[i] is actor:  # the other tasks queued on the dead actor fail too: replace it once
+                    summary["actor_restarts"] += 1
+                    actors[i] = new_actor()
+                if attempts[sid] <= cfg.max_retries:
+                    queue.insert(0, record)
+                else:
+                    results.append({"subject_id": sid, "status": "failed", "reason": f"actor died {attempts[sid]} times"})
+                    summary["failed"] += 1
+                    bar.update(1)
+            except RayTaskError as err:  # a bug or bad data inside the task: record it, don't retry it forever
+                results.append({"subject_id": record["subject_id"], "status": "failed", "reason": str(err.cause)[:500]})
+                summary["failed"] += 1
+                bar.update(1)
+            else:
+                results.append(result)
+                bar.update(1)
+                if result["status"] == "done":
+                    summary["done"] += 1
+                    summary["renders"] += result["total"]
+                    summary["kept"] += result["kept"]
+                    summary["rejected"] += result["total"] - result["kept"]
+                else:
+                    summary["failed"] += 1
+            while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < cfg.max_tasks_in_flight:
+                submit(i)
+        summary["seconds"] = round(time.perf_counter() - start, 2)
     finally:
         bar.close()
         for actor in actors:
             ray.kill(actor)  # never leave actors holding CPUs that the next stage needs
     return results, dict(summary)
-
-
-def _drain(actors, queue, in_flight, submit, new_actor, attempts, results, summary, bar, cfg) -> None:
-    for i in range(len(actors)):
-        for _ in range(cfg.max_tasks_in_flight):
-            if queue:
-                submit(i)
-    start = time.perf_counter()
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        i, actor, record = in_flight.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
-            sid = record["subject_id"]
-            log.warning("expert actor %d died on subject %s (%s)", i, sid, type(err).__name__)
-            if actors[i] is actor:  # the other tasks queued on the dead actor fail too: replace it once
-                summary["actor_restarts"] += 1
-                actors[i] = new_actor()
-            if attempts[sid] <= cfg.max_retries:
-                queue.insert(0, record)
-            else:
-                results.append({"subject_id": sid, "status": "failed", "reason": f"actor died {attempts[sid]} times"})
-                summary["failed"] += 1
-                bar.update(1)
-        except RayTaskError as err:  # a bug or bad data inside the task: record it, don't retry it forever
-            results.append({"subject_id": record["subject_id"], "status": "failed", "reason": str(err.cause)[:500]})
-            summary["failed"] += 1
-            bar.update(1)
-        else:
-            results.append(result)
-            bar.update(1)
-            if result["status"] == "done":
-                summary["done"] += 1
-                summary["renders"] += result["total"]
-                summary["kept"] += result["kept"]
-                summary["rejected"] += result["total"] - result["kept"]
-            else:
-                summary["failed"] += 1
-        while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < cfg.max_tasks_in_flight:
-            submit(i)
-    summary["seconds"] = round(time.perf_counter() - start, 2)

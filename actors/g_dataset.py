@@ -62,10 +62,7 @@ PROVENANCE = ("base_checkpoint_hash", "expert_config_hash", "scorer_hash")
 
 
 def shard_provenance(shard_uri: str) -> set[tuple[str, ...]]:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(shard_uri)
-    table = pq.read_table(path, filesystem=fs, columns=list(PROVENANCE))
+    table = storage.read_columns(shard_uri, list(PROVENANCE))
     return set(zip(*(table.column(c).to_pylist() for c in PROVENANCE)))
 
 
@@ -83,12 +80,9 @@ def check_single_provenance(shards: list[str]) -> None:
 
 def count_kept(g_uri: str, min_delta: float | None) -> int:
     """Rows of G passing the threshold, from the `delta` column alone (a pyarrow read, not a Ray Data count)."""
-    import pyarrow.parquet as pq
-
     total = 0
     for shard in storage.list_shards(g_uri):
-        fs, path = storage.resolve(shard)
-        delta = pq.read_table(path, filesystem=fs, columns=["delta"]).column("delta").to_numpy()
+        delta = storage.read_columns(shard, ["delta"]).column("delta").to_numpy()
         total += int(len(delta) if min_delta is None else (delta > min_delta).sum())
     return total
 

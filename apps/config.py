@@ -57,3 +57,10 @@ def stage_main(run):
 
 def base_uri(config: PipelineConfig) -> str:
     return config.model.path or config.paths.base
+
+
+def require_base(config: PipelineConfig) -> str:
+    """The base model's URI, failing at once (naming the key that set it) when nothing is there."""
+    uri = base_uri(config)
+    storage.require(uri, "model.path" if config.model.path else "paths.base", "base model")
+    return uri

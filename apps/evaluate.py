@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from actors.cluster import ray_cluster, remote_call
 from actors.expert_pool import run_pool
-from apps.config import base_uri, stage_main
+from apps.config import base_uri, require_base, stage_main
 from apps.experts import provenance
 from core import evaluation, storage, toyworld
 from core.config import PipelineConfig
@@ -57,7 +57,7 @@ def run(config: PipelineConfig) -> dict:
 
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
-    storage.require(base_uri(config), "model.path" if config.model.path else "paths.base", "base model")
+    require_base(config)
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     expert_cfg = dataclasses.replace(config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None)

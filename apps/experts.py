@@ -11,7 +11,7 @@ import time
 
 from actors.cluster import ray_cluster
 from actors.expert_pool import run_pool
-from apps.config import base_uri, stage_main
+from apps.config import base_uri, require_base, stage_main
 from core import schema, storage
 from core.backbone import weight_files
 from core.config import PipelineConfig, config_hash
@@ -30,7 +30,7 @@ def provenance(config: PipelineConfig) -> dict:
 
 def run(config: PipelineConfig) -> dict:
     ds = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
-    storage.require(base_uri(config), "model.path" if config.model.path else "paths.base", "base model")
+    require_base(config)
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     records = ds.to_pylist()[: config.expert.max_subjects]
     with ray_cluster(config.cluster):

@@ -14,14 +14,13 @@ import pyarrow.fs as pafs
 from actors.apprentice_trainer import fit
 from actors.cluster import ray_cluster
 from actors.g_dataset import count_kept, read_g
-from apps.config import base_uri, stage_main
+from apps.config import require_base, stage_main
 from core import storage
 from core.config import PipelineConfig, config_hash, to_dict
 
 
 def run(config: PipelineConfig) -> dict:
-    base = base_uri(config)
-    storage.require(base, "model.path" if config.model.path else "paths.base", "base model")
+    base = require_base(config)
     storage.require(config.paths.g, "paths.g", "G (expert renders)")
     # A Ray Train run resumes from the latest checkpoint of a run of the same name: name the run by everything that
     # shapes it (apprentice config, threshold, base, the G shards), so a sweep never picks up another run's weights.

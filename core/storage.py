@@ -101,6 +101,12 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
     return pa.concat_tables(tables)
 
 
+def read_columns(shard_uri: str, columns: list[str]) -> pa.Table:
+    """Only `columns` of one parquet shard (parquet reads just those column chunks)."""
+    fs, path = resolve(shard_uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
