@@ -2,6 +2,13 @@
 
     POST /v1/generate  prompt + 1-8 demonstrations (base64 PNG/JPEG + caption) -> base64 PNGs and timings
     GET  /healthz
+    GET  /           a web page: upload demonstrations, type captions and a prompt, see the images
+    GET  /docs       OpenAPI
+
+The apprentice deployment batches concurrent requests (`@serve.batch`; requests that share a demo count, guidance
+mode and step count go through the UNet together) and takes its checkpoint from `user_config`, so a new checkpoint
+is swapped in by redeploying with another `user_config`: Serve reconfigures the running replicas in place, no
+restart and no downtime.
 
 Built by the typed builder `build_app(ServeArgs)`, so `serve run actors.serve_app:build_app apprentice=PATH` works
 as well as `python -m apps.serve`. Client mistakes get a 4xx naming the field; the replica never dies of one.
@@ -9,20 +16,24 @@ as well as `python -m apps.serve`. Client mistakes get a 4xx naming the field; t
 
 
 # No `from __future__ import annotations` here: FastAPI must see the request model types, not strings.
+import asyncio
 import base64
 import binascii
 import io
 import time
+from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 MAX_DEMO_PIXELS = 4096 * 4096  # decoded size bound per demo image: refuses decompression bombs
+WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 
 app = FastAPI(title="SuTI", description="Subject-driven text-to-image from a few demonstrations, no fine-tuning.")
 _limits = {"max_body_bytes": 20 * 1024 * 1024}  # set per replica from ServeArgs
@@ -46,8 +57,10 @@ class GenerateRequest(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    images: list[str]  # base64 PNG
+    images: list[str] = Field(description="base64 PNG")
     timings: dict[str, float]
+    batch_size: int = Field(description="requests that went through the UNet together with this one")
+    model: str = Field(description="digest of the apprentice checkpoint that drew the images")
 
 
 class ServeArgs(BaseModel):
@@ -58,6 +71,10 @@ class ServeArgs(BaseModel):
     num_gpus: float = 0.0
     threads: int = 2
     sampler: str = "ddim"
+    max_batch_size: int = 4  # requests per @serve.batch call; 1 turns batching off
+    batch_wait_timeout_s: float = 0.05
+    max_ongoing_requests: int = 16  # per apprentice replica; must be >= max_batch_size for batches to fill
+    autoscaling: dict | None = None  # Serve's autoscaling_config (min_replicas, max_replicas, ...); replaces num_replicas
     max_body_bytes: int = 20 * 1024 * 1024
     max_prompt_chars: int = 300
     max_demos: int = 8
@@ -65,12 +82,36 @@ class ServeArgs(BaseModel):
     max_images: int = 4
 
 
-@app.middleware("http")
-async def limit_body(request: Request, call_next):
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > _limits["max_body_bytes"]):
-        return JSONResponse({"detail": f"request body over {_limits['max_body_bytes']} bytes"}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """ASGI middleware: a body over `max_body_bytes` is a 413, whether its Content-Length says so up front or a
+    chunked body (no Content-Length) grows past the limit while it is read; nothing beyond the limit is buffered."""
+
+    def __init__(self, asgi_app):
+        self.app = asgi_app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _limits["max_body_bytes"]
+        too_large = {"detail": f"request body over {limit} bytes"}
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await JSONResponse(too_large, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, detail=too_large["detail"])  # FastAPI answers it while reading the body
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+app.add_middleware(BodyLimit)
 
 
 def decode_demo(data: str, field: str, resolution: int) -> np.ndarray:
@@ -97,49 +138,84 @@ def decode_demo(data: str, field: str, resolution: int) -> np.ndarray:
 
 @serve.deployment
 class ApprenticeDeployment:
-    def __init__(self, apprentice_uri: str, threads: int, sampler: str):
+    """One apprentice per replica. `user_config={"apprentice": URI}` names the checkpoint (reloaded on change)."""
+
+    def __init__(self, threads: int, sampler: str, max_batch_size: int, batch_wait_timeout_s: float):
         import torch
 
+        torch.set_num_threads(threads)
+        self.sampler = sampler
+        self.model, self.model_digest, self.uri = None, "", None
+        self.generate_batch.set_max_batch_size(max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def reconfigure(self, user_config: dict) -> None:
         from core import storage
         from core.apprentice import load_apprentice
         from core.device import pick_device
 
-        torch.set_num_threads(threads)
-        self.model = load_apprentice(storage.local_dir(apprentice_uri)).to(pick_device())
-        self.sampler = sampler
+        uri = user_config["apprentice"]
+        if uri == self.uri:
+            return
+        folder = storage.local_dir(uri)
+        model = load_apprentice(folder).to(pick_device())
+        self.model, self.model_digest, self.uri = model, storage.sha256_files([str(Path(folder) / "apprentice.safetensors")])[:12], uri
 
     def resolution(self) -> int:
         return self.model.resolution
 
-    def generate(self, prompt: str, demo_images: list, captions: list[str], steps: int, guidance_scale: float, demo_guidance_scale, num_images: int, seed: int) -> list[bytes]:
-        from core.apprentice import sample
+    async def generate(self, request: dict) -> dict:
+        return await self.generate_batch(request)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)  # both set from config in __init__
+    async def generate_batch(self, requests: list[dict]) -> list[dict]:
+        """Requests that can share a reverse process (demo count, guidance mode, steps) are drawn as one batch."""
+        from core.apprentice import SampleRequest
+
+        groups = defaultdict(list)
+        for i, r in enumerate(requests):
+            req = SampleRequest(r["prompt"], r["demo_images"], r["captions"], r["num_images"], r["seed"], r["guidance_scale"], r["demo_guidance_scale"])
+            groups[(req.batch_key(), r["steps"])].append((i, req))
+        results: list[dict] = [{}] * len(requests)
+        model, digest = self.model, self.model_digest  # a swap mid-batch does not mix checkpoints
+        for (_, steps), members in groups.items():
+            images = await asyncio.to_thread(self._draw, model, [req for _, req in members], steps)
+            for (i, _), imgs in zip(members, images):
+                results[i] = {"images": imgs, "batch_size": len(members), "model": digest}
+        return results
+
+    def _draw(self, model, requests: list, steps: int) -> list[list[bytes]]:
+        from core.apprentice import sample_batch
         from core.toyworld import to_png
 
-        images = sample(
-            self.model, prompt, demo_images, captions, num_images=num_images, sampler=self.sampler,
-            num_inference_steps=steps, guidance_scale=guidance_scale, demo_guidance_scale=demo_guidance_scale, seed=seed,
-        )
-        return [to_png(img) for img in images]
+        drawn = sample_batch(model, requests, sampler=self.sampler, num_inference_steps=steps)
+        return [[to_png(img) for img in imgs] for imgs in drawn]
 
 
 @serve.deployment
 @serve.ingress(app)
 class SuTIIngress:
-    def __init__(self, generator: DeploymentHandle, args: ServeArgs):
+    def __init__(self, generator: DeploymentHandle, limits: dict):
+        # Only the limits, not the checkpoint: a redeploy with a new checkpoint leaves this deployment as it is and
+        # reconfigures the apprentice replicas in place.
         self.generator = generator
-        self.args = args
-        _limits["max_body_bytes"] = args.max_body_bytes
+        self.limits = limits
+        _limits["max_body_bytes"] = limits["max_body_bytes"]
         self._resolution = None
 
     def _check_limits(self, req: GenerateRequest) -> None:
         for field, value, limit in (
-            ("prompt", len(req.prompt), self.args.max_prompt_chars),
-            ("demos", len(req.demos), self.args.max_demos),
-            ("steps", req.steps, self.args.max_steps),
-            ("num_images", req.num_images, self.args.max_images),
+            ("prompt", len(req.prompt), self.limits["max_prompt_chars"]),
+            ("demos", len(req.demos), self.limits["max_demos"]),
+            ("steps", req.steps, self.limits["max_steps"]),
+            ("num_images", req.num_images, self.limits["max_images"]),
         ):
             if value > limit:
                 raise HTTPException(422, detail=f"{field}: {value} is over this server's limit of {limit}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(WEB_PAGE.read_text())
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -153,20 +229,30 @@ class SuTIIngress:
             self._resolution = await self.generator.resolution.remote()
         demos = [decode_demo(d.image, f"demos[{i}].image", self._resolution) for i, d in enumerate(req.demos)]
         decoded = time.perf_counter()
-        pngs = await self.generator.generate.remote(
-            req.prompt, demos, [d.caption for d in req.demos], req.steps, req.guidance_scale,
-            req.demo_guidance_scale, req.num_images, req.seed,
+        drawn = await self.generator.generate.remote(
+            {
+                "prompt": req.prompt, "demo_images": demos, "captions": [d.caption for d in req.demos], "steps": req.steps,
+                "guidance_scale": req.guidance_scale, "demo_guidance_scale": req.demo_guidance_scale,
+                "num_images": req.num_images, "seed": req.seed,
+            }
         )
         done = time.perf_counter()
         return GenerateResponse(
-            images=[base64.b64encode(p).decode() for p in pngs],
+            images=[base64.b64encode(p).decode() for p in drawn["images"]],
             timings={"decode_s": decoded - start, "generate_s": done - decoded, "total_s": done - start},
+            batch_size=drawn["batch_size"],
+            model=drawn["model"],
         )
 
 
 def build_app(args: ServeArgs) -> Application:
-    """The typed app builder (`serve run actors.serve_app:build_app apprentice=...`)."""
+    """The typed app builder (`serve run actors.serve_app:build_app apprentice=...`, or a `serve deploy` file)."""
+    scaling = {"autoscaling_config": args.autoscaling} if args.autoscaling else {"num_replicas": args.num_replicas}
     model = ApprenticeDeployment.options(
-        num_replicas=args.num_replicas, ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
-    ).bind(args.apprentice, args.threads, args.sampler)
-    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, args)
+        **scaling,
+        max_ongoing_requests=args.max_ongoing_requests,
+        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        user_config={"apprentice": args.apprentice},
+    ).bind(args.threads, args.sampler, args.max_batch_size, args.batch_wait_timeout_s)
+    limits = args.model_dump(include={"max_body_bytes", "max_prompt_chars", "max_demos", "max_steps", "max_images"})
+    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, limits)

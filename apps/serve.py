@@ -22,18 +22,25 @@ from core.config import PipelineConfig
 APP_NAME = "suti"
 
 
-def start(config: PipelineConfig) -> str:
-    """Deploy the app; returns its base URL."""
-    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+def serve_args(config: PipelineConfig) -> ServeArgs:
+    """The Serve app's arguments from the Hydra config (the source of truth for `apps.serve` and `apps.serve_config`)."""
     s = config.serve
-    serve.start(http_options={"host": s.host, "port": s.port})
-    args = ServeArgs(
+    return ServeArgs(
         apprentice=config.paths.apprentice, host=s.host, num_replicas=s.num_replicas, num_cpus=s.num_cpus,
         num_gpus=s.num_gpus, threads=config.apprentice.threads, sampler=config.apprentice.sampler, max_body_bytes=s.max_body_bytes,
         max_prompt_chars=s.max_prompt_chars, max_demos=s.max_demos, max_steps=s.max_steps, max_images=s.max_images,
+        max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+        max_ongoing_requests=s.max_ongoing_requests, autoscaling=dict(s.autoscaling) or None,
     )
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{s.host}:{s.port}"
+
+
+def start(config: PipelineConfig) -> str:
+    """Deploy the app (or redeploy it: with only `paths.apprentice` changed, the running replicas swap checkpoints in
+    place through `user_config`, without downtime); returns its base URL."""
+    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.run(build_app(serve_args(config)), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{config.serve.host}:{config.serve.port}"
 
 
 def example_request(config: PipelineConfig) -> dict:

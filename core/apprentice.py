@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -156,7 +157,70 @@ def training_loss(apprentice: Apprentice, batch: dict, text_dropout: float, demo
     return F.mse_loss(pred, noise)
 
 
+@dataclass
+class SampleRequest:
+    """One request to the apprentice: a prompt, K demonstrations (uint8 (H, W, 3) arrays and captions) and its
+    own seed and guidance scales. Requests that share a demo count, a guidance mode (one scale, or separate text and
+    demo scales), a sampler and a step count can be drawn in one batch (`sample_batch`)."""
+
+    prompt: str
+    demo_images: list = field(default_factory=list)
+    demo_captions: list = field(default_factory=list)
+    num_images: int = 1
+    seed: int = 0
+    guidance_scale: float = 3.0
+    demo_guidance_scale: float | None = None
+
+    def batch_key(self) -> tuple[int, bool]:
+        return len(self.demo_images), bool(self.demo_images) and self.demo_guidance_scale is not None
+
+
 @torch.no_grad()
+def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampler: str = "ddim", num_inference_steps: int = 25) -> list[np.ndarray]:
+    """Draw every request in one batched reverse process. Returns one uint8 (N_i, H, W, 3) array per request.
+
+    Each request draws its noise from its own generator, so its images are the same whether it is sampled alone or
+    beside others (up to float rounding). Demo tokens are encoded once per request and reused at every step.
+    One guidance scale: eps_u + s * (eps_text+demos - eps_u), two UNet evaluations per step. With a separate
+    demo scale s_d: eps_u + s_d * (eps_demos - eps_u) + s * (eps_text+demos - eps_demos), three evaluations per step.
+    """
+    keys = {r.batch_key() for r in requests}
+    if len(keys) != 1:
+        raise ValueError(f"one batch needs one demo count and one guidance mode; got (demos, dual) {sorted(keys)}")
+    (k, dual), = keys
+    device = next(apprentice.parameters()).device
+    counts = [r.num_images for r in requests]
+    n = sum(counts)
+    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)
+    text_scale = per_image([r.guidance_scale for r in requests])
+    cond = encode_text(apprentice.backbone, [r.prompt for r, c in zip(requests, counts) for _ in range(c)])
+    uncond = encode_text(apprentice.backbone, [""] * n)
+    copies = 3 if dual else 2
+    states = torch.cat([uncond, uncond, cond] if dual else [uncond, cond])
+    tokens, mask = None, None
+    if k:
+        imgs = torch.stack([images_to_tensor(list(r.demo_images)) for r in requests]).to(device)  # (R, K, 3, H, W)
+        ids = torch.stack([tokenize(apprentice.tokenizer, list(r.demo_captions)) for r in requests]).to(device)
+        per_request = apprentice.encode_demos(imgs, ids)  # (R, T, D)
+        tokens = per_request.repeat_interleave(torch.tensor(counts, device=device), dim=0).repeat(copies, 1, 1)
+        mask = torch.cat([torch.zeros(n), torch.ones((copies - 1) * n)]).to(device)
+    demo_scale = per_image([r.demo_guidance_scale for r in requests]) if dual else None
+
+    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = apprentice(torch.cat([x] * copies), t, states, tokens, mask).sample.chunk(copies)
+        if dual:
+            eps_u, eps_d, eps_full = eps
+            return eps_u + demo_scale * (eps_d - eps_u) + text_scale * (eps_full - eps_d)
+        eps_u, eps_full = eps
+        return eps_u + text_scale * (eps_full - eps_u)
+
+    generators = [g for r in requests for g in [torch.Generator().manual_seed(r.seed)] * r.num_images]
+    shape = (n, apprentice.unet.config.in_channels, apprentice.resolution, apprentice.resolution)
+    x0 = sample_loop(predict_noise, create_sampler(sampler, apprentice.noise_scheduler), shape, num_inference_steps, generators, device)
+    images = tensor_to_images(x0)
+    return np.split(images, np.cumsum(counts)[:-1])
+
+
 def sample(
     apprentice: Apprentice,
     prompt: str,
@@ -170,43 +234,10 @@ def sample(
     demo_guidance_scale: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
-    """Draw `num_images` of the demonstrated subject for `prompt`. Returns uint8 (N, H, W, 3).
-
-    demo_images: K uint8 (H, W, 3) arrays (K may be 0: the base model). Demo tokens are encoded once and reused at
-    every step. One guidance scale: eps_u + s * (eps_text+demos - eps_u), two UNet evaluations per step. With a
-    separate `demo_guidance_scale` s_d: eps_u + s_d * (eps_demos - eps_u) + s * (eps_text+demos - eps_demos),
-    three evaluations per step.
-    """
-    device = next(apprentice.parameters()).device
-    n = num_images
-    cond = encode_text(apprentice.backbone, [prompt] * n)
-    uncond = encode_text(apprentice.backbone, [""] * n)
-    demo_tokens = None
-    if demo_images:
-        imgs = images_to_tensor(list(demo_images)).unsqueeze(0).to(device)
-        ids = tokenize(apprentice.tokenizer, list(demo_captions)).unsqueeze(0).to(device)
-        demo_tokens = apprentice.encode_demos(imgs, ids)  # (1, T, D), computed once per request
-    dual = demo_tokens is not None and demo_guidance_scale is not None
-    copies = 3 if dual else 2
-    states = torch.cat([uncond, uncond, cond] if dual else [uncond, cond])
-    if demo_tokens is not None:
-        tokens = demo_tokens.expand(copies * n, -1, -1)
-        mask = torch.cat([torch.zeros(n), torch.ones(n)] + ([torch.ones(n)] if dual else [])).to(device)
-    else:
-        tokens, mask = None, None
-
-    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = apprentice(torch.cat([x] * copies), t, states, tokens, mask).sample.chunk(copies)
-        if dual:
-            eps_u, eps_d, eps_full = eps
-            return eps_u + demo_guidance_scale * (eps_d - eps_u) + guidance_scale * (eps_full - eps_d)
-        eps_u, eps_full = eps
-        return eps_u + guidance_scale * (eps_full - eps_u)
-
-    generator = torch.Generator().manual_seed(seed)
-    shape = (n, apprentice.unet.config.in_channels, apprentice.resolution, apprentice.resolution)
-    x0 = sample_loop(predict_noise, create_sampler(sampler, apprentice.noise_scheduler), shape, num_inference_steps, generator, device)
-    return tensor_to_images(x0)
+    """Draw `num_images` of the demonstrated subject for `prompt` (K demos, K may be 0: the base model).
+    Returns uint8 (N, H, W, 3); `sample_batch` with one request."""
+    request = SampleRequest(prompt, list(demo_images), list(demo_captions), num_images, seed, guidance_scale, demo_guidance_scale)
+    return sample_batch(apprentice, [request], sampler=sampler, num_inference_steps=num_inference_steps)[0]
 
 
 def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None) -> None:

@@ -206,12 +206,19 @@ def sample_loop(
     sampler,
     shape: tuple[int, ...],
     num_inference_steps: int,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Run the reverse process. `predict_noise(x_t (B, C, H, W), t) -> guided eps`; returns x0 (B, C, H, W)."""
+    """Run the reverse process. `predict_noise(x_t (B, C, H, W), t) -> guided eps`; returns x0 (B, C, H, W).
+
+    `generator` may be a list with one (CPU) generator per batch element, as diffusers' schedulers accept: batch
+    element i then draws all of its noise from generator i.
+    """
     sampler.set_timesteps(num_inference_steps)
-    x = torch.randn(shape, generator=generator).to(device)
+    if isinstance(generator, list):
+        x = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator]).to(device)
+    else:
+        x = torch.randn(shape, generator=generator).to(device)
     for t in sampler.timesteps:
         eps = predict_noise(x, t)
         x = sampler.step(eps, t, x, generator=generator).prev_sample

@@ -127,6 +127,13 @@ class ServeConfig:
     max_steps: int = 200
     max_demos: int = 8
     max_prompt_chars: int = 300
+    # Request batching on the apprentice replicas (@serve.batch); max_batch_size 1 turns it off.
+    max_batch_size: int = 4
+    batch_wait_timeout_s: float = 0.05
+    max_ongoing_requests: int = 16  # per apprentice replica; at least max_batch_size, or batches never fill
+    # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); when not empty it
+    # replaces num_replicas. Set on the command line with `+serve.autoscaling='{min_replicas: 1, max_replicas: 4}'`.
+    autoscaling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""Write a `serve deploy` / `serve run` config file from the Hydra config, which stays the source of truth:
+
+    python -m apps.serve_config experiment=demo      # -> outputs/demo/serve_config.yaml
+    serve run outputs/demo/serve_config.yaml          # or, on a running cluster: serve deploy outputs/demo/serve_config.yaml
+
+To swap in a new checkpoint without downtime, write the file again with another `paths.apprentice` and deploy it:
+only the apprentice deployment's `user_config` changes, so Serve reconfigures its replicas in place.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from apps.config import stage_main
+from apps.serve import APP_NAME, serve_args
+from core import storage
+from core.config import PipelineConfig
+
+
+def deploy_config(config: PipelineConfig) -> dict:
+    """A Ray Serve config (`ServeDeploySchema`): one application built by `actors.serve_app:build_app`."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": config.serve.host, "port": config.serve.port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "actors.serve_app:build_app",
+                "args": serve_args(config).model_dump(),
+            }
+        ],
+    }
+
+
+def run(config: PipelineConfig) -> dict:
+    out = storage.join(config.paths.root, "serve_config.yaml")
+    storage.write_bytes(out, yaml.safe_dump(deploy_config(config), sort_keys=False).encode())
+    return {"stage": "serve_config", "out": out, "run": f"serve run {out}", "deploy": f"serve deploy {out}"}
+
+
+main = stage_main(run)
+
+if __name__ == "__main__":
+    main()
