@@ -4,6 +4,7 @@ evaluate -> serve. Every stage reads and writes files under `paths`, so any stag
     python -m apps.pipeline experiment=smoke
     python -m apps.pipeline experiment=demo
     python -m apps.pipeline experiment=demo stages='[train,evaluate]'
+    python -m apps.pipeline -m experiment=demo stages='[train,dreambench]' filter.min_delta=0,0.02 dreambench.dino=...
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import time
 
 from actors.cluster import ray_cluster
-from apps import evaluate, experts, mine, pretrain, scorer, serve, train, world
+from apps import dreambench, evaluate, experts, mine, pretrain, scorer, serve, train, world
 from apps.config import stage_main
 from core.config import PipelineConfig
 
@@ -25,6 +26,7 @@ STAGES = {
     "train": train.run,
     "evaluate": evaluate.run,
     "serve": serve.run,
+    "dreambench": dreambench.run,  # not in the default `stages`: it needs DINO and CLIP weights
 }
 
 

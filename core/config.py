@@ -145,6 +145,41 @@ class EvaluateConfig:
     seed: int = 1234
 
 
+LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder (open_clip_config.json and weights)
+
+
+@dataclass
+class DreamBenchConfig:
+    """The DreamBench protocol (apps/dreambench.py). Sampling and fine-tuning settings come from `apprentice.*`
+    and `expert.*`, so one sweep over, say, `apprentice.guidance_scale` moves training-time and benchmark sampling
+    alike."""
+
+    # The `dataset/` folder of a google/dreambooth clone (subject folders and prompts_and_classes.txt).
+    data: str = "../shared/data/dreambench/dataset"
+    # Metric encoders, local only: a folder holding a transformers ViTModel (facebook/dino-vits16 saved with
+    # save_pretrained), and an open_clip model name with a local weights file, or "local-dir:<folder>" holding
+    # open_clip_config.json and the weights (the layout of open_clip's hub repositories).
+    dino: Optional[str] = None
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: Optional[str] = None
+    methods: list[str] = field(default_factory=lambda: ["apprentice", "expert"])
+    images_per_prompt: int = 4
+    max_demos: int = 4  # subject images shown to the apprentice and fine-tuned on by the expert
+    # The expert's rare token, as in DreamBooth ("a sks dog"); "" gives SuTI-style experts that see the class only.
+    identifier: str = "sks"
+    max_subjects: Optional[int] = None  # None: every subject; a number for quick runs
+    max_prompts: Optional[int] = None  # None: all 25 prompts of each list
+    seed: int = 0
+    # Generation actors (one per accelerator slot) and the scoring task.
+    num_actors: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    threads: int = 1
+    score_batch_size: int = 64
+    grid_cell: int = 96  # pixels per image in the grids
+
+
 @dataclass
 class ClusterConfig:
     address: Optional[str] = None  # None starts a local cluster; "auto" joins a running one
@@ -155,14 +190,18 @@ class ClusterConfig:
 @dataclass
 class PathsConfig:
     root: str = "outputs/default"
+    # Outputs that depend on a run's settings. A single run writes them under `root`; in a Hydra multirun each job
+    # gets `root/runs/<its overrides>` (apps/config.py), while the shared inputs (corpus, D_S, G, base) stay put.
+    run: str = "${paths.root}"
     corpus: str = "${paths.root}/corpus"
     ds: str = "${paths.root}/ds"
     g: str = "${paths.root}/g"
     scorer: str = "${paths.root}/scorer"
     base: str = "${paths.root}/base"
-    apprentice: str = "${paths.root}/apprentice"
-    train_storage: str = "${paths.root}/ray_train"
-    eval: str = "${paths.root}/eval"
+    apprentice: str = "${paths.run}/apprentice"
+    train_storage: str = "${paths.root}/ray_train"  # Ray Train runs are named by their inputs: shared is safe
+    eval: str = "${paths.run}/eval"
+    dreambench: str = "${paths.run}/dreambench"
 
 
 @dataclass
@@ -181,6 +220,7 @@ class PipelineConfig:
     apprentice: ApprenticeConfig = field(default_factory=ApprenticeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    dreambench: DreamBenchConfig = field(default_factory=DreamBenchConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 

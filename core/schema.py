@@ -4,6 +4,8 @@ Three record kinds flow between stages:
 - corpus: a "web" corpus of (url, image, caption) rows, grouped by url into candidate subject clusters;
 - D_S: one row per mined subject cluster C_s with its unseen prompts p_s;
 - G: one row per expert render y_s, kept or rejected by the delta-CLIP filter, with its provenance.
+DreamBench evaluation adds two more: one row per generated image (DREAMBENCH) and one row of metrics per generated
+image (DREAMBENCH_SCORE).
 
 Images are PNG bytes. Every reader and writer goes through `validate` (or builds its table with these schemas),
 so a column renamed in one place fails loudly everywhere else.
@@ -59,6 +61,43 @@ G_SCHEMA = pa.schema(
         pa.field("base_checkpoint_hash", pa.string(), nullable=False),
         pa.field("expert_config_hash", pa.string(), nullable=False),
         pa.field("scorer_hash", pa.string(), nullable=False),
+    ]
+)
+
+DREAMBENCH_KEY = ("method", "subject", "prompt_index", "sample_index")
+
+DREAMBENCH_SCHEMA = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),  # apprentice | expert
+        pa.field("subject", pa.string(), nullable=False),  # DreamBench folder name, e.g. "dog2"
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("live", pa.bool_(), nullable=False),  # dog or cat: the live-subject prompt list
+        pa.field("prompt_index", pa.int32(), nullable=False),  # position in its prompt list (0-24)
+        pa.field("prompt_kind", pa.string(), nullable=False),  # recontextualization | accessorization | property
+        pa.field("prompt", pa.string(), nullable=False),  # what the model was given ("a sks dog ..." for experts)
+        pa.field("eval_prompt", pa.string(), nullable=False),  # the prompt with the class word only, for CLIP-T
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),  # PNG bytes at the model's resolution
+        pa.field("num_demos", pa.int32(), nullable=False),  # subject images shown (apprentice) or fine-tuned on (expert)
+        pa.field("fine_tune_s", pa.float32(), nullable=False),  # per subject; 0 for the apprentice
+        pa.field("sample_s", pa.float32(), nullable=False),  # per subject: every prompt and sample
+        pa.field("backbone", pa.string(), nullable=False),
+        # Hash of the weights and every setting that shapes the images: a resumed run never mixes two of them.
+        pa.field("run_hash", pa.string(), nullable=False),
+    ]
+)
+
+DREAMBENCH_SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("prompt_index", pa.int32(), nullable=False),
+        pa.field("prompt_kind", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("dino", pa.float32(), nullable=False),  # mean cosine to the subject's real images, DINO CLS embeddings
+        pa.field("clip_i", pa.float32(), nullable=False),  # the same with CLIP image embeddings
+        pa.field("clip_t", pa.float32(), nullable=False),  # cosine of the image and its eval_prompt, CLIP
     ]
 )
 

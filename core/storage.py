@@ -91,14 +91,16 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
     shards = list_shards(folder_uri)
     if not shards:
         raise MissingInputError(f"{what}: no parquet shards under '{folder_uri}' (config key `{config_key}`)")
+    return pa.concat_tables([read_shard(shard, schema, what) for shard in shards])
+
+
+def read_shard(shard_uri: str, schema: pa.Schema, what: str) -> pa.Table:
+    """One parquet shard, validated against `schema`."""
     from core.schema import validate
 
-    fs, _ = resolve(folder_uri)
-    tables = []
-    for shard in shards:
-        # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
-        tables.append(validate(pq.read_table(resolve(shard)[1], filesystem=fs), schema, f"{what} shard {shard}"))
-    return pa.concat_tables(tables)
+    fs, path = resolve(shard_uri)
+    # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
+    return validate(pq.read_table(path, filesystem=fs), schema, f"{what} shard {shard_uri}")
 
 
 def read_columns(shard_uri: str, columns: list[str]) -> pa.Table:

@@ -1,0 +1,124 @@
+"""DreamBench generation on the cluster: a fixed pool of actors, one per accelerator slot, each holding one model
+(the apprentice, or the base that it resets and fine-tunes into one expert per subject) and writing one parquet
+shard per (method, subject) atomically. A re-run skips the shards already written; a subject that fails is
+reported with its reason, and the next run picks it up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from tqdm import tqdm
+
+from core import schema, storage
+from core.config import PipelineConfig
+from core.dreambench import Prompt, Subject
+
+log = logging.getLogger(__name__)
+
+SHARD_PREFIX = "subject-"
+
+
+def shard_name(subject: str) -> str:
+    return f"{SHARD_PREFIX}{subject}"
+
+
+def shard_uri(out_uri: str, subject: str) -> str:
+    return storage.join(out_uri, shard_name(subject) + storage.SHARD_SUFFIX)
+
+
+@ray.remote
+class DreamBenchActor:
+    def __init__(self, method: str, model_uri: str, config: PipelineConfig):
+        import torch
+
+        from core.device import pick_device
+
+        torch.set_num_threads(config.dreambench.threads)
+        device = pick_device()
+        self.method, self.config = method, config
+        if method == "apprentice":
+            from core.apprentice import load_apprentice
+
+            self.model = load_apprentice(storage.local_dir(model_uri)).to(device)
+            self.resolution = self.model.resolution
+        else:
+            from core.backbone import load_backbone
+            from core.expert import Expert
+
+            backbone = load_backbone(storage.local_dir(model_uri)).to(device)
+            self.model = Expert(backbone, None, config.expert, {})  # no scorer: DreamBench scores afterwards
+            self.resolution = backbone.resolution
+
+    def run(self, subject: Subject, prompts: list[Prompt], out_uri: str, provenance: dict) -> dict:
+        from core import dreambench
+
+        db = self.config.dreambench
+        demos = [dreambench.square(dreambench.read_image(uri), self.resolution) for uri in subject.images[: db.max_demos]]
+        if self.method == "apprentice":
+            acfg = self.config.apprentice
+            sampling = {"sampler": acfg.sampler, "num_inference_steps": acfg.num_inference_steps, "guidance_scale": acfg.guidance_scale, "demo_guidance_scale": acfg.demo_guidance_scale}
+            rows = dreambench.generate_apprentice(self.model, subject, prompts, demos, db.images_per_prompt, db.seed, sampling, provenance)
+        else:
+            rows = dreambench.generate_expert(self.model, subject, prompts, demos, db.images_per_prompt, db.seed, db.identifier, provenance)
+        table = schema.table_from_rows(rows, schema.DREAMBENCH_SCHEMA, "DreamBench")
+        storage.write_shard(table, out_uri, schema.DREAMBENCH_SCHEMA, name=shard_name(subject.name))
+        return {"subject": subject.name, "status": "done", "images": len(rows), "seconds": rows[0]["fine_tune_s"] + rows[0]["sample_s"]}
+
+
+@dataclass
+class GenerationJob:
+    """One method's share of the work: its model, the (subject, prompts) tasks still to draw, where shards go."""
+
+    model_uri: str
+    tasks: list[tuple[Subject, list[Prompt]]]
+    out_uri: str
+    provenance: dict
+
+
+def run_generation(method: str, job: GenerationJob, config: PipelineConfig, progress: bool = True) -> list[dict]:
+    """Draw every task of one method with `dreambench.num_actors` actors (each holds the model), at most two tasks
+    queued per actor. Returns one result per task. Methods run one after another, so on a shared machine each
+    method's seconds per subject are measured without the other's actors beside it."""
+    cfg = config.dreambench
+    options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
+
+    def new_actor():
+        return DreamBenchActor.options(**options).remote(method, job.model_uri, config)
+
+    actors = [new_actor() for _ in range(min(cfg.num_actors, len(job.tasks)))]
+    queue = list(job.tasks)
+    in_flight: dict = {}  # ObjectRef -> (actor index, actor handle, subject name)
+    results: list[dict] = []
+    bar = tqdm(total=len(job.tasks), desc=f"dreambench: {method}", disable=not progress)
+
+    def fill(i: int) -> None:
+        while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < 2:  # one running, one waiting
+            subject, prompts = queue.pop(0)
+            in_flight[actors[i].run.remote(subject, prompts, job.out_uri, job.provenance)] = (i, actors[i], subject.name)
+
+    try:
+        for i in range(len(actors)):
+            fill(i)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            i, actor, name = in_flight.pop(ready[0])
+            try:
+                results.append(ray.get(ready[0]))
+            except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
+                log.warning("dreambench %s actor %d died on subject %s (%s)", method, i, name, type(err).__name__)
+                results.append({"subject": name, "status": "failed", "reason": f"actor died ({type(err).__name__})"})
+                if actors[i] is actor:  # the other task queued on it fails too: replace it once
+                    actors[i] = new_actor()
+            except RayTaskError as err:
+                results.append({"subject": name, "status": "failed", "reason": str(err.cause)[:500]})
+            bar.update(1)
+            fill(i)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+    return results
