@@ -2,13 +2,11 @@
 stage: G, training, evaluation, and the serve stage's one request (tests/e2e/test_serving.py tests the endpoint)."""
 
 import base64
-import io
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import requests
 
 from core import schema, storage, toyworld
 
