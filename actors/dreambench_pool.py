@@ -6,18 +6,14 @@ reported with its reason, and the next run picks it up.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-from tqdm import tqdm
 
+from actors.pool import run_actor_pool
 from core import schema, storage
 from core.config import PipelineConfig
 from core.dreambench import Prompt, Subject
-
-log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "subject-"
 
@@ -81,44 +77,21 @@ class GenerationJob:
 
 def run_generation(method: str, job: GenerationJob, config: PipelineConfig, progress: bool = True) -> list[dict]:
     """Draw every task of one method with `dreambench.num_actors` actors (each holds the model), at most two tasks
-    queued per actor. Returns one result per task. Methods run one after another, so on a shared machine each
-    method's seconds per subject are measured without the other's actors beside it."""
+    queued per actor (`actors.pool.run_actor_pool`; a subject whose actor died is failed, not retried: the next run
+    picks it up). Returns one result per task. Methods run one after another, so on a shared machine each method's
+    seconds per subject are measured without the other's actors beside it."""
     cfg = config.dreambench
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
-
-    def new_actor():
-        return DreamBenchActor.options(**options).remote(method, job.model_uri, config)
-
-    actors = [new_actor() for _ in range(min(cfg.num_actors, len(job.tasks)))]
-    queue = list(job.tasks)
-    in_flight: dict = {}  # ObjectRef -> (actor index, actor handle, subject name)
-    results: list[dict] = []
-    bar = tqdm(total=len(job.tasks), desc=f"dreambench: {method}", disable=not progress)
-
-    def fill(i: int) -> None:
-        while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < 2:  # one running, one waiting
-            subject, prompts = queue.pop(0)
-            in_flight[actors[i].run.remote(subject, prompts, job.out_uri, job.provenance)] = (i, actors[i], subject.name)
-
-    try:
-        for i in range(len(actors)):
-            fill(i)
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            i, actor, name = in_flight.pop(ready[0])
-            try:
-                results.append(ray.get(ready[0]))
-            except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
-                log.warning("dreambench %s actor %d died on subject %s (%s)", method, i, name, type(err).__name__)
-                results.append({"subject": name, "status": "failed", "reason": f"actor died ({type(err).__name__})"})
-                if actors[i] is actor:  # the other task queued on it fails too: replace it once
-                    actors[i] = new_actor()
-            except RayTaskError as err:
-                results.append({"subject": name, "status": "failed", "reason": str(err.cause)[:500]})
-            bar.update(1)
-            fill(i)
-    finally:
-        bar.close()
-        for actor in actors:
-            ray.kill(actor)
+    results, _ = run_actor_pool(
+        lambda: DreamBenchActor.options(**options).remote(method, job.model_uri, config),
+        job.tasks,
+        lambda actor, task: actor.run.remote(task[0], task[1], job.out_uri, job.provenance),
+        key=lambda task: task[0].name,
+        key_field="subject",
+        num_actors=cfg.num_actors,
+        max_in_flight=2,  # one running, one waiting
+        max_retries=0,
+        desc=f"dreambench: {method}",
+        progress=progress,
+    )
     return results

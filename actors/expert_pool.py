@@ -8,18 +8,14 @@ data is bad is recorded as failed with its reason.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-from tqdm import tqdm
 
+from actors.pool import run_actor_pool
 from core import schema, storage
 from core.config import ExpertConfig, FilterConfig
-
-log = logging.getLogger(__name__)
 
 
 @ray.remote
@@ -76,7 +72,8 @@ def run_pool(
     filter_cfg: FilterConfig,
     progress: bool = True,
 ) -> tuple[list[dict], dict]:
-    """Run every record through the pool with at most `max_tasks_in_flight` tasks per actor.
+    """Run every record through the pool (`actors.pool.run_actor_pool`) with at most `max_tasks_in_flight` tasks per
+    actor, retrying a subject whose actor died up to `max_retries` times.
 
     Returns (one result dict per subject, summary counts). With `g_uri`, subjects whose shard is already there are
     skipped (a re-run resumes); without it, result dicts carry their G rows.
@@ -95,68 +92,32 @@ def run_pool(
             done_before.add(shard_name_subject(shard))
     todo = [r for r in records if r["subject_id"] not in done_before]
     summary = Counter(subjects=len(records), skipped_already_in_g=len(records) - len(todo))
-    results: list[dict] = []
     if not todo:
-        return results, dict(summary)
+        return [], dict(summary)
 
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
-
-    def new_actor():
-        return ExpertActor.options(**options).remote(base_uri, scorer_uri, cfg, provenance)
-
-    actors = [new_actor() for _ in range(min(cfg.num_actors, len(todo)))]
-    queue = list(todo)
-    attempts: Counter = Counter()
-    in_flight: dict = {}  # ObjectRef -> (actor index, actor handle, record)
-    bar = tqdm(total=len(todo), desc="experts", disable=not progress)
-
-    def submit(i: int) -> None:
-        record = queue.pop(0)
-        attempts[record["subject_id"]] += 1
-        in_flight[actors[i].run.remote(record, g_uri, filter_cfg.min_delta)] = (i, actors[i], record)
-
-    try:
-        for i in range(len(actors)):
-            for _ in range(cfg.max_tasks_in_flight):
-                if queue:
-                    submit(i)
-        start = time.perf_counter()
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            i, actor, record = in_flight.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
-                sid = record["subject_id"]
-                log.warning("expert actor %d died on subject %s (%s)", i, sid, type(err).__name__)
-                if actors[i] is actor:  # the other tasks queued on the dead actor fail too: replace it once
-                    summary["actor_restarts"] += 1
-                    actors[i] = new_actor()
-                if attempts[sid] <= cfg.max_retries:
-                    queue.insert(0, record)
-                else:
-                    results.append({"subject_id": sid, "status": "failed", "reason": f"actor died {attempts[sid]} times"})
-                    summary["failed"] += 1
-                    bar.update(1)
-            except RayTaskError as err:  # a bug or bad data inside the task: record it, don't retry it forever
-                results.append({"subject_id": record["subject_id"], "status": "failed", "reason": str(err.cause)[:500]})
-                summary["failed"] += 1
-                bar.update(1)
-            else:
-                results.append(result)
-                bar.update(1)
-                if result["status"] == "done":
-                    summary["done"] += 1
-                    summary["renders"] += result["total"]
-                    summary["kept"] += result["kept"]
-                    summary["rejected"] += result["total"] - result["kept"]
-                else:
-                    summary["failed"] += 1
-            while queue and sum(1 for a, _, _ in in_flight.values() if a == i) < cfg.max_tasks_in_flight:
-                submit(i)
-        summary["seconds"] = round(time.perf_counter() - start, 2)
-    finally:
-        bar.close()
-        for actor in actors:
-            ray.kill(actor)  # never leave actors holding CPUs that the next stage needs
+    start = time.perf_counter()
+    results, restarts = run_actor_pool(
+        lambda: ExpertActor.options(**options).remote(base_uri, scorer_uri, cfg, provenance),
+        todo,
+        lambda actor, record: actor.run.remote(record, g_uri, filter_cfg.min_delta),
+        key=lambda record: record["subject_id"],
+        key_field="subject_id",
+        num_actors=cfg.num_actors,
+        max_in_flight=cfg.max_tasks_in_flight,
+        max_retries=cfg.max_retries,
+        desc="experts",
+        progress=progress,
+    )
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if restarts:
+        summary["actor_restarts"] = restarts
+    for result in results:
+        if result["status"] == "done":
+            summary["done"] += 1
+            summary["renders"] += result["total"]
+            summary["kept"] += result["kept"]
+            summary["rejected"] += result["total"] - result["kept"]
+        else:
+            summary["failed"] += 1
     return results, dict(summary)
