@@ -39,6 +39,25 @@ PRESETS: dict[str, dict] = {
         "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
         "max_length": 24,
     },
+    # 32x32 pixel space, about 3.7 M UNet parameters: the toy world's shipped base (pretrained by apps.toy_pretrain).
+    "toy": {
+        "resolution": 32,
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (48, 96, 96),
+            "layers_per_block": 1,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 64,
+            "attention_head_dim": 8,
+            "norm_num_groups": 16,
+        },
+        # Width 64: CLIP's 49,408-token embedding table is most of the text encoder (3.2 M of 3.3 M parameters).
+        "text": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4},
+        "max_length": 24,
+    },
 }
 
 
@@ -249,3 +268,30 @@ def sample(
     shape = (len(prompts), backbone.unet.config.in_channels, backbone.resolution, backbone.resolution)
     x0 = sample_loop(predict_noise, create_sampler(sampler, backbone.noise_scheduler), shape, num_inference_steps, generator, device)
     return tensor_to_images(x0)
+
+
+@torch.no_grad()
+def renoise(
+    backbone: Backbone,
+    images: np.ndarray,
+    prompts: list[str],
+    *,
+    strength: float,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Noise uint8 `images` part-way (`strength` of the DDIM schedule, 0..1) and denoise them with the model,
+    conditioned on `prompts` (SDEdit, Meng et al. 2022). Returns uint8 (B, H, W, 3)."""
+    device = backbone.device
+    states = torch.cat([encode_text(backbone, [""] * len(prompts)), encode_text(backbone, prompts)])
+    sampler = create_sampler("ddim", backbone.noise_scheduler)
+    sampler.set_timesteps(num_inference_steps)
+    timesteps = sampler.timesteps[num_inference_steps - max(1, int(round(num_inference_steps * strength))) :]
+    generator = torch.Generator().manual_seed(seed)
+    x0 = images_to_tensor(images).to(device)
+    x = sampler.add_noise(x0, torch.randn(x0.shape, generator=generator).to(device), timesteps[:1].repeat(len(x0)).to(device))
+    for t in timesteps:
+        eps_u, eps_c = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample.chunk(2)
+        x = sampler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x, generator=generator).prev_sample
+    return tensor_to_images(x)

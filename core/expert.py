@@ -53,8 +53,10 @@ class Expert:
         for module, state in zip(self.backbone.modules(), self._base_state):
             module.load_state_dict(state)
 
-    def fine_tune(self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int) -> list[float]:
-        """Fine-tune on C_s with the plain denoising loss (no identifier token, no prior preservation)."""
+    def fine_tune(self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int, on_step=None) -> list[float]:
+        """Fine-tune on C_s with the plain denoising loss (no identifier token, no prior preservation).
+        `on_step(step)` (1-based), if given, runs after every step with the model in eval mode (e.g. to sample
+        at checkpoints), then training goes on."""
         cfg = self.cfg
         self.reset()
         unet, text_encoder = self.backbone.unet, self.backbone.text_encoder
@@ -79,6 +81,12 @@ class Expert:
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                unet.eval()
+                text_encoder.eval()
+                on_step(len(losses))
+                unet.train()
+                text_encoder.train(cfg.train_text_encoder)
         unet.eval()
         text_encoder.eval()
         return losses

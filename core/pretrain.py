@@ -1,10 +1,16 @@
 """Base model pretraining on the toy world: train subjects only, captions that spell identity out.
 
-A share of captions name only class and scene (the form of the unseen prompts) and a share are empty, so the
-base model knows both and can be sampled with classifier-free guidance.
+Captions come in the forms the base must know: identity spelled out (with and without the background), the
+class-and-scene form of the unseen prompts, and empty (for classifier-free guidance). Batches are rendered by
+DataLoader workers (`workers`) so an accelerator is not starved; `deadline` (a `time.monotonic()` value) ends
+training early, so a time-boxed run on a lent GPU still saves its weights.
 """
 
 from __future__ import annotations
+
+import copy
+import time
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -12,8 +18,21 @@ from tqdm import tqdm
 
 from core import backbone as bb
 from core import toyworld
-from core.schedules import warmup_cosine
 from core.config import PretrainConfig
+from core.schedules import warmup_cosine
+
+
+def random_caption(subject: toyworld.Subject, scene: toyworld.Scene, rng: np.random.Generator) -> str:
+    r = rng.random()
+    if r < 0.45:
+        return toyworld.full_caption(subject, scene)
+    if r < 0.6:
+        return toyworld.full_caption(subject, scene, with_background=False)
+    if r < 0.75:
+        return toyworld.prompt_text(subject.class_name, scene)
+    if r < 0.9:
+        return toyworld.prompt_text(subject.class_name, scene, with_background=False)
+    return ""
 
 
 def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -23,42 +42,82 @@ def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.
         scene = toyworld.random_scene(
             rng,
             size,
-            style=rng.choice([None, None, None, None, *toyworld.STYLES]),
-            accessory=rng.choice([None, None, None, *toyworld.ACCESSORIES]),
-            body=rng.choice([None] * 12 + list(toyworld.PALETTE)),
+            style=rng.choice([None, None, None, None, None, *toyworld.STYLES]),
+            accessory=rng.choice([None, None, None, None, *toyworld.ACCESSORIES]),
+            body=rng.choice([None] * 16 + list(toyworld.PALETTE)),
         )
         images.append(toyworld.render(subject, scene, size, rng))
-        r = rng.random()
-        if r < 0.6:
-            captions.append(toyworld.full_caption(subject, scene))
-        elif r < 0.9:
-            captions.append(toyworld.prompt_text(subject.class_name, scene))
-        else:
-            captions.append("")
+        captions.append(random_caption(subject, scene, rng))
     return images, captions
 
 
-def pretrain(backbone: bb.Backbone, subjects: list[toyworld.Subject], cfg: PretrainConfig, progress: bool = True) -> list[float]:
-    """Train `backbone` in place on renders of `subjects`. Returns the loss per step."""
-    torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
+class CaptionStream(torch.utils.data.IterableDataset):
+    """Endless (uint8 images (B, H, W, 3), captions) batches; each worker draws from its own seed."""
+
+    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int):
+        self.subjects, self.batch_size, self.seed, self.size = subjects, batch_size, seed, size
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, list[str]]]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            images, captions = toy_batch(self.subjects, self.batch_size, rng, self.size)
+            yield np.stack(images), captions
+
+
+def deadline_clock(deadline: float | None):
+    """Share of the time to `deadline` used so far (None without one): lets the lr schedule end on time."""
+    if deadline is None:
+        return None
+    start = time.monotonic()
+    return lambda: (time.monotonic() - start) / max(1e-9, deadline - start)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def pretrain(
+    backbone: bb.Backbone,
+    subjects: list[toyworld.Subject],
+    cfg: PretrainConfig,
+    progress: bool = True,
+    workers: int = 0,
+    deadline: float | None = None,
+    ema_decay: float | None = None,
+) -> list[float]:
+    """Train `backbone` in place on renders of `subjects` (with EMA weights copied in at the end when
+    `ema_decay` is set). Returns the loss per step."""
+    if backbone.device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
     generator = torch.Generator().manual_seed(cfg.seed)
-    params = list(backbone.unet.parameters()) + list(backbone.text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, cfg.steps)
-    backbone.unet.train()
-    backbone.text_encoder.train()
+    modules = torch.nn.ModuleList([backbone.unet, backbone.text_encoder])
+    ema = copy.deepcopy(modules).eval() if ema_decay else None
+    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = warmup_cosine(opt, cfg.steps, clock=deadline_clock(deadline))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=backbone.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        CaptionStream(subjects, cfg.batch_size, cfg.seed, backbone.resolution), batch_size=None, num_workers=workers
+    )
+    modules.train()
     losses = []
-    for _ in tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=5):
-        images, captions = toy_batch(subjects, cfg.batch_size, rng, backbone.resolution)
-        x0 = bb.images_to_tensor(images).to(backbone.device)
-        loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, captions), generator)
+    for _, (images, captions) in zip(tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
+        x0 = torch.from_numpy(np.asarray(images)).to(backbone.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        with autocast:
+            loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, list(captions)), generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema_update(ema, modules, ema_decay)
         losses.append(float(loss.detach()))
-    backbone.unet.eval()
-    backbone.text_encoder.eval()
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    if ema is not None:
+        modules.load_state_dict(ema.state_dict())
+    modules.eval()
     return losses

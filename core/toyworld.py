@@ -1,10 +1,12 @@
-"""The toy world v0: procedural subjects drawn in scenes at 32x32, where every attribute is known.
+"""The toy world v1: procedural subjects drawn in scenes at 32x32, where every attribute is known.
 
-A subject is a class word ("ball") plus identity the class word does not say: body colour, pattern and pattern
-colour. Scenes add a background, position and scale, and optionally a property edit (body colour), an
-accessory or a style. The world emits demonstrations with class-only captions, unseen prompts by skill, a noisy
-URL-grouped "web" corpus for mining, and reads its own attributes back from pixels (`read_attributes`), which
-the evaluation turns into exact subject and text fidelity. Deterministic by seed.
+A subject is a class word ("ball", 8 classes) plus identity the class word does not say: body colour (8), pattern
+(4) and pattern colour (7 others): 1,792 subjects. Scenes add a background (8), position, scale and view
+(upright or upside down), and optionally a property edit (the body colour), an accessory (4) or a style (3).
+Prompts follow 23 templates in the spirit of DreamBench's 25 (`TEMPLATES`). The world emits demonstrations with
+class-only captions, unseen prompts by skill and a noisy URL-grouped "web" corpus for mining; trained attribute
+readers (core/readers.py) read renders back, and `subject_fidelity` / `text_fidelity` turn what they read into
+exact scores. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from itertools import product
 import numpy as np
 from PIL import Image
 
-CLASSES = ("ball", "box", "cone", "kite", "cross", "egg")
+CLASSES = ("ball", "box", "cone", "kite", "cross", "egg", "tower", "bowl")
 PALETTE = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -29,7 +31,7 @@ PALETTE = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-PATTERNS = ("stripes", "bars", "dots")
+PATTERNS = ("stripes", "bars", "dots", "checks")
 BACKGROUNDS = {
     "grass": (95, 135, 75),
     "sand": (200, 180, 135),
@@ -37,9 +39,12 @@ BACKGROUNDS = {
     "stone": (125, 125, 125),
     "night": (35, 40, 75),
     "wood": (135, 95, 60),
+    "snow": (205, 218, 228),
+    "brick": (160, 82, 62),
 }
-ACCESSORIES = {"hat": (255, 0, 200), "flag": (0, 235, 235)}
-STYLES = ("grayscale", "blocky")
+ACCESSORIES = {"hat": (255, 0, 200), "flag": (0, 235, 235), "balloon": (150, 255, 0), "pedestal": (255, 170, 200)}
+STYLES = ("grayscale", "blocky", "negative")
+VIEWS = ("upright", "upside-down")
 SKILLS = ("recontextualization", "property", "accessory", "style")
 
 
@@ -70,6 +75,7 @@ class Scene:
     body: str | None = None  # property edit: replaces the subject's body colour
     accessory: str | None = None
     style: str | None = None
+    view: str = "upright"
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,10 @@ def _shape_mask(class_name: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: 
         return ((np.abs(dx) <= 0.38) & (np.abs(dy) <= 1.0)) | ((np.abs(dy) <= 0.38) & (np.abs(dx) <= 1.0))
     if class_name == "egg":
         return (dx / 0.72) ** 2 + dy**2 <= 1.0
+    if class_name == "tower":
+        return (np.abs(dx) <= 0.45) & (np.abs(dy) <= 1.0)
+    if class_name == "bowl":
+        return (dx**2 + (dy + 0.45) ** 2 <= 1.0) & (dy >= -0.45)
     raise ValueError(f"unknown class {class_name!r}")
 
 
@@ -129,6 +139,8 @@ def _pattern_mask(pattern: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
         return (xx // 2) % 2 == 0
     if pattern == "dots":
         return ((xx % 4) < 2) & ((yy % 4) < 2)
+    if pattern == "checks":
+        return ((xx // 3 + yy // 3) % 2) == 0
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
@@ -143,6 +155,8 @@ def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
         "stone": 8 * ((xx // 4 + yy // 4) % 2),
         "night": 5 * np.cos(yy * 0.5),
         "wood": 9 * np.sin(yy * 1.3),
+        "snow": 12 * ((xx * 7 + yy * 13) % 11 == 0),
+        "brick": 14 * ((yy % 4 == 0) | ((xx + 4 * ((yy // 4) % 2)) % 8 == 0)),
     }[name]
     img += texture[..., None]
     img += rng.normal(0, 3, size=img.shape)
@@ -155,9 +169,11 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
     img = _background(scene.background, size, rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     body = scene.body or subject.body
-    outer = _shape_mask(subject.class_name, xx, yy, scene.cx, scene.cy, scene.radius)
+    # Upside down: the shape is mirrored about its centre row (the pattern stays on the pixel grid).
+    sy = (2 * scene.cy - yy) if scene.view == "upside-down" else yy
+    outer = _shape_mask(subject.class_name, xx, sy, scene.cx, scene.cy, scene.radius)
     # The pattern lives inside a shrunk copy of the shape, so the body colour stays the outline and majority.
-    inner = _shape_mask(subject.class_name, xx, yy, scene.cx, scene.cy, scene.radius * 0.72)
+    inner = _shape_mask(subject.class_name, xx, sy, scene.cx, scene.cy, scene.radius * 0.72)
     img[outer] = PALETTE[body]
     img[inner & _pattern_mask(subject.pattern, xx.astype(int), yy.astype(int))] = PALETTE[subject.pattern_colour]
     if scene.accessory == "hat":
@@ -170,6 +186,15 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
         flag = (xx > pole_x) & (xx <= pole_x + 4) & (yy >= scene.cy - scene.radius) & (yy < scene.cy - scene.radius + 4)
         img[pole] = (90, 90, 90)
         img[flag] = ACCESSORIES["flag"]
+    elif scene.accessory == "balloon":
+        bx, by = scene.cx - scene.radius, scene.cy - scene.radius - 1
+        string = (xx == bx) & (yy > by + 2) & (yy <= scene.cy - scene.radius * 0.3)
+        img[string] = (90, 90, 90)
+        img[(xx - bx) ** 2 + (yy - by) ** 2 <= 6.5] = ACCESSORIES["balloon"]
+    elif scene.accessory == "pedestal":
+        bottom = int(round(scene.cy + scene.radius))
+        stand = (np.abs(xx - scene.cx) <= scene.radius * 0.8) & (yy > bottom) & (yy <= bottom + 3)
+        img[stand] = ACCESSORIES["pedestal"]
     img = np.clip(img, 0, 255)
     if scene.style == "grayscale":
         lum = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -177,6 +202,8 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
     elif scene.style == "blocky":
         small = img.reshape(size // 4, 4, size // 4, 4, 3).mean(axis=(1, 3))
         img = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+    elif scene.style == "negative":
+        img = 255.0 - img
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
@@ -185,18 +212,36 @@ def random_scene(rng: np.random.Generator, size: int = 32, **overrides) -> Scene
         background=str(rng.choice(list(BACKGROUNDS))),
         cx=int(rng.integers(size // 2 - 4, size // 2 + 5)),
         cy=int(rng.integers(size // 2 - 2, size // 2 + 5)),
-        radius=int(rng.integers(8, 11)),
+        radius=int(rng.integers(7, 12)),
+        view=str(rng.choice(VIEWS)),
     )
     scene = replace(scene, **overrides)
-    # Keep accessories inside the frame: the flag right of the subject, the hat above it.
+    # Keep accessories inside the frame: the flag right of the subject, the hat and balloon above, the pedestal below.
+    r = scene.radius
     if scene.accessory == "flag":
-        scene = replace(scene, cx=min(scene.cx, size - 7 - scene.radius))
+        scene = replace(scene, cx=min(scene.cx, size - 7 - r))
     if scene.accessory == "hat":
-        scene = replace(scene, cy=max(scene.cy, scene.radius + 4))
+        scene = replace(scene, cy=max(scene.cy, r + 4))
+    if scene.accessory == "balloon":
+        scene = replace(scene, cx=max(scene.cx, r + 3), cy=max(scene.cy, r + 4))
+    if scene.accessory == "pedestal":
+        scene = replace(scene, cy=min(scene.cy, size - 5 - r))
     return scene
 
 
 # ---------------------------------------------------------------- captions and prompts
+
+
+ACCESSORY_PHRASES = {"hat": "wearing a hat", "flag": "with a flag", "balloon": "with a balloon", "pedestal": "on a pedestal"}
+
+# Prompt templates, in the spirit of DreamBench's 25, for the toy vocabulary: (skill, scene overrides). Only a
+# re-contextualization names the background; the others leave it to the model, as DreamBench's do.
+TEMPLATES: tuple[tuple[str, dict], ...] = (
+    *(("recontextualization", {"background": bg}) for bg in BACKGROUNDS),
+    *(("property", {"body": colour}) for colour in PALETTE),
+    *(("accessory", {"accessory": name}) for name in ACCESSORIES),
+    *(("style", {"style": name}) for name in STYLES),
+)
 
 
 def class_caption(subject: Subject, scene: Scene) -> str:
@@ -204,33 +249,30 @@ def class_caption(subject: Subject, scene: Scene) -> str:
     return f"a {subject.class_name} on {scene.background}"
 
 
-def full_caption(subject: Subject, scene: Scene) -> str:
+def _caption(head: str, scene: Scene, with_background: bool) -> str:
+    text = head + (f" on {scene.background}" if with_background else "")
+    if scene.accessory:
+        text += " " + ACCESSORY_PHRASES[scene.accessory]
+    if scene.style:
+        text += f", {scene.style} style"
+    return text
+
+
+def full_caption(subject: Subject, scene: Scene, with_background: bool = True) -> str:
     """Identity spelled out: for base pretraining and scorer training on train subjects only."""
     body = scene.body or subject.body
-    text = f"a {body} {subject.class_name} with {subject.pattern_colour} {subject.pattern} on {scene.background}"
-    if scene.accessory == "hat":
-        text += " wearing a hat"
-    elif scene.accessory == "flag":
-        text += " with a flag"
-    if scene.style:
-        text += f", {scene.style} style"
-    return text
+    return _caption(f"a {body} {subject.class_name} with {subject.pattern_colour} {subject.pattern}", scene, with_background)
 
 
-def prompt_text(class_name: str, scene: Scene) -> str:
+def prompt_text(class_name: str, scene: Scene, with_background: bool = True) -> str:
+    """A prompt in the form users write: class word, edits, accessory and style, never the identity."""
     body = f"{scene.body} " if scene.body else ""
-    text = f"a {body}{class_name} on {scene.background}"
-    if scene.accessory == "hat":
-        text += " wearing a hat"
-    elif scene.accessory == "flag":
-        text += " with a flag"
-    if scene.style:
-        text += f", {scene.style} style"
-    return text
+    return _caption(f"a {body}{class_name}", scene, with_background)
 
 
-def scene_truth(scene: Scene) -> dict:
-    truth = {"background": scene.background}
+def scene_truth(scene: Scene, with_background: bool = True) -> dict:
+    """The attributes a prompt for `scene` asks for."""
+    truth = {"background": scene.background} if with_background else {}
     if scene.body:
         truth["body"] = scene.body
     if scene.accessory:
@@ -243,22 +285,19 @@ def scene_truth(scene: Scene) -> dict:
 def prompts_for(
     class_name: str, count: int, rng: np.random.Generator, size: int = 32, keep_colours: tuple[str, ...] = (), key: str = ""
 ) -> list[tuple[Prompt, Scene]]:
-    """Unseen prompts p_s for a subject of `class_name`, cycling through the skills; each comes with the scene an
-    oracle would draw. A property edit never asks for a colour in `keep_colours` (the subject's own, when known)."""
+    """Unseen prompts p_s for a subject of `class_name` from `TEMPLATES`, cycling through the skills; each comes
+    with the scene an oracle would draw. A property edit never asks for a colour in `keep_colours` (the subject's
+    own, when known)."""
     out = []
     for i in range(count):
         skill = SKILLS[i % len(SKILLS)]
-        overrides: dict = {}
-        if skill == "property":
-            overrides["body"] = str(rng.choice([c for c in PALETTE if c not in keep_colours]))
-        elif skill == "accessory":
-            overrides["accessory"] = str(rng.choice(list(ACCESSORIES)))
-        elif skill == "style":
-            overrides["style"] = str(rng.choice(list(STYLES)))
+        choices = [o for k, o in TEMPLATES if k == skill and o.get("body") not in keep_colours]
+        overrides = dict(choices[int(rng.integers(len(choices)))])
         scene = random_scene(rng, size, **overrides)
-        text = prompt_text(class_name, scene)
+        with_background = "background" in overrides
+        text = prompt_text(class_name, scene, with_background)
         pid = hashlib.sha256(f"{key}|{i}|{text}".encode()).hexdigest()[:12]
-        out.append((Prompt(pid, text, skill, scene_truth(scene)), scene))
+        out.append((Prompt(pid, text, skill, scene_truth(scene, with_background)), scene))
     return out
 
 
@@ -330,94 +369,52 @@ def corpus_rows(train_subjects: list[Subject], cfg, rng: np.random.Generator) ->
     return rows
 
 
-# ---------------------------------------------------------------- reading attributes back from pixels
+# ---------------------------------------------------------------- fidelity from read attributes
 
-_PALETTE_ARR = np.array(list(PALETTE.values()), dtype=np.float32)
-_PALETTE_NAMES = list(PALETTE)
-_BG_NAMES = list(BACKGROUNDS)
-_BG_ARR = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def read_style(img: np.ndarray) -> str | None:
-    x = img.astype(np.float32)
-    if (x.max(-1) - x.min(-1)).mean() < 6:
-        return "grayscale"
-    size = x.shape[0]
-    blocks = x.reshape(size // 4, 4, size // 4, 4, 3)
-    if blocks.std(axis=(1, 3)).mean() < 2.5:
-        return "blocky"
-    return None
+# The identity attributes a render still shows under each style: grayscale removes colour, 4x4 blocks blend the
+# pattern into the body. Subject fidelity counts only these; the trained readers (core/readers.py) learn only these.
+OBSERVABLE = {
+    None: ("body", "pattern", "pattern_colour"),
+    "negative": ("body", "pattern", "pattern_colour"),
+    "grayscale": ("pattern",),
+    "blocky": ("body",),
+}
 
 
-def read_attributes(img: np.ndarray) -> dict:
-    """Read identity and scene attributes from a uint8 (H, W, 3) image.
-
-    v0 readers are hand-written against the known palette: exact on clean renders (a test checks), approximate on
-    generated ones. Under a style (grayscale, blocky) only background and style are read; identity and accessory are
-    None there (prompts never combine a style with an accessory).
-    """
-    x = img.astype(np.float32)
-    style = read_style(img)
-    gray = style == "grayscale"
-    border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3), x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
-    bg_colour = np.median(border, axis=0)
-    refs = _BG_ARR @ _LUMA if gray else _BG_ARR
-    probe = bg_colour @ _LUMA if gray else bg_colour
-    background = _BG_NAMES[int(np.argmin(np.abs(refs - probe) if gray else np.linalg.norm(refs - probe, axis=1)))]
-
-    accessory = None
-    if style is None:  # prompts never combine an accessory with a style, so styled images are not read for one
-        for name, colour in ACCESSORIES.items():
-            if (np.linalg.norm(x - np.array(colour, np.float32), axis=-1) < 60).sum() >= 4:
-                accessory = name
-    out = {"background": background, "accessory": accessory, "style": style, "body": None, "pattern_colour": None, "pattern": None}
-    if style is not None:
-        return out  # grayscale removes colour and 4x4 blocks blend body with pattern: v0 reads no identity
-    dist = np.linalg.norm(x[:, :, None, :] - _PALETTE_ARR[None, None], axis=-1)  # (H, W, P)
-    nearest = dist.argmin(-1)
-    close = dist.min(-1) < 70
-    fg = close & (np.linalg.norm(x - bg_colour, axis=-1) > 40)
-    if fg.sum() < 10:
-        return out
-    counts = np.bincount(nearest[fg], minlength=len(_PALETTE_NAMES))
-    order = np.argsort(-counts)
-    out["body"] = _PALETTE_NAMES[order[0]]
-    if counts[order[1]] >= 0.08 * fg.sum():
-        second = order[1]
-        out["pattern_colour"] = _PALETTE_NAMES[second]
-        pat = fg & (nearest == second)
-        inside = fg & ((nearest == second) | (nearest == order[0]))
-        h_pairs = inside[:, :-1] & inside[:, 1:]
-        v_pairs = inside[:-1, :] & inside[1:, :]
-        h_agree = (pat[:, :-1] == pat[:, 1:])[h_pairs].mean() if h_pairs.any() else 0.0
-        v_agree = (pat[:-1, :] == pat[1:, :])[v_pairs].mean() if v_pairs.any() else 0.0
-        if h_agree - v_agree > 0.12:
-            out["pattern"] = "stripes"
-        elif v_agree - h_agree > 0.12:
-            out["pattern"] = "bars"
-        else:
-            out["pattern"] = "dots"
-    return out
+def identity_wanted(subject: Subject, truth: dict | None = None) -> dict:
+    """The identity attributes an image of `subject` following a prompt with `truth` must show (a property edit
+    replaces the body colour; a style hides what it removes)."""
+    truth = truth or {}
+    want = {k: v for k, v in subject.identity().items() if k in OBSERVABLE[truth.get("style")]}
+    if "body" in truth:
+        want.pop("body", None)  # the prompt asked for another body colour: text fidelity checks it
+    return want
 
 
-def subject_fidelity(img: np.ndarray, subject: Subject, truth: dict | None = None) -> float:
-    """Share of the subject's identity attributes read back from `img` (the prompt's edits replace the body)."""
-    read = read_attributes(img)
-    want = subject.identity()
-    if truth and "body" in truth:
-        want = {k: v for k, v in want.items() if k != "body"}  # the prompt asked for another body colour
-    if truth and truth.get("style"):
-        want = {}  # v0 readers read no identity under a style (see read_attributes)
+def subject_fidelity(read: dict, subject: Subject, truth: dict | None = None) -> float:
+    """Share of the subject's identity attributes found in `read` (one image's attributes, from the readers)."""
+    want = identity_wanted(subject, truth)
     if not want:
         return float("nan")
     return float(np.mean([read.get(k) == v for k, v in want.items()]))
 
 
-def text_fidelity(img: np.ndarray, truth: dict) -> float:
-    """Share of the prompt's attributes (background, property, accessory, style) read back from `img`."""
-    read = read_attributes(img)
+def text_fidelity(read: dict, truth: dict) -> float:
+    """Share of the prompt's attributes (background, property, accessory, style) found in `read`."""
     return float(np.mean([read.get(k) == v for k, v in truth.items()]))
+
+
+def scene_labels(subject: Subject, scene: Scene) -> dict:
+    """Every attribute a render of (subject, scene) shows, as the readers name them (None: absent)."""
+    return {
+        "class_name": subject.class_name,
+        "body": scene.body or subject.body,
+        "pattern": subject.pattern,
+        "pattern_colour": subject.pattern_colour,
+        "background": scene.background,
+        "accessory": scene.accessory,
+        "style": scene.style,
+    }
 
 
 def subject_to_json(subject: Subject) -> str:

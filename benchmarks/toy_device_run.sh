@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The toy world's one-time artifacts, then the whole toy_reproduction benchmark, on one GPU in about 9 minutes.
+# Stages that do not depend on each other run as parallel processes on the one device: these models are tiny and
+# leave a large GPU mostly idle, so the expert shards and the apprentice variants share it.
+#
+#   benchmarks/toy_device_run.sh OUT_DIR            # on a GPU machine (python3 with the project's packages)
+#   QUICK=1 benchmarks/toy_device_run.sh OUT_DIR    # the same flow at toy sizes, to check it on a CPU
+#
+# Writes OUT_DIR/artifacts (base, scorer, readers, report.json), OUT_DIR/results (table, JSON, grid),
+# OUT_DIR/work (G shards, expert runs, apprentices; or $WORK) and OUT_DIR/logs. With PACK_TO=DIR, packs the outputs
+# into DIR after phases 2, 3 and 4 (toy_device_pack.sh), so a run cut short still brings back what it finished.
+set -u
+OUT=${1:?usage: toy_device_run.sh OUT_DIR}
+A=$OUT/artifacts; W=${WORK:-$OUT/work}; R=$OUT/results; L=$OUT/logs
+mkdir -p "$A" "$W" "$R" "$L"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -n "${QUICK:-}" ]; then
+  F=0.05; PRE="--reader-batch 16 --scorer-batch 8 --base-batch 8 --renoise-n 16 --eval-n 16 --reader-finetune-steps 2"; BENCH="--quick"
+else
+  F=1; PRE=""; BENCH=""
+fi
+b() { python3 -c "print(max(1, int($1 * $F)))"; }
+t0=$(date +%s); stamp() { echo "[toy_device_run] $1 at $(( $(date +%s) - t0 )) s"; }
+pack() { [ -n "${PACK_TO:-}" ] && bash "$(dirname "$0")/toy_device_pack.sh" "$OUT" "$W" "$PACK_TO" > "$L/pack.log" 2>&1; true; }
+run() { name=$1; shift; "$@" > "$L/$name.log" 2>&1 || echo "[toy_device_run] $name FAILED (exit $?): see $L/$name.log"; }
+
+stamp "phase 1: readers, scorer, base"
+run readers $PY -m apps.toy_pretrain --out "$A" --stage readers --budget-s "$(b 110)" --reader-steps 8000 --workers 3 $PRE &
+run scorer $PY -m apps.toy_pretrain --out "$A" --stage scorer --budget-s "$(b 140)" --scorer-steps 8000 $PRE &
+run base $PY -m apps.toy_pretrain --out "$A" --stage base --budget-s "$(b 165)" --base-steps 40000 --workers 9 $PRE
+wait
+stamp "phase 2: reader fine-tune and report; G experts; test-subject experts"
+run finish $PY -m apps.toy_pretrain --out "$A" --stage finish --budget-s "$(b 35)" --workers 2 $PRE &
+for i in 0 1 2 3 4 5; do
+  run g$i $PY -m benchmarks.toy_reproduction $BENCH --stage g --shard $i --num-shards 6 --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
+done
+for i in 0 1 2; do
+  run experts$i $PY -m benchmarks.toy_reproduction $BENCH --stage experts --shard $i --num-shards 3 --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
+done
+wait
+pack
+stamp "phase 3: apprentices"
+for v in suti raw; do
+  run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
+done
+for v in none 0 0.01 0.02 0.03; do
+  run train-sweep-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant sweep-$v --budget-s "$(b 80)" --artifacts "$A" --work "$W" &
+done
+wait
+pack
+stamp "phase 4: evaluation"
+run eval $PY -m benchmarks.toy_reproduction $BENCH --stage eval --artifacts "$A" --work "$W" --out "$R"
+stamp "done"
+pack
+grep -h "^\[toy_pretrain\]\|^\[toy_reproduction\]" "$L"/*.log | cut -c1-400

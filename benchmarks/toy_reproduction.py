@@ -1,0 +1,632 @@
+"""The paper's claims on the toy world, measured exactly on test subjects no training stage has seen.
+
+    python -m benchmarks.toy_reproduction            # every stage, in order, from the shipped artifacts/toy
+    python -m benchmarks.toy_reproduction --quick    # a smoke check (minutes on 2 cores): tiny G, short training
+
+Starts from the one-time artifacts of `python -m apps.toy_pretrain` (base model, toy CLIP scorer, attribute readers;
+shipped under `artifacts/toy/`). Stages (each also runs alone with `--stage`, and the long ones split into shards
+for parallel processes on one accelerator, `--shard i --num-shards n`; results pass through files under `--work`):
+
+- `g`: experts (the DreamBooth analogue: base fine-tuned on a subject's demos) over train subjects, each rendering
+  the subject for unseen prompts from the toy templates, scored by delta-CLIP; rows are written as G parquet shards
+  (`G_SCHEMA`), one per subject, so a re-run skips finished subjects.
+- `experts`: per-subject experts on the evaluation's test subjects, sampled at several fine-tune step counts
+  (`--expert-checkpoints`) to find the fewest steps that reach the expert's plateau fidelity.
+- `train --variant V`: an apprentice from the base: `suti` (G filtered at `--lam`), `raw` (the Re-Imagen analogue:
+  the same train subjects' raw clusters, another image of the subject as target, no experts), `sweep-<lam>`
+  (G at each threshold of the sweep, trained shorter: `--sweep-steps`).
+- `eval`: rows oracle / base / expert / raw apprentice / SuTI apprentice with bootstrap 95% intervals over test
+  subjects; the apprentice with 0/1/3/5 demos; the threshold sweep; the mine stage's precision and recall against
+  the corpus's known truth; markdown, JSON and PNG grids under `--out`.
+
+Metrics: subject fidelity (share of the subject's visible identity attributes the readers find), text fidelity
+(share of the prompt's attributes found), toy CLIP-I (image-image cosine to the demos) and CLIP-T (image-prompt),
+and DINO-like (cosine of the attribute readers' penultimate features to the demos: a second, independently trained
+image network, in DINO's role). Seconds per new subject: the expert's fine-tune to its plateau step count plus its
+samples, against the apprentice's samples; same device, sampler, steps and number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core import readers as rd
+from core import toyworld as tw
+
+ROWS = ("oracle", "base", "expert", "raw apprentice", "SuTI apprentice")
+
+
+@dataclass
+class Settings:
+    eval_subjects: int
+    prompts: int
+    demos: int  # demos shown to expert and apprentice in the main rows
+    g_subjects: int
+    g_prompts: int
+    expert_steps: int  # fine-tune steps of the G experts
+    expert_checkpoints: tuple[int, ...]
+    apprentice_steps: int
+    sweep_steps: int
+    batch_size: int
+    steps: int  # sampler steps
+    guidance: float
+
+
+FULL = Settings(64, 8, 3, 2000, 8, 150, (25, 50, 100, 200, 400), 6000, 2500, 64, 25, 3.0)
+QUICK = Settings(2, 4, 3, 2, 4, 4, (2, 4), 4, 2, 4, 8, 3.0)
+SWEEP = (None, 0.0, 0.01, 0.02, 0.03)
+
+
+def lam_name(lam: float | None) -> str:
+    return "none" if lam is None else f"{lam:g}"
+
+
+# ---------------------------------------------------------------- shared inputs
+
+
+def load_artifacts(folder: str, device):
+    from core.backbone import load_backbone
+    from core.scorer import load_scorer
+
+    for part in ("base", "scorer", "readers"):
+        if not os.path.isdir(os.path.join(folder, part)):
+            raise FileNotFoundError(f"{folder}/{part} is missing: make it with `python -m apps.toy_pretrain --out {folder}`")
+    base = load_backbone(os.path.join(folder, "base")).to(device)
+    return base, load_scorer(os.path.join(folder, "scorer")), rd.load_readers(os.path.join(folder, "readers")).to(device)
+
+
+def subject_record(subject: tw.Subject, n_demos: int, n_prompts: int, rng: np.random.Generator, with_oracle: bool) -> dict:
+    demos = tw.demonstrations(subject, n_demos, rng)
+    prompts = tw.prompts_for(subject.class_name, n_prompts, rng, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id)
+    record = {
+        "subject_id": subject.subject_id,
+        "class_name": subject.class_name,
+        "demo_images": [tw.to_png(img) for img, _ in demos],
+        "demo_captions": [cap for _, cap in demos],
+        "prompt_ids": [p.prompt_id for p, _ in prompts],
+        "prompts": [p.text for p, _ in prompts],
+        "prompt_skills": [p.skill for p, _ in prompts],
+        "prompt_truths": [p.truth for p, _ in prompts],
+        "subject": subject,
+    }
+    if with_oracle:
+        record["oracle"] = np.stack([tw.render(subject, scene, 32, rng) for _, scene in prompts])
+    return record
+
+
+def eval_records(s: Settings, seed: int = 0) -> list[dict]:
+    """Test subjects (never trained on), each with 5 demos, prompts and oracle renders; the same in every process."""
+    from apps.toy_pretrain import split
+
+    _, test = split()
+    rng = np.random.default_rng(seed + 11)
+    picks = rng.choice(len(test), size=min(s.eval_subjects, len(test)), replace=False)
+    return [subject_record(test[int(i)], 5, s.prompts, rng, True) for i in picks]
+
+
+def g_subjects(s: Settings, seed: int = 0) -> list[tw.Subject]:
+    from apps.toy_pretrain import split
+
+    train, _ = split()
+    order = np.random.default_rng(seed + 22).permutation(len(train))
+    return [train[int(i)] for i in order[: s.g_subjects]]
+
+
+def expert_config(s: Settings, steps: int, seed: int = 0):
+    from core.config import ExpertConfig
+
+    return ExpertConfig(steps=steps, batch_size=16, lr=5e-4, num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed)
+
+
+# ---------------------------------------------------------------- stage g: the expert farm over train subjects
+
+
+def stage_g(args, s: Settings, device) -> dict:
+    from core import schema, storage
+    from core.expert import Expert, seed_for
+
+    base, scorer, _ = load_artifacts(args.artifacts, device)
+    folder = os.path.join(args.work, "g")
+    os.makedirs(folder, exist_ok=True)
+    cfg = expert_config(s, s.expert_steps)
+    expert = Expert(base, scorer, cfg, {"base_checkpoint_hash": "toy", "expert_config_hash": f"steps{cfg.steps}", "scorer_hash": scorer.digest})
+    subjects = g_subjects(s)[args.shard :: args.num_shards]
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    done = 0
+    for subject in tqdm(subjects, desc=f"g {args.shard}/{args.num_shards}", mininterval=10):
+        name = subject.subject_id
+        if os.path.exists(os.path.join(folder, f"{name}.parquet")):
+            continue
+        rng = np.random.default_rng(seed_for("g", name))
+        record = subject_record(subject, 5, s.g_prompts, rng, False)
+        rows, _ = expert.run_subject(record, None)
+        storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA), folder, schema.G_SCHEMA, name=name)
+        done += 1
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    return {"subjects_done": done}
+
+
+# ---------------------------------------------------------------- stage experts: expert rows on test subjects
+
+
+def stage_experts(args, s: Settings, device) -> dict:
+    from core import backbone as bb
+    from core.expert import Expert, seed_for
+
+    base, scorer, _ = load_artifacts(args.artifacts, device)
+    records = eval_records(s)[args.shard :: args.num_shards]
+    folder = os.path.join(args.work, "experts")
+    os.makedirs(folder, exist_ok=True)
+    top = max(s.expert_checkpoints)
+    expert = Expert(base, scorer, expert_config(s, top), {})
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    for record in tqdm(records, desc=f"experts {args.shard}/{args.num_shards}", mininterval=10):
+        path = os.path.join(folder, f"{record['subject_id']}.npz")
+        if os.path.exists(path):
+            continue
+        demos = [tw.from_png(b) for b in record["demo_images"][: s.demos]]
+        captions = record["demo_captions"][: s.demos]
+        images, tune_s, sample_s = {}, {}, {}
+        clock = {"start": 0.0, "paused": 0.0}
+
+        def on_step(step: int) -> None:
+            if step in s.expert_checkpoints:
+                sync(device)
+                tune_s[step] = time.perf_counter() - clock["start"] - clock["paused"]
+                t0 = time.perf_counter()
+                images[step] = bb.sample(base, record["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed_for(1, record["subject_id"]))
+                sync(device)
+                sample_s[step] = time.perf_counter() - t0
+                clock["paused"] += sample_s[step]
+
+        clock["start"] = time.perf_counter()
+        expert.fine_tune(demos, captions, seed_for(0, record["subject_id"]), on_step=on_step)
+        np.savez(
+            path,
+            steps=np.array(sorted(images)),
+            images=np.stack([images[k] for k in sorted(images)]),
+            tune_s=np.array([tune_s[k] for k in sorted(images)]),
+            sample_s=np.array([sample_s[k] for k in sorted(images)]),
+        )
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    return {"subjects": len(records)}
+
+
+def sync(device) -> None:
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- stage train: apprentice variants
+
+
+def g_examples(work: str, lam: float | None) -> list[dict]:
+    """G rows kept at threshold `lam` (None keeps every row), decoded: image, prompt, demos."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(work, "g", "*.parquet"))):
+        table = pq.read_table(path, columns=["image", "prompt", "demo_images", "demo_captions", "delta"])
+        for row in table.to_pylist():
+            if lam is None or row["delta"] > lam:
+                out.append(
+                    {
+                        "image": tw.from_png(row["image"]),
+                        "prompt": row["prompt"],
+                        "demos": [tw.from_png(b) for b in row["demo_images"]],
+                        "captions": row["demo_captions"],
+                    }
+                )
+    return out
+
+
+def raw_examples(work: str, s: Settings) -> list[dict]:
+    """The raw-cluster data of the same train subjects G holds (the Re-Imagen analogue): target another image of
+    the subject from its cluster, with that image's own (class-only) caption; no expert, no edits, no styles."""
+    from core.expert import seed_for
+
+    ids = {os.path.basename(p)[: -len(".parquet")] for p in glob.glob(os.path.join(work, "g", "*.parquet"))}
+    out = []
+    for subject in g_subjects(s):
+        if subject.subject_id not in ids:
+            continue
+        rng = np.random.default_rng(seed_for("raw", subject.subject_id))
+        cluster = tw.demonstrations(subject, 5 + s.g_prompts, rng)
+        demos, targets = cluster[:5], cluster[5:]
+        for img, caption in targets:
+            out.append({"image": img, "prompt": caption, "demos": [d for d, _ in demos], "captions": [c for _, c in demos]})
+    return out
+
+
+def make_batch(apprentice, examples: list[dict], batch_size: int, k: int, rng: np.random.Generator, device) -> dict:
+    from core.backbone import images_to_tensor, tokenize
+
+    idx = rng.choice(len(examples), size=batch_size)
+    rows = [examples[int(i)] for i in idx]
+    picks = [rng.choice(len(r["demos"]), size=k, replace=False) for r in rows]
+    flip = rng.random(batch_size) < 0.5
+    image = images_to_tensor([r["image"][:, ::-1] if f else r["image"] for r, f in zip(rows, flip)])
+    demo_images = torch.stack([images_to_tensor([r["demos"][int(j)] for j in p]) for r, p in zip(rows, picks)])
+    demo_ids = torch.stack([tokenize(apprentice.tokenizer, [r["captions"][int(j)] for j in p]) for r, p in zip(rows, picks)])
+    return {
+        "image": image.to(device),
+        "input_ids": tokenize(apprentice.tokenizer, [r["prompt"] for r in rows]).to(device),
+        "demo_images": demo_images.to(device),
+        "demo_ids": demo_ids.to(device),
+    }
+
+
+def stage_train(args, s: Settings, device) -> dict:
+    from core.apprentice import Apprentice, save_apprentice, training_loss
+    from core.pretrain import deadline_clock, ema_update
+    from core.schedules import warmup_cosine
+
+    variant = args.variant
+    if variant == "suti":
+        examples, steps = g_examples(args.work, args.lam), s.apprentice_steps
+    elif variant == "raw":
+        examples, steps = raw_examples(args.work, s), s.apprentice_steps
+    elif variant.startswith("sweep-"):
+        tag = variant[len("sweep-") :]
+        examples, steps = g_examples(args.work, None if tag == "none" else float(tag)), s.sweep_steps
+    else:
+        raise ValueError(f"unknown variant {variant!r}: suti, raw or sweep-<none|lam>")
+    if not examples:
+        print(f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained")
+        return {"variant": variant, "examples": 0, "skipped": True}
+    base, _, _ = load_artifacts(args.artifacts, device)
+    torch.manual_seed(0)
+    apprentice = Apprentice(base).to(device).train()
+    new = set(apprentice.new_parameters())
+    groups = [
+        {"params": [p for n, p in apprentice.named_parameters() if n in new], "lr": 1e-3},
+        {"params": [p for n, p in apprentice.named_parameters() if n not in new], "lr": 1e-4},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    sched = warmup_cosine(opt, steps, clock=deadline_clock(deadline))
+    ema = [p.detach().clone() for p in apprentice.parameters()]
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=getattr(device, "type", "cpu") == "cuda")
+    losses = []
+    for step in tqdm(range(steps), desc=f"train {variant}", mininterval=10):
+        k = int(rng.integers(1, 6))
+        batch = make_batch(apprentice, examples, s.batch_size, k, rng, device)
+        with autocast:
+            loss = training_loss(apprentice, batch, 0.1, 0.1, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(apprentice.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for e, p in zip(ema, apprentice.parameters()):
+                e.lerp_(p.detach(), 1 - (0.999 if steps > 2000 else 0.9))
+        losses.append(float(loss.detach()))
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    with torch.no_grad():
+        for e, p in zip(ema, apprentice.parameters()):
+            p.copy_(e)
+    save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses)})
+    return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:]))}
+
+
+# ---------------------------------------------------------------- stage eval
+
+
+def reader_features(reader: rd.AttributeReader, images: np.ndarray) -> torch.Tensor:
+    device = next(reader.parameters()).device
+    with torch.no_grad():
+        return torch.nn.functional.normalize(reader.trunk(reader.features(rd.to_input(images, device))), dim=-1).cpu()
+
+
+def score_images(records, images_per_record: list[np.ndarray], k_demos: int, scorer, reader) -> dict[str, np.ndarray]:
+    """Per-subject means of each metric. images_per_record[i]: uint8 (P, H, W, 3), one image per prompt."""
+    per_subject = {m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino")}
+    for record, images in zip(records, images_per_record):
+        demos = np.stack([tw.from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
+        reads = rd.read(reader, images)
+        subj = [tw.subject_fidelity(r, record["subject"], t) for r, t in zip(reads, record["prompt_truths"])]
+        text = [tw.text_fidelity(r, t) for r, t in zip(reads, record["prompt_truths"])]
+        emb, demo_emb = scorer.encode_images(images), scorer.encode_images(demos)
+        feats, demo_feats = reader_features(reader, images), reader_features(reader, demos)
+        per_subject["subject_fidelity"].append(np.nanmean(subj) if not np.all(np.isnan(subj)) else np.nan)
+        per_subject["text_fidelity"].append(np.mean(text))
+        per_subject["clip_i"].append(float((emb @ demo_emb.T).mean()))
+        per_subject["clip_t"].append(float(scorer.clip_scores(images, record["prompts"]).mean()))
+        per_subject["dino"].append(float((feats @ demo_feats.T).mean()))
+    return {m: np.asarray(v, dtype=np.float64) for m, v in per_subject.items()}
+
+
+def bootstrap(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile interval over subjects (resampled with replacement)."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def apprentice_images(apprentice, records, k: int, s: Settings, seed: int = 0, timed: int = 4) -> tuple[list[np.ndarray], float]:
+    """One image per prompt per subject with `k` demos, every subject's requests drawn in large batches; returns
+    (images per record, seconds per subject). The seconds are timed apart: `timed` subjects sampled one at a time
+    (all of a subject's prompts in one batch, as a user's request would be), median taken."""
+    from core.apprentice import SampleRequest, sample_batch
+    from core.expert import seed_for
+
+    device = next(apprentice.parameters()).device
+    requests = []
+    for record in records:
+        demos = [tw.from_png(b) for b in record["demo_images"][:k]]
+        requests.append(
+            [SampleRequest(p, demos, record["demo_captions"][:k], 1, seed_for(1, record["subject_id"], i), s.guidance) for i, p in enumerate(record["prompts"])]
+        )
+    flat = [r for per in requests for r in per]
+    images = []
+    for i in range(0, len(flat), 512):
+        images.extend(sample_batch(apprentice, flat[i : i + 512], num_inference_steps=s.steps))
+    out, pos = [], 0
+    for per in requests:
+        out.append(np.concatenate(images[pos : pos + len(per)]))
+        pos += len(per)
+    seconds = []
+    for per in requests[:timed]:
+        sync(device)
+        t0 = time.perf_counter()
+        sample_batch(apprentice, per, num_inference_steps=s.steps)
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return out, float(np.median(seconds)) if seconds else float("nan")
+
+
+def time_experts(base, scorer, records, steps: int, s: Settings, device) -> float:
+    """Seconds for a new subject by the expert route, timed here alone (the expert stage ran beside other work):
+    fine-tune `steps` steps on the demos, then sample every prompt in one batch. Median over `records`."""
+    from core import backbone as bb
+    from core.expert import Expert, seed_for
+
+    expert = Expert(base, scorer, expert_config(s, steps), {})
+    seconds = []
+    for record in records:
+        demos = [tw.from_png(b) for b in record["demo_images"][: s.demos]]
+        sync(device)
+        t0 = time.perf_counter()
+        expert.fine_tune(demos, record["demo_captions"][: s.demos], seed_for(0, record["subject_id"]))
+        bb.sample(base, record["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed_for(1, record["subject_id"]))
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    expert.reset()
+    return float(np.median(seconds))
+
+
+def plateau_step(curves: dict[int, float], tolerance: float = 0.02) -> int:
+    """The fewest fine-tune steps whose fidelity is within `tolerance` of the best checkpoint's."""
+    best = max(curves.values())
+    return min(k for k, v in curves.items() if v >= best - tolerance)
+
+
+def mine_report(scorer, seed: int = 0) -> dict:
+    """The mine stage on a fresh toy corpus: precision (kept clusters holding one subject) and recall (clean URL
+    groups kept), against the corpus's known truth."""
+    from apps.toy_pretrain import split
+    from core import schema
+    from core.config import MineConfig, WorldConfig
+    from core.mining import mine
+
+    train, _ = split()
+    rows = tw.corpus_rows(train, WorldConfig(corpus_groups=200), np.random.default_rng(seed))
+    ds, summary = mine(schema.table_from_rows(rows, schema.CORPUS_SCHEMA), scorer, MineConfig(), progress=False)
+    truth_by_image = {r["image"]: r["truth_subject_id"] for r in rows}
+    groups: dict[str, set] = {}
+    for r in rows:
+        if r["truth_subject_id"] is not None:
+            groups.setdefault(r["url"], set()).add(r["truth_subject_id"])
+    clean = {u for u, t in groups.items() if len(t) == 1}
+    kept_urls = {d["source_url"] for d in ds}
+    pure = [len({truth_by_image[b] for b in d["demo_images"]}) == 1 for d in ds]
+    return {
+        "groups": len(groups),
+        "clean_groups": len(clean),
+        "kept": len(ds),
+        "precision": float(np.mean(pure)) if pure else float("nan"),
+        "recall": len(kept_urls & clean) / max(1, len(clean)),
+        "corrupt_images_skipped": summary.get("corrupt_images_skipped", 0),
+    }
+
+
+def grid_png(records, columns: dict[str, list[np.ndarray]], path: str, n_subjects: int = 6, scale: int = 3) -> None:
+    """Rows: (subject, prompt); columns: 3 demos, then each method's image. Upscaled for viewing."""
+    from PIL import Image, ImageDraw
+
+    names = ["demo 1", "demo 2", "demo 3", *columns]
+    rows = [(ri, pi) for ri in range(min(n_subjects, len(records))) for pi in range(len(records[ri]["prompts"]))]
+    cell, label_h, text_w = 32 * scale, 14, 250
+    canvas = Image.new("RGB", (text_w + len(names) * (cell + 2), label_h + len(rows) * (cell + 2)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(names):
+        draw.text((text_w + c * (cell + 2), 1), name[:15], fill="black")
+    for row, (ri, pi) in enumerate(rows):
+        y = label_h + row * (cell + 2)
+        record = records[ri]
+        draw.text((2, y + 2), record["subject"].describe()[:40], fill="black")
+        draw.text((2, y + 18), record["prompts"][pi][:40], fill="black")
+        tiles = [tw.from_png(b) for b in record["demo_images"][:3]] + [columns[m][ri][pi] for m in columns]
+        for c, img in enumerate(tiles):
+            canvas.paste(Image.fromarray(img).resize((cell, cell), Image.NEAREST), (text_w + c * (cell + 2), y))
+    canvas.save(path)
+
+
+def fmt(mean: float, lo: float, hi: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def stage_eval(args, s: Settings, device) -> dict:
+    from core.apprentice import load_apprentice
+    from core.backbone import sample
+
+    base, scorer, reader = load_artifacts(args.artifacts, device)
+    records = eval_records(s)
+    k = s.demos
+    images: dict[str, list[np.ndarray]] = {"oracle": [r["oracle"] for r in records]}
+    seconds: dict[str, float] = {}
+    # Base without demos: the prompt alone.
+    from core.expert import seed_for
+
+    prompts = [p for r in records for p in r["prompts"]]
+    flat = np.concatenate([sample(base, prompts[i : i + 512], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=i) for i in range(0, len(prompts), 512)])
+    images["base"] = np.split(flat, np.cumsum([len(r["prompts"]) for r in records])[:-1])
+    # Experts: the checkpoint curve, the plateau, then the row at the plateau.
+    expert_runs = {}
+    for r in records:
+        path = os.path.join(args.work, "experts", f"{r['subject_id']}.npz")
+        if os.path.exists(path):
+            expert_runs[r["subject_id"]] = dict(np.load(path))
+    result: dict = {"settings": s.__dict__, "device": str(device), "rows": {}, "demos": {}, "sweep": {}}
+    expert_records = [r for r in records if r["subject_id"] in expert_runs]
+    if expert_records:
+        steps_list = [int(v) for v in expert_runs[expert_records[0]["subject_id"]]["steps"]]
+        curve = {}
+        for j, st in enumerate(steps_list):
+            per = score_images(expert_records, [expert_runs[r["subject_id"]]["images"][j] for r in expert_records], k, scorer, reader)
+            curve[st] = float(np.nanmean(per["subject_fidelity"]))
+        plateau = plateau_step(curve)
+        j = steps_list.index(plateau)
+        result["expert_curve"] = {"subject_fidelity_by_steps": curve, "plateau_steps": plateau, "subjects": len(expert_records)}
+        images["expert"] = [expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records]
+        seconds["expert"] = time_experts(base, scorer, expert_records[:3], plateau, s, device)
+    apprentices = {}
+    for name, variant in (("raw apprentice", "raw"), ("SuTI apprentice", "suti")):
+        folder = os.path.join(args.work, "apprentices", variant)
+        if os.path.isdir(folder):
+            apprentices[variant] = load_apprentice(folder).to(device)
+            images[name], seconds[name] = apprentice_images(apprentices[variant], records, k, s)
+            result.setdefault("training", {})[variant] = json.load(open(os.path.join(folder, "apprentice_config.json")))
+    for name in ROWS:
+        if name not in images:
+            continue
+        keep = [i for i, im in enumerate(images[name]) if im is not None]
+        per = score_images([records[i] for i in keep], [images[name][i] for i in keep], k, scorer, reader)
+        result["rows"][name] = {m: bootstrap(v) for m, v in per.items()} | {"seconds_per_subject": seconds.get(name), "subjects": len(keep)}
+    if "suti" in apprentices:
+        for kd in (0, 1, 3, 5):
+            ims, _ = apprentice_images(apprentices["suti"], records, kd, s, timed=0)
+            per = score_images(records, ims, max(kd, 3), scorer, reader)
+            result["demos"][kd] = {m: bootstrap(v) for m, v in per.items()}
+    for lam in SWEEP:
+        folder = os.path.join(args.work, "apprentices", f"sweep-{lam_name(lam)}")
+        if os.path.isdir(folder):
+            app = load_apprentice(folder).to(device)
+            ims, _ = apprentice_images(app, records, k, s, timed=0)
+            per = score_images(records, ims, k, scorer, reader)
+            meta = json.load(open(os.path.join(folder, "apprentice_config.json")))
+            result["sweep"][lam_name(lam)] = {m: bootstrap(v) for m, v in per.items()} | {"examples": meta.get("examples"), "steps": meta.get("steps")}
+    result["mine"] = mine_report(scorer)
+    os.makedirs(args.out, exist_ok=True)
+    tag = "toy_reproduction_quick" if args.quick else "toy_reproduction"
+    with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    md = markdown(result)
+    with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
+        f.write(md)
+    grid_png(records, {m: images[m] for m in ROWS if m in images and all(x is not None for x in images[m][:6])}, os.path.join(args.out, f"{tag}_grid.png"))
+    print(md)
+    return {"out": args.out}
+
+
+def markdown(result: dict) -> str:
+    cols = ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino")
+    lines = [
+        "| method | subject fidelity | text fidelity | CLIP-I | CLIP-T | DINO-like | s per new subject |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        secs = row.get("seconds_per_subject")
+        lines.append(f"| {name} | " + " | ".join(fmt(*row[c]) for c in cols) + f" | {'' if secs is None else f'{secs:.2f}'} |")
+    if result.get("expert_curve"):
+        c = result["expert_curve"]
+        lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
+                  + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items()) + f"; plateau at {c['plateau_steps']} steps."]
+    if result["demos"]:
+        lines += ["", "| SuTI apprentice, demos | subject fidelity | text fidelity | CLIP-I | DINO-like |", "|---|---|---|---|---|"]
+        for kd, row in result["demos"].items():
+            lines.append(f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} |")
+    if result["sweep"]:
+        lines += ["", "| threshold (lambda) | G rows kept | steps | subject fidelity | text fidelity |", "|---|---|---|---|---|"]
+        for lam, row in result["sweep"].items():
+            lines.append(f"| {lam} | {row['examples']} | {row['steps']} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |")
+    m = result.get("mine")
+    if m:
+        lines += ["", f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
+                  f"precision {m['precision']:.3f} (kept clusters holding one subject), recall {m['recall']:.3f} (clean groups kept); "
+                  f"{m['corrupt_images_skipped']} corrupt images skipped."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+STAGES = ("g", "experts", "train", "eval")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
+    p.add_argument("--variant", default="suti")
+    p.add_argument("--lam", type=float, default=0.0, help="the delta-CLIP threshold of the SuTI apprentice's G")
+    p.add_argument("--artifacts", default="artifacts/toy")
+    p.add_argument("--work", default=None, help="G, expert runs and apprentices (default outputs/toy_reproduction[_quick])")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=None)
+    args = p.parse_args(argv)
+    s = QUICK if args.quick else FULL
+    s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps") if getattr(args, k) is not None}})
+    args.work = args.work or os.path.join("outputs", "toy_reproduction_quick" if args.quick else "toy_reproduction")
+    from core.device import pick_device
+
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    if args.stage != "all":
+        out = {"g": stage_g, "experts": stage_experts, "train": stage_train, "eval": stage_eval}[args.stage](args, s, device)
+        print(f"[toy_reproduction] {args.stage}: {out} in {time.time() - start:.0f} s", flush=True)
+        return
+    timings = {}
+    for name, fn, variant in (
+        ("g", stage_g, None),
+        ("experts", stage_experts, None),
+        ("train suti", stage_train, "suti"),
+        ("train raw", stage_train, "raw"),
+        *((f"train sweep-{lam_name(lam)}", stage_train, f"sweep-{lam_name(lam)}") for lam in SWEEP),
+        ("eval", stage_eval, None),
+    ):
+        t0 = time.time()
+        if variant:
+            args.variant = variant
+        out = fn(args, s, device)
+        timings[name] = round(time.time() - t0, 1)
+        print(f"[toy_reproduction] {name}: {out} in {timings[name]} s", flush=True)
+    print(f"[toy_reproduction] stage seconds: {json.dumps(timings)}; total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
