@@ -27,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights only ever come from loca
 def to_config(cfg: DictConfig) -> PipelineConfig:
     """Resolve and type-check once; local paths become absolute so Ray workers resolve the same files."""
     config: PipelineConfig = OmegaConf.to_object(cfg)
+    if "://" not in config.paths.readers and not os.path.isabs(config.paths.readers):
+        config.paths.readers = str(Path(CONF_DIR).parent / config.paths.readers)  # shipped: relative to the project
     for f in dataclasses.fields(config.paths):
         setattr(config.paths, f.name, storage.absolute_uri(getattr(config.paths, f.name)))
     if config.model.path:

@@ -58,6 +58,7 @@ def run(config: PipelineConfig) -> dict:
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     require_base(config)
+    storage.require(config.paths.readers, "paths.readers", "toy attribute readers (shipped in artifacts/toy/readers)")
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     expert_cfg = dataclasses.replace(config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None)
@@ -75,7 +76,9 @@ def run(config: PipelineConfig) -> dict:
         expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
     outputs = {"oracle": [r["oracle"] for r in records], "base": sampled["base"], "expert": expert_outputs, "apprentice": sampled["apprentice"]}
     seconds = {"base": float(np.mean(sampled["seconds"]["base"])), "expert": float(np.mean(expert_seconds)), "apprentice": float(np.mean(sampled["seconds"]["apprentice"]))}
-    table = evaluation.score(records, outputs, load_scorer(storage.local_dir(config.paths.scorer)))
+    from core.readers import load_readers
+
+    table = evaluation.score(records, outputs, load_scorer(storage.local_dir(config.paths.scorer)), load_readers(storage.local_dir(config.paths.readers)))
     markdown = evaluation.markdown_table(table, seconds)
     storage.write_bytes(storage.join(config.paths.eval, "metrics.json"), json.dumps({"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}, indent=1).encode())
     storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), (markdown + "\n").encode())

@@ -84,7 +84,8 @@ def stage_base(args, device) -> dict:
     from core.pretrain import pretrain
 
     train, _ = split()
-    backbone = create_backbone("toy", seed=args.seed).to(device)
+    # --init continues from a saved base (e.g. one pretrained on a GPU, then trained on here).
+    backbone = (load_backbone(args.init) if args.init else create_backbone("toy", seed=args.seed)).to(device)
     cfg = PretrainConfig(steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr, seed=args.seed, threads=args.threads)
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     losses = pretrain(backbone, train, cfg, workers=args.workers, deadline=deadline, ema_decay=0.999 if args.base_steps > 2000 else None)
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base-steps", type=int, default=20000)
     p.add_argument("--base-batch", type=int, default=256)
     p.add_argument("--base-lr", type=float, default=1e-3)
+    p.add_argument("--init", default=None, help="base stage: start from this saved base instead of random weights")
     p.add_argument("--renoise-n", type=int, default=2048)
     p.add_argument("--eval-n", type=int, default=1024)
     args = p.parse_args(argv)

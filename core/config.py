@@ -202,6 +202,7 @@ class PathsConfig:
     train_storage: str = "${paths.root}/ray_train"  # Ray Train runs are named by their inputs: shared is safe
     eval: str = "${paths.run}/eval"
     dreambench: str = "${paths.run}/dreambench"
+    readers: str = "artifacts/toy/readers"  # trained attribute readers, shipped (apps.toy_pretrain makes them)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Evaluation on toy subjects never seen in training: exact subject and text fidelity from the world's own
-attribute readers, toy-CLIP CLIP-I and CLIP-T, a table and a PNG grid.
+"""Evaluation on toy subjects never seen in training: exact subject and text fidelity from the trained attribute
+readers (core/readers.py), toy-CLIP CLIP-I and CLIP-T, a table and a PNG grid.
 
 Methods compared: real renders of each prompt (the oracle row), the base model without demonstrations, the
 per-subject expert (fine-tuned on the demos) and the apprentice (demos in context, no fine-tuning).
@@ -52,8 +52,10 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
     return records
 
 
-def score(records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer) -> dict[str, dict]:
-    """outputs[method][record][prompt][sample] = uint8 (H, W, 3). Returns per-method mean metrics."""
+def score(records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer, reader) -> dict[str, dict]:
+    """outputs[method][record][prompt][sample] = uint8 (H, W, 3); `reader`: trained attribute readers
+    (core.readers). Returns per-method mean metrics."""
+    from core import readers
     table = {}
     for method, per_record in outputs.items():
         subj, text, clip_i, clip_t = [], [], [], []
@@ -66,9 +68,9 @@ def score(records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]],
                 emb = scorer.encode_images(samples)
                 clip_i.extend((emb @ demo_emb.T).mean(1).tolist())
                 clip_t.extend(scorer.clip_scores(samples, [prompt] * len(samples)).tolist())
-                for img in samples:
-                    subj.append(toyworld.subject_fidelity(img, subject, truth))
-                    text.append(toyworld.text_fidelity(img, truth))
+                for read in readers.read(reader, list(samples)):
+                    subj.append(toyworld.subject_fidelity(read, subject, truth))
+                    text.append(toyworld.text_fidelity(read, truth))
         table[method] = {
             "subject_fidelity": float(np.nanmean(subj)) if not all(math.isnan(v) for v in subj) else float("nan"),
             "text_fidelity": float(np.mean(text)),

@@ -113,7 +113,8 @@ def pretrain(
         opt.step()
         sched.step()
         if ema is not None:
-            ema_update(ema, modules, ema_decay)
+            # Warm-up (as in diffusers' EMAModel): a fixed 0.999 over a short run would keep the random init.
+            ema_update(ema, modules, min(ema_decay, (1 + len(losses)) / (10 + len(losses))))
         losses.append(float(loss.detach()))
         if deadline is not None and time.monotonic() > deadline:
             break

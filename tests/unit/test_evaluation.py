@@ -1,11 +1,16 @@
-"""The evaluation's metrics on known inputs: the oracle scores at the maximum, a demo copied back scores CLIP-I 1."""
+"""The evaluation's metrics on known inputs: the oracle scores near the maximum, a demo copied back scores CLIP-I 1."""
+
+import os
 
 import numpy as np
 
 from core import evaluation
 from core.config import EvaluateConfig, ScorerConfig, WorldConfig
 from core.scorer import create_scorer
+from core.readers import load_readers
 from core.toyworld import from_png
+
+READERS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "readers")
 
 
 def test_metrics_reach_their_maximum_on_identical_and_oracle_images():
@@ -16,10 +21,11 @@ def test_metrics_reach_their_maximum_on_identical_and_oracle_images():
     scorer = create_scorer(ScorerConfig())
     for r in records:
         r["demo_images"] = r["demo_images"][:1]
-    table = evaluation.score(records, outputs, scorer)
-    assert table["oracle"]["subject_fidelity"] == 1.0 and table["oracle"]["text_fidelity"] == 1.0
+    table = evaluation.score(records, outputs, scorer, load_readers(READERS))
+    # The readers are trained (about 99% on clean renders of unseen subjects), so the oracle is near, not at, 1.
+    assert table["oracle"]["subject_fidelity"] >= 0.9 and table["oracle"]["text_fidelity"] >= 0.9
     assert abs(table["copy"]["clip_i"] - 1.0) < 1e-5
-    assert table["copy"]["text_fidelity"] < 1.0  # a plain demo does not follow edit, accessory or style prompts
-    assert "| oracle | 1.000 | 1.000 |" in evaluation.markdown_table(table)
+    assert table["copy"]["text_fidelity"] < table["oracle"]["text_fidelity"]  # a plain demo follows no edit or style
+    assert "| oracle |" in evaluation.markdown_table(table)
     grid = evaluation.grid(records, outputs)
     assert grid.size[0] > 32 * 3 * 3 and grid.size[1] > 32 * 3 * 8

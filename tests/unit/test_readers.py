@@ -1,0 +1,67 @@
+"""The attribute readers and the toy world's shipped artifacts (artifacts/toy: made by `python -m apps.toy_pretrain`,
+see its report.json for the command, seed, device and time)."""
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from core import readers as rd
+from core import toyworld as tw
+
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy")
+
+
+def test_label_rows_ignore_what_a_style_hides():
+    s = tw.Subject("egg", "green", "stripes", "white")
+    row = rd.label_row(s, tw.Scene("sand", 16, 16, 9, style="grayscale"))
+    heads = list(rd.HEADS)
+    assert row[heads.index("body")] == rd.IGNORE and row[heads.index("pattern_colour")] == rd.IGNORE
+    assert rd.HEADS["pattern"][row[heads.index("pattern")]] == "stripes"
+    row = rd.label_row(s, tw.Scene("sand", 16, 16, 9, body="red", accessory="balloon"))
+    assert rd.HEADS["body"][row[heads.index("body")]] == "red" and rd.HEADS["accessory"][row[heads.index("accessory")]] == "balloon"
+
+
+def test_training_lowers_the_loss_and_a_saved_reader_reads_the_same(tmp_path):
+    train, _ = tw.split_subjects(0, 0.2)
+    images, labels = rd.labelled_batch(train, 64, np.random.default_rng(0))
+
+    def held_out_loss(model):
+        with torch.no_grad():
+            return float(rd.loss_fn(model(rd.to_input(images)), torch.as_tensor(labels)))
+
+    torch.manual_seed(0)
+    before = held_out_loss(rd.AttributeReader().eval())
+    reader, _ = rd.train_readers(train, 30, batch_size=32, lr=3e-3, progress=False)
+    assert held_out_loss(reader) < before - 0.3
+    rd.save_readers(reader, str(tmp_path), dtype=torch.float32)
+    assert np.array_equal(rd.predict(rd.load_readers(str(tmp_path)), images), rd.predict(reader, images))
+
+
+def test_shipped_readers_read_unseen_test_subjects():
+    reader = rd.load_readers(os.path.join(ARTIFACTS, "readers"))
+    _, test = tw.split_subjects(0, 0.2)
+    images, labels = rd.labelled_batch(test, 400, np.random.default_rng(123))
+    acc = rd.accuracy(reader, images, labels)
+    assert acc["mean"] >= 0.97, acc
+    assert min(acc.values()) >= 0.9, acc
+    reads = rd.read(reader, images[:4])
+    assert set(reads[0]) == set(rd.HEADS)
+
+
+def test_shipped_artifacts_load_fit_the_budget_and_say_how_they_were_made():
+    from core.backbone import load_backbone, sample
+    from core.scorer import load_scorer
+
+    base = load_backbone(os.path.join(ARTIFACTS, "base"))
+    scorer = load_scorer(os.path.join(ARTIFACTS, "scorer"))
+    images = sample(base, ["a red ball with blue dots on grass"], num_inference_steps=2, seed=0)
+    assert images.shape == (1, 32, 32, 3)
+    assert scorer.encode_images(images).shape[0] == 1
+    size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(ARTIFACTS) for f in files)
+    assert size <= 30 * 2**20, f"shipped artifacts are {size / 2**20:.1f} MiB"
+    report = json.load(open(os.path.join(ARTIFACTS, "report.json")))
+    for stage in ("readers", "scorer", "base", "finish"):
+        assert {"command", "seed", "seconds", "device", "date"} <= set(report[stage]), stage
+        assert report[stage]["command"].startswith("python -m apps.toy_pretrain")
