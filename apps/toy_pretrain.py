@@ -85,15 +85,30 @@ def stage_base(args, device) -> dict:
 
     train, _ = split()
     # --init continues from a saved base (e.g. one pretrained on a GPU, then trained on here).
-    backbone = (load_backbone(args.init) if args.init else create_backbone("toy", seed=args.seed)).to(device)
+    backbone = (load_backbone(args.init) if args.init else create_backbone(args.preset, seed=args.seed)).to(device)
     cfg = PretrainConfig(steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr, seed=args.seed, threads=args.threads)
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
-    losses = pretrain(backbone, train, cfg, workers=args.workers, deadline=deadline, ema_decay=0.999 if args.base_steps > 2000 else None)
+    # A killed run resumes from its last state (weights, EMA, optimizer, step), saved atomically every 200 steps.
+    state_path = os.path.join(args.out, "base.state.pt")
+    resume = torch.load(state_path, map_location=device, weights_only=True) if os.path.exists(state_path) else None
+    if resume is not None:
+        print(f"[toy_pretrain] base: resuming from step {int(resume['step'])} ({state_path})", flush=True)
+
+    def save_state(state: dict) -> None:
+        torch.save(state, state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
+
+    losses = pretrain(
+        backbone, train, cfg, workers=args.workers, deadline=deadline, ema_decay=0.999 if args.base_steps > 2000 else None,
+        resume=resume, save_state=save_state, save_every=200,
+    )
     tmp = os.path.join(args.out, "base.tmp")
     save_backbone(backbone.to("cpu"), tmp)
     _save_fp16(tmp)
     _publish(tmp, os.path.join(args.out, "base"))
-    return {"steps": len(losses), "batch_size": cfg.batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:]))}
+    if os.path.exists(state_path):
+        os.remove(state_path)
+    return {"steps": len(losses) + (int(resume["step"]) if resume is not None else 0), "preset": args.preset, "batch_size": cfg.batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:]))}
 
 
 def labelled_scenes(subjects: list[tw.Subject], n: int, rng: np.random.Generator, styled: bool = True):
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base-steps", type=int, default=20000)
     p.add_argument("--base-batch", type=int, default=256)
     p.add_argument("--base-lr", type=float, default=1e-3)
+    p.add_argument("--preset", default="toy", help="base stage: the backbone preset (core/backbone.py PRESETS)")
     p.add_argument("--init", default=None, help="base stage: start from this saved base instead of random weights")
     p.add_argument("--renoise-n", type=int, default=2048)
     p.add_argument("--eval-n", type=int, default=1024)

@@ -14,7 +14,9 @@ OUT=${1:?usage: toy_device_run.sh OUT_DIR}
 A=$OUT/artifacts; W=${WORK:-$OUT/work}; R=$OUT/results; L=$OUT/logs
 mkdir -p "$A" "$W" "$R" "$L"
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# Up to 10 processes share 16 cores: torch's default of one CPU thread per core in each of them oversubscribed the
+# machine in the first run (2026-11-26), so each process gets 2 (DataLoader workers run with 1).
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 if [ -n "${QUICK:-}" ]; then
   F=0.05; PRE="--reader-batch 16 --scorer-batch 8 --base-batch 8 --renoise-n 16 --eval-n 16 --reader-finetune-steps 2"; BENCH="--quick"
 else

@@ -39,8 +39,27 @@ PRESETS: dict[str, dict] = {
         "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
         "max_length": 24,
     },
-    # 32x32 pixel space, about 3.7 M UNet parameters: the toy world's shipped base (pretrained by apps.toy_pretrain).
+    # 32x32 pixel space, about 1.8 M UNet parameters, cross-attention at 16x16 and 8x8 (the size the pre-code probe in
+    # ../shared/FINDINGS.md trained on 2 CPU cores): the toy world's shipped base, pretrained by apps.toy_pretrain.
     "toy": {
+        "resolution": 32,
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (32, 64, 64),
+            "layers_per_block": 1,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 64,
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+        },
+        "text": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4},
+        "max_length": 24,
+    },
+    # The same, wider (about 3.7 M UNet parameters): for a GPU, where the small one is launch-bound anyway.
+    "toy-wide": {
         "resolution": 32,
         "unet": {
             "sample_size": 32,

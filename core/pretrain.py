@@ -87,9 +87,15 @@ def pretrain(
     workers: int = 0,
     deadline: float | None = None,
     ema_decay: float | None = None,
+    resume: dict | None = None,
+    save_state=None,
+    save_every: int = 500,
 ) -> list[float]:
     """Train `backbone` in place on renders of `subjects` (with EMA weights copied in at the end when
-    `ema_decay` is set). Returns the loss per step."""
+    `ema_decay` is set). Returns the loss per step of this call.
+
+    `save_state(state)` is called every `save_every` steps with a dict of tensors (weights, EMA, optimizer, step);
+    passing such a dict back as `resume` continues from it (the data stream moves on to new batches)."""
     if backbone.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -98,12 +104,19 @@ def pretrain(
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = warmup_cosine(opt, cfg.steps, clock=deadline_clock(deadline))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=backbone.device.type == "cuda")
+    start = 0
+    if resume is not None:
+        modules.load_state_dict(resume["model"])
+        if ema is not None and "ema" in resume:
+            ema.load_state_dict(resume["ema"])
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["step"])
     loader = torch.utils.data.DataLoader(
-        CaptionStream(subjects, cfg.batch_size, cfg.seed, backbone.resolution), batch_size=None, num_workers=workers
+        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution), batch_size=None, num_workers=workers
     )
     modules.train()
     losses = []
-    for _, (images, captions) in zip(tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
+    for _, (images, captions) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
         x0 = torch.from_numpy(np.asarray(images)).to(backbone.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         with autocast:
             loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, list(captions)), generator)
@@ -114,8 +127,14 @@ def pretrain(
         sched.step()
         if ema is not None:
             # Warm-up (as in diffusers' EMAModel): a fixed 0.999 over a short run would keep the random init.
-            ema_update(ema, modules, min(ema_decay, (1 + len(losses)) / (10 + len(losses))))
+            n = start + len(losses)
+            ema_update(ema, modules, min(ema_decay, (1 + n) / (10 + n)))
         losses.append(float(loss.detach()))
+        if save_state is not None and (start + len(losses)) % save_every == 0:
+            state = {"model": modules.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(start + len(losses))}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            save_state(state)
         if deadline is not None and time.monotonic() > deadline:
             break
     if ema is not None:
