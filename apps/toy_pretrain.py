@@ -8,7 +8,8 @@ Stages: `readers` and `scorer` (independent), `base` (the toy preset), then `fin
 noised and denoised part-way (SDEdit, labels still known) fine-tune the readers; the report (`report.json`) gives
 reader accuracy on clean and on renoised renders of *test* subjects, and the base model's own identity accuracy on
 its captions. A stage whose output folder exists is skipped (delete it to redo it), so an interrupted run resumes
-at the stage it was in. Steps are upper bounds; `--budget-s` ends a stage on time (its lr schedule follows the
+at the stage it was in (the base stage also resumes inside itself, from a state saved every 200 steps). `identity`
+(not part of `all`) only measures the base's identity accuracy with the current readers. Steps are upper bounds; `--budget-s` ends a stage on time (its lr schedule follows the
 clock), which is how a time-boxed run on a lent GPU fits. The device is picked by `core.device` (CUDA when there).
 """
 
@@ -193,7 +194,26 @@ def stage_finish(args, device) -> dict:
     return report
 
 
-STAGES = {"readers": stage_readers, "scorer": stage_scorer, "base": stage_base, "finish": stage_finish}
+def stage_identity(args, device) -> dict:
+    """Measure only: the base drawing its own full captions of test subjects, read by the current readers (no
+    reader fine-tune; use after retraining the base alone). Also writes base_samples.png."""
+    from PIL import Image
+
+    _, test = split()
+    base = load_backbone(os.path.join(args.out, "base")).to(device)
+    reader = rd.load_readers(os.path.join(args.out, "readers")).to(device)
+    report = {}
+    for guidance in (3.0, 5.0):
+        acc, images = base_identity(base, reader, test, args.eval_n, np.random.default_rng(args.seed + 3), args.seed + 2000, guidance)
+        report[f"base_own_captions_test_g{guidance:g}"] = acc
+        if guidance == 3.0:
+            grid = np.concatenate([np.concatenate(list(images[r * 8 : (r + 1) * 8]), 1) for r in range(len(images) // 8)], 0)
+            Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(os.path.join(args.out, "base_samples.png"))
+    report["images_per_row"] = args.eval_n
+    return report
+
+
+STAGES = {"readers": stage_readers, "scorer": stage_scorer, "base": stage_base, "finish": stage_finish, "identity": stage_identity}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     report_path = os.path.join(args.out, "report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) else {}
-    done_marker = {"readers": "readers/readers.json", "scorer": "scorer/open_clip_config.json", "base": "base/unet/config.json", "finish": "base_samples.png"}
-    for name in STAGES if args.stage == "all" else [args.stage]:
+    done_marker = {"readers": "readers/readers.json", "scorer": "scorer/open_clip_config.json", "base": "base/unet/config.json", "finish": "base_samples.png", "identity": "-"}
+    for name in [n for n in STAGES if n != "identity"] if args.stage == "all" else [args.stage]:
         if not args.force and os.path.exists(os.path.join(args.out, done_marker[name])) and name in report:
             print(f"[toy_pretrain] {name}: done already, skipped")
             continue

@@ -5,6 +5,8 @@
 #
 #   benchmarks/toy_device_run.sh OUT_DIR            # on a GPU machine (python3 with the project's packages)
 #   QUICK=1 benchmarks/toy_device_run.sh OUT_DIR    # the same flow at toy sizes, to check it on a CPU
+#   FROM=artifacts/toy benchmarks/toy_device_run.sh OUT_DIR   # the benchmark only, from the shipped artifacts
+# Phase 4 (evaluation) took over 2 minutes on the H200 (2026-11-26): leave it that much of a call's 10 minutes.
 #
 # Writes OUT_DIR/artifacts (base, scorer, readers, report.json), OUT_DIR/results (table, JSON, grid),
 # OUT_DIR/work (G shards, expert runs, apprentices; or $WORK) and OUT_DIR/logs. With PACK_TO=DIR, packs the outputs
@@ -27,6 +29,8 @@ t0=$(date +%s); stamp() { echo "[toy_device_run] $1 at $(( $(date +%s) - t0 )) s
 pack() { [ -n "${PACK_TO:-}" ] && bash "$(dirname "$0")/toy_device_pack.sh" "$OUT" "$W" "$PACK_TO" > "$L/pack.log" 2>&1; true; }
 run() { name=$1; shift; "$@" > "$L/$name.log" 2>&1 || echo "[toy_device_run] $name FAILED (exit $?): see $L/$name.log"; }
 
+# FROM=artifacts/toy starts from existing artifacts: apps.toy_pretrain skips every stage already in their report.
+if [ -n "${FROM:-}" ]; then cp -r "$FROM"/. "$A"/; fi
 stamp "phase 1: readers, scorer, base"
 run readers $PY -m apps.toy_pretrain --out "$A" --stage readers --budget-s "$(b 110)" --reader-steps 8000 --workers 3 $PRE &
 run scorer $PY -m apps.toy_pretrain --out "$A" --stage scorer --budget-s "$(b 140)" --scorer-steps 8000 $PRE &

@@ -507,7 +507,7 @@ def stage_eval(args, s: Settings, device) -> dict:
         j = steps_list.index(plateau)
         result["expert_curve"] = {"subject_fidelity_by_steps": curve, "plateau_steps": plateau, "subjects": len(expert_records)}
         images["expert"] = [expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records]
-        seconds["expert"] = time_experts(base, scorer, expert_records[:3], plateau, s, device)
+        seconds["expert"] = time_experts(base, scorer, expert_records[:2], plateau, s, device)
     apprentices = {}
     for name, variant in (("raw apprentice", "raw"), ("SuTI apprentice", "suti")):
         folder = os.path.join(args.work, "apprentices", variant)
