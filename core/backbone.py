@@ -209,9 +209,11 @@ def denoising_loss(
     **unet_kwargs,
 ) -> torch.Tensor:
     """The plain epsilon-prediction loss. x0: (B, C, H, W) in [-1, 1]; text_states: (B, L, D)."""
-    # Drawn on the CPU generator, then moved: a CPU generator cannot draw on CUDA or XLA.
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    # Drawn where the generator lives, then moved: a CPU generator cannot draw on CUDA or XLA (a CUDA generator
+    # spares a large batch the CPU draw and copy).
+    where = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=where).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
     return F.mse_loss(pred, noise)

@@ -52,17 +52,20 @@ def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.
 
 
 class CaptionStream(torch.utils.data.IterableDataset):
-    """Endless (uint8 images (B, H, W, 3), captions) batches; each worker draws from its own seed."""
+    """Endless (uint8 images (B, H, W, 3), captions) batches; each worker draws from its own seed.
 
-    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int):
-        self.subjects, self.batch_size, self.seed, self.size = subjects, batch_size, seed, size
+    With a `tokenizer`, the captions come as input ids (B, L) tokenized in the worker: the Python BPE tokenizer
+    took 0.06-0.3 s per 1,024 captions in the training process (2 CPU cores, 2026-11-26), as long as a GPU step."""
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, list[str]]]:
+    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer=None):
+        self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = subjects, batch_size, seed, size, tokenizer
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, list[str] | torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             images, captions = toy_batch(self.subjects, self.batch_size, rng, self.size)
-            yield np.stack(images), captions
+            yield np.stack(images), (bb.tokenize(self.tokenizer, captions) if self.tokenizer is not None else captions)
 
 
 def deadline_clock(deadline: float | None):
@@ -75,8 +78,8 @@ def deadline_clock(deadline: float | None):
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    # One fused call rather than a kernel per tensor: tiny models on a GPU are bound by kernel launches.
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
 def pretrain(
@@ -98,10 +101,10 @@ def pretrain(
     passing such a dict back as `resume` continues from it (the data stream moves on to new batches)."""
     if backbone.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(cfg.seed)
     modules = torch.nn.ModuleList([backbone.unet, backbone.text_encoder])
     ema = copy.deepcopy(modules).eval() if ema_decay else None
-    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0, fused=backbone.device.type == "cuda")
     sched = warmup_cosine(opt, cfg.steps, clock=deadline_clock(deadline))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=backbone.device.type == "cuda")
     start = 0
@@ -112,14 +115,16 @@ def pretrain(
         opt.load_state_dict(resume["optimizer"])
         start = int(resume["step"])
     loader = torch.utils.data.DataLoader(
-        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution), batch_size=None, num_workers=workers
+        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution, tokenizer=backbone.tokenizer),
+        batch_size=None,
+        num_workers=workers,
     )
     modules.train()
-    losses = []
-    for _, (images, captions) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
+    losses, pending = [], []
+    for _, (images, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
         x0 = torch.from_numpy(np.asarray(images)).to(backbone.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         with autocast:
-            loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, list(captions)), generator)
+            loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
@@ -127,16 +132,22 @@ def pretrain(
         sched.step()
         if ema is not None:
             # Warm-up (as in diffusers' EMAModel): a fixed 0.999 over a short run would keep the random init.
-            n = start + len(losses)
+            n = start + len(losses) + len(pending)
             ema_update(ema, modules, min(ema_decay, (1 + n) / (10 + n)))
-        losses.append(float(loss.detach()))
-        if save_state is not None and (start + len(losses)) % save_every == 0:
-            state = {"model": modules.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(start + len(losses))}
+        # Kept on the device and read back in groups: a read-back every step would stall the GPU's queue.
+        pending.append(loss.detach())
+        if len(pending) == 50:
+            losses.extend(torch.stack(pending).tolist())
+            pending = []
+        n_done = start + len(losses) + len(pending)
+        if save_state is not None and n_done % save_every == 0:
+            state = {"model": modules.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(n_done)}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_state(state)
         if deadline is not None and time.monotonic() > deadline:
             break
+    losses.extend(torch.stack(pending).tolist() if pending else [])
     if ema is not None:
         modules.load_state_dict(ema.state_dict())
     modules.eval()
