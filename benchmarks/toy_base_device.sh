@@ -2,7 +2,8 @@
 # Base pretraining only, two configurations side by side on one GPU (the tiny model leaves it mostly idle), each
 # then measured on its own test-subject captions with the shipped readers; both come back packed in 15 MiB pieces.
 #   benchmarks/toy_base_device.sh OUT_DIR [BUDGET_S]
-# Each configuration is "name preset batch lr workers". The one with the higher identity is the one to ship.
+# Each configuration is "name preset batch lr workers" (CONFIGS); INIT=DIR continues from a saved base. The one
+# with the higher identity is the one to ship.
 set -u
 OUT=${1:?usage: toy_base_device.sh OUT_DIR [BUDGET_S]}; BUDGET=${2:-330}
 PY=${PYTHON:-python3}
@@ -15,7 +16,7 @@ for row in "${ROWS[@]}"; do
   read -r name preset batch lr workers <<< "$row"
   mkdir -p "$OUT/$name" && cp -r artifacts/toy/readers "$OUT/$name/"
   ( $PY -m apps.toy_pretrain --out "$OUT/$name" --stage base --preset "$preset" --budget-s "$BUDGET" --base-steps 6000 \
-      --base-batch "$batch" --base-lr "$lr" --workers "$workers" \
+      --base-batch "$batch" --base-lr "$lr" --workers "$workers" ${INIT:+--init "$INIT"} \
     && $PY -m apps.toy_pretrain --out "$OUT/$name" --stage identity --eval-n 512 ) > "$OUT/logs/$name.log" 2>&1 &
 done
 wait
