@@ -31,6 +31,10 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
         config.paths.readers = str(Path(CONF_DIR).parent / config.paths.readers)  # shipped: relative to the project
     for f in dataclasses.fields(config.paths):
         setattr(config.paths, f.name, storage.absolute_uri(getattr(config.paths, f.name)))
+    if config.model.path and config.model.path.startswith("hf://"):  # a repo in the local Hugging Face cache
+        from core.backbone import resolve_model_dir
+
+        config.model.path = resolve_model_dir(config.model.path)
     if config.model.path:
         config.model.path = storage.absolute_uri(config.model.path)
     db = config.dreambench

@@ -1,9 +1,11 @@
-"""The diffusion backbone: a diffusers UNet2DConditionModel plus a CLIP text encoder, made by one factory.
+"""The diffusion backbone: a diffusers UNet2DConditionModel plus a text encoder, made by one factory.
 
 `create_backbone("tiny")` builds a random pixel-space model from a named preset; `load_backbone(path)` reads one
-saved by `save_backbone` (diffusers/transformers `save_pretrained` folders: unet/, text_encoder/, tokenizer/,
-scheduler/). The tokenizer is a transformers `CLIPTokenizer` built from the BPE vocabulary that open_clip ships,
-so nothing is downloaded. Also here: the denoising loss and a DDPM/DDIM sampler with classifier-free guidance.
+saved by `save_backbone` or a real diffusers pipeline folder (unet/, text_encoder/, tokenizer/, scheduler/, and vae/
+for a latent model): Stable Diffusion 1.x/2.x (latent, CLIP text encoder, VAE scaled by `vae.config.scaling_factor`)
+and DeepFloyd IF stage I (pixel 64x64, T5 encoder, learned variance). The toy tokenizer is a transformers
+`CLIPTokenizer` built from the BPE vocabulary that open_clip ships, so nothing is downloaded. Also here: the
+denoising loss and a DDPM/DDIM sampler with classifier-free guidance, both in the model's space (pixels or latents).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoConfig, AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
 PRESETS: dict[str, dict] = {
     # 32x32 pixel space, about 1 M UNet parameters: the CPU preset used by tests and the toy world.
@@ -74,15 +76,23 @@ class Backbone:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler
-    resolution: int
+    resolution: int  # of the images it draws (the UNet's sample size times the VAE's factor for a latent model)
+    vae: AutoencoderKL | None = None  # a latent model's (frozen) autoencoder; None: the UNet works on pixels
 
     def modules(self) -> list[torch.nn.Module]:
+        """The trainable modules (the VAE stays frozen)."""
         return [self.unet, self.text_encoder]
 
     def to(self, device: torch.device | str) -> "Backbone":
         self.unet.to(device)
         self.text_encoder.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
         return self
+
+    @property
+    def kind(self) -> str:
+        return "latent" if self.vae is not None else "pixel"
 
     @property
     def device(self) -> torch.device:
@@ -126,8 +136,14 @@ def create_tokenizer(max_length: int) -> CLIPTokenizer:
     )
 
 
+# Real, pretrained backbones (conf/model/*.yaml): loaded from `model.path` by `load_backbone`, never created here.
+REAL_PRESETS = {"sd15": "Stable Diffusion 1.x", "sd21": "Stable Diffusion 2.x", "if_stage1": "DeepFloyd IF stage I"}
+
+
 def create_backbone(preset: str = "tiny", seed: int = 0) -> Backbone:
     """A randomly initialised backbone from a named preset."""
+    if preset in REAL_PRESETS:
+        raise ValueError(f"{preset!r} ({REAL_PRESETS[preset]}) is a pretrained backbone: set model.path to its folder (or hf://org/name in the local Hugging Face cache) instead of pretraining it")
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
     spec = PRESETS[preset]
@@ -152,15 +168,45 @@ def save_backbone(backbone: Backbone, folder: str) -> None:
     backbone.text_encoder.save_pretrained(os.path.join(folder, "text_encoder"))
     backbone.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
     backbone.noise_scheduler.save_pretrained(os.path.join(folder, "scheduler"))
+    if backbone.vae is not None:
+        backbone.vae.save_pretrained(os.path.join(folder, "vae"))
+
+
+def resolve_model_dir(path_or_id: str, cache_dir: str | None = None) -> str:
+    """A local folder as it is; otherwise a Hugging Face repo id (optionally written "hf://org/name") looked up in
+    the local cache only, never the network: e.g. "hf://stable-diffusion-v1-5/stable-diffusion-v1-5" after a
+    `huggingface-cli download` on a machine that may download. Returns the snapshot folder."""
+    if os.path.isdir(path_or_id):
+        return path_or_id
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id = path_or_id.removeprefix("hf://")
+    try:
+        return snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir)
+    except (LocalEntryNotFoundError, ValueError) as err:
+        raise FileNotFoundError(
+            f"no local model at {path_or_id!r}: give a folder (unet/, text_encoder/, tokenizer/, scheduler/[, vae/]) "
+            "or the id of a repo already in the Hugging Face cache (this code never downloads weights)"
+        ) from err
 
 
 def load_backbone(folder: str) -> Backbone:
-    """Load a backbone saved by `save_backbone` (safetensors weights; no network)."""
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), local_files_only=True)
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), local_files_only=True)
-    scheduler = DDPMScheduler.from_pretrained(os.path.join(folder, "scheduler"), local_files_only=True)
-    return Backbone(unet, text_encoder, tokenizer, scheduler, int(unet.config.sample_size))
+    """Load a backbone from a folder saved by `save_backbone` or a diffusers pipeline folder (Stable Diffusion:
+    with vae/, CLIP text encoder; DeepFloyd IF stage I: pixels, T5 encoder), or a cached repo id. No network.
+
+    The scheduler folder sets the noise schedule only (SD ships a PNDM config; its betas are read into a
+    `DDPMScheduler` for training, and samplers are made from it by `create_sampler`)."""
+    folder = resolve_model_dir(folder)
+    sub = lambda name: os.path.join(folder, name)  # noqa: E731
+    unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
+    text_class = T5EncoderModel if AutoConfig.from_pretrained(sub("text_encoder")).model_type == "t5" else CLIPTextModel
+    text_encoder = text_class.from_pretrained(sub("text_encoder"), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(sub("scheduler")))
+    vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True).eval().requires_grad_(False) if os.path.isdir(sub("vae")) else None
+    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    return Backbone(unet, text_encoder, tokenizer, scheduler, int(unet.config.sample_size) * factor, vae)
 
 
 def weight_files(folder: str) -> list[str]:
@@ -187,17 +233,57 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
-    """(B,) strings -> input ids (B, L)."""
-    return tokenizer(
-        prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B,) strings -> input ids (B, L). A tokenizer without a real length limit (T5's) pads to 77, as IF does."""
+    length = tokenizer.model_max_length if tokenizer.model_max_length <= 1024 else 77
+    return tokenizer(prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt").input_ids
 
 
 def encode_text(backbone: Backbone, prompts: list[str] | torch.Tensor) -> torch.Tensor:
-    """Prompts or input ids (B, L) -> hidden states (B, L, D)."""
-    ids = tokenize(backbone.tokenizer, prompts) if isinstance(prompts, list) else prompts
-    return backbone.text_encoder(ids.to(backbone.device)).last_hidden_state
+    """Prompts or input ids (B, L) -> hidden states (B, L, D). T5 (IF) reads with the padding masked out, as the IF
+    pipeline does; CLIP (SD and the toy presets) without a mask, as SD does."""
+    ids = (tokenize(backbone.tokenizer, prompts) if isinstance(prompts, list) else prompts).to(backbone.device)
+    if isinstance(backbone.text_encoder, T5EncoderModel):
+        return backbone.text_encoder(ids, attention_mask=(ids != backbone.tokenizer.pad_token_id).long()).last_hidden_state
+    return backbone.text_encoder(ids).last_hidden_state
+
+
+def fit_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
+    """uint8 (B, H, W, 3) resized (bicubic) to `size` x `size` where they differ: demos for a model of another size."""
+    from PIL import Image
+
+    arr = np.stack(images) if isinstance(images, list) else images
+    if arr.shape[1:3] == (size, size):
+        return arr
+    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in arr])
+
+
+def to_model_space(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] (B, 3, H, W) -> what the UNet denoises: the same pixels, or the VAE's scaled latents (the
+    posterior's mode; the VAE is frozen)."""
+    if backbone.vae is None:
+        return x
+    with torch.no_grad():
+        return backbone.vae.encode(x.to(backbone.vae.dtype)).latent_dist.mode() * backbone.vae.config.scaling_factor
+
+
+def from_model_space(backbone: Backbone, z: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_model_space`: pixels in about [-1, 1]."""
+    if backbone.vae is None:
+        return z
+    with torch.no_grad():
+        return backbone.vae.decode(z.to(backbone.vae.dtype) / backbone.vae.config.scaling_factor).sample
+
+
+def model_shape(backbone: Backbone, n: int) -> tuple[int, int, int, int]:
+    size = int(backbone.unet.config.sample_size)
+    return (n, int(backbone.unet.config.in_channels), size, size)
+
+
+def learned_variance(sampler) -> bool:
+    """Whether `sampler.step` expects the UNet's variance channels too (IF's DDPM, variance_type learned_range)."""
+    # Only DDPM's step reads them; a DDIM made from IF's config carries the key but predicts from the noise alone.
+    return isinstance(sampler, DDPMScheduler) and sampler.config.get("variance_type") in ("learned", "learned_range")
 
 
 def denoising_loss(
@@ -216,7 +302,9 @@ def denoising_loss(
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=where).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
-    return F.mse_loss(pred, noise)
+    # A UNet with learned variance (IF: 2C output channels) is fine-tuned on its noise half only, as diffusers'
+    # DreamBooth script does for IF.
+    return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
 
 
 def create_sampler(name: str, noise_scheduler: DDPMScheduler):
@@ -268,15 +356,20 @@ def sample(
     cond = encode_text(backbone, prompts)
     uncond = encode_text(backbone, [""] * len(prompts))
     states = torch.cat([uncond, cond])
+    scheduler = create_sampler(sampler, backbone.noise_scheduler)
+    shape = model_shape(backbone, len(prompts))
 
     def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_u, eps_c = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample.chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        out = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample
+        eps_u, eps_c = out[:, : shape[1]].chunk(2)
+        eps = eps_u + guidance_scale * (eps_c - eps_u)
+        if out.shape[1] > shape[1] and learned_variance(scheduler):  # IF: guided noise, the conditional variance
+            return torch.cat([eps, out[len(prompts) :, shape[1] :]], dim=1)
+        return eps
 
     generator = torch.Generator().manual_seed(seed)
-    shape = (len(prompts), backbone.unet.config.in_channels, backbone.resolution, backbone.resolution)
-    x0 = sample_loop(predict_noise, create_sampler(sampler, backbone.noise_scheduler), shape, num_inference_steps, generator, device)
-    return tensor_to_images(x0)
+    x0 = sample_loop(predict_noise, scheduler, shape, num_inference_steps, generator, device)
+    return tensor_to_images(from_model_space(backbone, x0))
 
 
 @torch.no_grad()

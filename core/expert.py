@@ -65,17 +65,19 @@ class Expert:
         text_encoder.train(cfg.train_text_encoder)
         opt = _optimizer(params, cfg)
         device = self.backbone.device
-        images = bb.images_to_tensor(demo_images).to(device)
+        # The demos in the model's space (pixels, or VAE latents for a latent model), unflipped and flipped: a
+        # latent model encodes each demo twice, once per subject, not once per step.
+        pixels = bb.images_to_tensor(bb.fit_images(demo_images, self.backbone.resolution)).to(device)
+        plain, flipped = bb.to_model_space(self.backbone, pixels), bb.to_model_space(self.backbone, pixels.flip(-1))
         ids = bb.tokenize(self.backbone.tokenizer, demo_captions).to(device)
         generator = torch.Generator().manual_seed(seed)
         losses = []
         for _ in range(cfg.steps):
             idx = torch.randint(0, len(demo_images), (cfg.batch_size,), generator=generator)
-            x0 = images[idx]
             flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1).to(device), x0.flip(-1), x0)
+            x0 = torch.where(flip.view(-1, 1, 1, 1).to(device), flipped[idx.to(device)], plain[idx.to(device)])
             with torch.set_grad_enabled(cfg.train_text_encoder):
-                states = text_encoder(ids[idx]).last_hidden_state
+                states = bb.encode_text(self.backbone, ids[idx])
             loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()

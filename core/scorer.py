@@ -56,6 +56,10 @@ class Scorer:
     def encode_images(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> unit vectors (B, E)."""
         x = _to_input(np.stack(images) if isinstance(images, list) else images)
+        size = self.model.visual.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if tuple(x.shape[-2:]) != size:  # renders of a backbone of another resolution (e.g. IF's 64x64)
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return torch.nn.functional.normalize(self.model.encode_image(x), dim=-1)
 
     @torch.no_grad()
