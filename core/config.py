@@ -77,8 +77,10 @@ class ExpertConfig:
     steps: int = 100
     batch_size: int = 16
     lr: float = 5e-4
-    optimizer: str = "adamw"  # adamw | adafactor
-    train_text_encoder: bool = True
+    optimizer: str = "adamw"  # adamw | adafactor (the paper's; conf/expert/paper.yaml)
+    train_text_encoder: bool = True  # full fine-tuning only; LoRA tunes the UNet's attention alone
+    lora_rank: int = 0  # 0: full fine-tuning (the paper); > 0: a LoRA adapter (peft) of this rank on the UNet's attention
+    lora_alpha: Optional[float] = None  # None: the rank (scale 1)
     samples_per_prompt: int = 1
     sampler: str = "ddim"  # ddim | ddpm
     num_inference_steps: int = 25

@@ -49,9 +49,32 @@ class Expert:
         self._base_state = [copy.deepcopy(m.state_dict()) for m in backbone.modules()]
 
     def reset(self) -> None:
-        """Restore the base weights from memory."""
+        """Restore the base weights from memory (dropping a LoRA adapter first, if the last subject had one)."""
+        unet = self.backbone.unet
+        if getattr(unet, "_hf_peft_config_loaded", False):
+            unet.unload_lora()  # back to plain layers (diffusers' PeftAdapterMixin)
         for module, state in zip(self.backbone.modules(), self._base_state):
             module.load_state_dict(state)
+            module.requires_grad_(True)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """Full fine-tuning: the UNet (and the text encoder, `train_text_encoder`). LoRA (`lora_rank` > 0): a fresh
+        peft adapter on the UNet's attention projections, everything else frozen (as diffusers' LoRA scripts do)."""
+        cfg, unet, text_encoder = self.cfg, self.backbone.unet, self.backbone.text_encoder
+        if cfg.lora_rank <= 0:
+            return list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        text_encoder.requires_grad_(False)
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+        unet.add_adapter(lora, adapter_name="expert")
+        return [p for p in unet.parameters() if p.requires_grad]
 
     def fine_tune(self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int, on_step=None) -> list[float]:
         """Fine-tune on C_s with the plain denoising loss (no identifier token, no prior preservation).
@@ -60,9 +83,10 @@ class Expert:
         cfg = self.cfg
         self.reset()
         unet, text_encoder = self.backbone.unet, self.backbone.text_encoder
-        params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+        params = self._trainable()
+        tune_text = cfg.train_text_encoder and cfg.lora_rank <= 0
         unet.train()
-        text_encoder.train(cfg.train_text_encoder)
+        text_encoder.train(tune_text)
         opt = _optimizer(params, cfg)
         device = self.backbone.device
         # The demos in the model's space (pixels, or VAE latents for a latent model), unflipped and flipped: a
@@ -76,7 +100,7 @@ class Expert:
             idx = torch.randint(0, len(demo_images), (cfg.batch_size,), generator=generator)
             flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1).to(device), flipped[idx.to(device)], plain[idx.to(device)])
-            with torch.set_grad_enabled(cfg.train_text_encoder):
+            with torch.set_grad_enabled(tune_text):
                 states = bb.encode_text(self.backbone, ids[idx])
             loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
             opt.zero_grad(set_to_none=True)
@@ -88,7 +112,7 @@ class Expert:
                 text_encoder.eval()
                 on_step(len(losses))
                 unet.train()
-                text_encoder.train(cfg.train_text_encoder)
+                text_encoder.train(tune_text)
         unet.eval()
         text_encoder.eval()
         return losses

@@ -163,3 +163,34 @@ def test_delta_clip_is_zero_when_the_render_is_a_demo(demos):
     images = [d[0] for d in demos]
     clip, ref, delta = delta_clip(scorer, [images[0]], ["a ball on sand"], images)
     assert delta[0] <= 1e-6 and abs(delta[0] - (clip[0] - ref[0])) < 1e-6
+
+
+def test_lora_expert_tunes_an_adapter_only_and_reset_removes_it(backbone, demos):
+    scorer = create_scorer(ScorerConfig())
+    cfg = ExpertConfig(steps=3, batch_size=4, lr=1e-2, lora_rank=4)
+    expert = Expert(backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"})
+    base_unet = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
+    base_text = {k: v.clone() for k, v in backbone.text_encoder.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    states = bb.encode_text(backbone, ["a ball"] * 2).detach()
+    with torch.no_grad():
+        before = backbone.unet(x, torch.tensor([500, 500]), encoder_hidden_states=states).sample
+    expert.fine_tune([d[0] for d in demos], [d[1] for d in demos], seed=0)
+    tuned = backbone.unet.state_dict()
+    lora_keys = [k for k in tuned if "lora_" in k]
+    assert lora_keys and all(k.replace(".base_layer", "") in base_unet for k in tuned if "lora_" not in k)
+    # The base weights are untouched (peft keeps them as base_layer), the text encoder too; the output moved.
+    assert all(torch.equal(base_unet[k.replace(".base_layer", "")], v) for k, v in tuned.items() if "lora_" not in k)
+    assert all(torch.equal(base_text[k], v) for k, v in backbone.text_encoder.state_dict().items())
+    with torch.no_grad():
+        after = backbone.unet(x, torch.tensor([500, 500]), encoder_hidden_states=states).sample
+    assert not torch.allclose(before, after)
+    expert.reset()
+    assert set(backbone.unet.state_dict()) == set(base_unet)
+    with torch.no_grad():
+        assert torch.equal(backbone.unet(x, torch.tensor([500, 500]), encoder_hidden_states=states).sample, before)
+    # A full fine-tune after a LoRA subject starts from the plain base again.
+    expert.cfg = ExpertConfig(steps=1, batch_size=4)
+    expert.fine_tune([d[0] for d in demos], [d[1] for d in demos], seed=0)
+    assert not any("lora_" in k for k in backbone.unet.state_dict())
+    expert.reset()
