@@ -41,17 +41,28 @@ class ExpertActor:
 
     def run(self, record: dict, g_uri: str | None, min_delta: float | None) -> dict:
         """Fine-tune and render one subject; write its shard to `g_uri` (None: return the rows instead)."""
-        try:
-            rows, stats = self.expert.run_subject(record, min_delta)
-        except ValueError as err:  # bad subject data (an undecodable demo): fail it, don't retry it
-            return {"subject_id": record["subject_id"], "status": "failed", "reason": str(err)}
-        out = {"status": "done", **stats, "total": len(rows), "kept": sum(r["kept"] for r in rows)}
-        if g_uri is None:
-            out["rows"] = rows
-        else:
-            table = schema.table_from_rows(rows, schema.G_SCHEMA, "G")
-            storage.write_shard(table, g_uri, schema.G_SCHEMA, name=f"{SHARD_PREFIX}{record['subject_id']}")
-        return out
+        return run_subject(self.expert, record, g_uri, min_delta)
+
+
+def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None) -> dict:
+    """One subject's whole unit of work, as an actor does it (and `benchmarks.expert_throughput`'s plain processes):
+    fine-tune, render, score, write the shard. Carries the worker's pid and peak memory so far."""
+    import os
+    import resource
+
+    try:
+        rows, stats = expert.run_subject(record, min_delta)
+    except ValueError as err:  # bad subject data (an undecodable demo): fail it, don't retry it
+        return {"subject_id": record["subject_id"], "status": "failed", "reason": str(err)}
+    out = {"status": "done", **stats, "total": len(rows), "kept": sum(r["kept"] for r in rows)}
+    if g_uri is None:
+        out["rows"] = rows
+    else:
+        table = schema.table_from_rows(rows, schema.G_SCHEMA, "G")
+        storage.write_shard(table, g_uri, schema.G_SCHEMA, name=f"{SHARD_PREFIX}{record['subject_id']}")
+    out["pid"] = os.getpid()
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    return out
 
 
 SHARD_PREFIX = "subject-"  # one G shard per subject: a re-run knows what is done from the file names

@@ -14,10 +14,20 @@ def run(config: PipelineConfig) -> dict:
     from core.mining import mine
     from core.scorer import load_scorer
 
-    corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
-    scorer = load_scorer(storage.local_dir(config.paths.scorer))
-    rows, summary = mine(corpus, scorer, config.mine, config.world.resolution)
+    if config.mine.engine == "ray_data":
+        from actors.mining_pool import mine_with_ray_data
+
+        storage.require(config.paths.corpus, "paths.corpus", "corpus")
+        rows, summary = mine_with_ray_data(
+            config.paths.corpus, config.paths.scorer, config.mine, config.world.resolution, config.mine.num_actors, config.mine.batch_size
+        )
+    elif config.mine.engine == "local":
+        corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
+        scorer = load_scorer(storage.local_dir(config.paths.scorer))
+        rows, summary = mine(corpus, scorer, config.mine, config.world.resolution)
+    else:
+        raise ValueError(f"mine.engine must be local or ray_data, not {config.mine.engine!r}")
     if not rows:
         raise RuntimeError(f"mining kept no cluster ({summary}); lower mine.min_image_image / mine.min_image_text")
     storage.write_shard(schema.table_from_rows(rows, schema.DS_SCHEMA, "D_S"), config.paths.ds, schema.DS_SCHEMA, name="ds")

@@ -63,6 +63,11 @@ class MineConfig:
     max_demos: int = 5
     prompts_per_subject: int = 4
     seed: int = 0
+    # local: one process embeds every group (small corpora, the toy world); ray_data: Ray Data streams the corpus
+    # through `num_actors` scorer actors (`actors/mining_pool.py`), for real corpora. Both give the same D_S.
+    engine: str = "local"
+    num_actors: int = 2
+    batch_size: int = 64
 
 
 @dataclass

@@ -25,6 +25,60 @@ def _class_of(captions: list[str]) -> str:
     return words.most_common(1)[0][0] if words else "thing"
 
 
+def select_cluster(image_emb: np.ndarray, text_emb: np.ndarray, cfg: MineConfig) -> tuple[list[int], str, int]:
+    """The similarity filters on one URL group's unit embeddings (images (N, E), their captions (N, E)).
+
+    Returns (the members kept, in order, at most `max_demos`; "" or the reason the group is dropped: too_small,
+    incoherent, off_caption; how many images were outliers). Images whose mean similarity to the rest of the group is under `min_image_image` are
+    outliers; the cluster is kept when enough images remain and their mean image-caption similarity passes
+    `min_image_text`. Shared by the in-process `mine` and the Ray Data one (`actors/mining_pool.py`)."""
+    if len(image_emb) < cfg.min_cluster_size:
+        return [], "too_small", 0
+    sim = image_emb @ image_emb.T
+    mean_other = (sim.sum(1) - 1.0) / (len(image_emb) - 1)
+    keep = [i for i in range(len(image_emb)) if mean_other[i] >= cfg.min_image_image]
+    outliers = len(image_emb) - len(keep)
+    if len(keep) < cfg.min_cluster_size:
+        return keep, "incoherent", outliers
+    keep = keep[: cfg.max_demos]
+    if float((image_emb[keep] * text_emb[keep]).sum(-1).mean()) < cfg.min_image_text:
+        return keep, "off_caption", outliers
+    return keep, "", outliers
+
+
+DROP_COUNTERS = {"too_small": "dropped_too_small", "incoherent": "dropped_incoherent", "off_caption": "dropped_off_caption"}
+
+
+def cluster_row(url: str, images: list[bytes], captions: list[str], truths: set, cfg: MineConfig, rng: np.random.Generator, resolution: int) -> dict:
+    """A D_S row for a kept cluster (PNG demos with their captions) with unseen prompts written from templates."""
+    class_name = _class_of(captions)
+    subject_id = "s" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    prompts = toyworld.prompts_for(class_name, cfg.prompts_per_subject, rng, resolution, key=subject_id)
+    truth = next(iter(truths)) if len(truths) == 1 and None not in truths else None
+    return {
+        "subject_id": subject_id,
+        "class_name": class_name,
+        "demo_images": list(images),
+        "demo_captions": list(captions),
+        "prompt_ids": [p.prompt_id for p, _ in prompts],
+        "prompts": [p.text for p, _ in prompts],
+        "prompt_skills": [p.skill for p, _ in prompts],
+        "source_url": url,
+        "subject_truth": json.dumps({"subject_id": truth}) if truth else None,
+        "prompt_truths": [json.dumps(p.truth) for p, _ in prompts],
+    }
+
+
+def purity(all_truths: list[set], kept_truths: list[set]) -> dict:
+    """Known only in the toy world: how pure the kept clusters are against the corpus as it came."""
+    if not any(None not in t for t in all_truths):
+        return {}
+    return {
+        "corpus_pure_share": float(np.mean([len(t) == 1 for t in all_truths])),
+        "kept_pure_share": float(np.mean([len(t) == 1 for t in kept_truths])) if kept_truths else float("nan"),
+    }
+
+
 def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32, progress: bool = True) -> tuple[list[dict], dict]:
     """corpus: a CORPUS_SCHEMA table. Returns (D_S rows, summary counts)."""
     groups: dict[str, list[tuple[np.ndarray, str, str | None]]] = defaultdict(list)
@@ -50,44 +104,15 @@ def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32
             summary["dropped_too_small"] += 1
             continue
         images = [m[0] for m in members]
-        emb = scorer.encode_images(images)
-        sim = (emb @ emb.T).numpy()
-        mean_other = (sim.sum(1) - 1.0) / (len(images) - 1)
-        keep = [i for i in range(len(images)) if mean_other[i] >= cfg.min_image_image]
-        summary["images_dropped_as_outliers"] += len(images) - len(keep)
-        if len(keep) < cfg.min_cluster_size:
-            summary["dropped_incoherent"] += 1
+        image_emb = scorer.encode_images(images).numpy()
+        text_emb = scorer.encode_texts([m[1] for m in members]).numpy()
+        keep, dropped, outliers = select_cluster(image_emb, text_emb, cfg)
+        summary["images_dropped_as_outliers"] += outliers
+        if dropped:
+            summary[DROP_COUNTERS[dropped]] += 1
             continue
-        keep = keep[: cfg.max_demos]
-        captions = [members[i][1] for i in keep]
-        image_text = float(scorer.clip_scores([images[i] for i in keep], captions).mean())
-        if image_text < cfg.min_image_text:
-            summary["dropped_off_caption"] += 1
-            continue
-        truths = {members[i][2] for i in keep}
-        kept_truths.append(truths)
-        class_name = _class_of(captions)
-        subject_id = "s" + hashlib.sha256(url.encode()).hexdigest()[:12]
-        prompts = toyworld.prompts_for(class_name, cfg.prompts_per_subject, rng, resolution, key=subject_id)
-        truth = next(iter(truths)) if len(truths) == 1 and None not in truths else None
-        rows.append(
-            {
-                "subject_id": subject_id,
-                "class_name": class_name,
-                "demo_images": [toyworld.to_png(images[i]) for i in keep],
-                "demo_captions": captions,
-                "prompt_ids": [p.prompt_id for p, _ in prompts],
-                "prompts": [p.text for p, _ in prompts],
-                "prompt_skills": [p.skill for p, _ in prompts],
-                "source_url": url,
-                "subject_truth": json.dumps({"subject_id": truth}) if truth else None,
-                "prompt_truths": [json.dumps(p.truth) for p, _ in prompts],
-            }
-        )
+        kept_truths.append({members[i][2] for i in keep})
+        rows.append(cluster_row(url, [toyworld.to_png(images[i]) for i in keep], [members[i][1] for i in keep], kept_truths[-1], cfg, rng, resolution))
     summary["kept"] = len(rows)
-    all_truths = [{m[2] for m in groups[u]} for u in groups]
-    if any(None not in t for t in all_truths):
-        # Known only in the toy world: how pure the kept clusters are against the corpus as it came.
-        summary["corpus_pure_share"] = float(np.mean([len(t) == 1 for t in all_truths]))
-        summary["kept_pure_share"] = float(np.mean([len(t) == 1 for t in kept_truths])) if kept_truths else float("nan")
+    summary.update(purity([{m[2] for m in groups[u]} for u in groups], kept_truths))
     return rows, dict(summary)
