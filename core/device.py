@@ -17,3 +17,13 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
         return xm.xla_device()
     return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast where the device supports it (CUDA with bf16, XLA/TPU); a disabled context on the CPU, where
+    bf16 gave nothing on this project's machines (../shared/FINDINGS.md)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_bf16_supported())
+    if device.type == "xla":
+        return torch.autocast("xla", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

@@ -16,6 +16,7 @@ import torch
 
 from core import backbone as bb
 from core.config import ExpertConfig
+from core.device import autocast
 from core.scorer import Scorer
 from core.toyworld import from_png, to_png
 
@@ -100,9 +101,10 @@ class Expert:
             idx = torch.randint(0, len(demo_images), (cfg.batch_size,), generator=generator)
             flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1).to(device), flipped[idx.to(device)], plain[idx.to(device)])
-            with torch.set_grad_enabled(tune_text):
-                states = bb.encode_text(self.backbone, ids[idx])
-            loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
+            with autocast(device):
+                with torch.set_grad_enabled(tune_text):
+                    states = bb.encode_text(self.backbone, ids[idx])
+                loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,14 +128,15 @@ class Expert:
         losses = self.fine_tune(demo_images, record["demo_captions"], seed)
         tuned = time.perf_counter()
         prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
-        renders = bb.sample(
-            self.backbone,
-            prompts,
-            sampler=cfg.sampler,
-            num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale,
-            seed=seed,
-        )
+        with autocast(self.backbone.device):
+            renders = bb.sample(
+                self.backbone,
+                prompts,
+                sampler=cfg.sampler,
+                num_inference_steps=cfg.num_inference_steps,
+                guidance_scale=cfg.guidance_scale,
+                seed=seed,
+            )
         clip, ref, delta = delta_clip(self.scorer, list(renders), prompts, demo_images)
         rows = []
         for i, (pid, prompt, skill) in enumerate(zip(record["prompt_ids"], record["prompts"], record["prompt_skills"])):

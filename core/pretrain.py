@@ -19,6 +19,7 @@ from tqdm import tqdm
 from core import backbone as bb
 from core import toyworld
 from core.config import PretrainConfig
+from core.device import autocast as device_autocast
 from core.schedules import warmup_cosine
 
 
@@ -106,7 +107,7 @@ def pretrain(
     ema = copy.deepcopy(modules).eval() if ema_decay else None
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0, fused=backbone.device.type == "cuda")
     sched = warmup_cosine(opt, cfg.steps, clock=deadline_clock(deadline))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=backbone.device.type == "cuda")
+    autocast = device_autocast(backbone.device)
     start = 0
     if resume is not None:
         modules.load_state_dict(resume["model"])
