@@ -8,6 +8,8 @@ data is bad is recorded as failed with its reason.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import Counter
 
@@ -47,9 +49,6 @@ class ExpertActor:
 def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None) -> dict:
     """One subject's whole unit of work, as an actor does it (and `benchmarks.expert_throughput`'s plain processes):
     fine-tune, render, score, write the shard. Carries the worker's pid and peak memory so far."""
-    import os
-    import resource
-
     try:
         rows, stats = expert.run_subject(record, min_delta)
     except ValueError as err:  # bad subject data (an undecodable demo): fail it, don't retry it

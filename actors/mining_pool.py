@@ -31,24 +31,24 @@ class EmbedBatch:
 
         torch.set_num_threads(threads)
         self.scorer = load_scorer(storage.local_dir(scorer_uri))
+        size = self.scorer.model.visual.image_size
+        self.size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.dim = int(self.scorer.encode_texts([""]).shape[-1])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.backbone import fit_images
         from core.toyworld import from_png
 
-        size = self.scorer.model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else int(size)
         images, ok = [], []
         for data in batch["image"]:
             try:
-                images.append(fit_images([from_png(bytes(data))], size)[0])
+                images.append(fit_images([from_png(bytes(data))], self.size)[0])
                 ok.append(True)
             except ValueError:  # corrupt bytes: kept as a row, counted, never embedded
                 ok.append(False)
         ok = np.asarray(ok, dtype=bool)
-        dim = int(self.scorer.encode_texts([""]).shape[-1])
-        image_emb = np.zeros((len(ok), dim), np.float32)
-        text_emb = np.zeros((len(ok), dim), np.float32)
+        image_emb = np.zeros((len(ok), self.dim), np.float32)
+        text_emb = np.zeros((len(ok), self.dim), np.float32)
         if ok.any():
             image_emb[ok] = self.scorer.encode_images(np.stack(images)).numpy()
             text_emb[ok] = self.scorer.encode_texts([str(c or "") for c in batch["caption"][ok]]).numpy()
@@ -74,7 +74,7 @@ def select_group(group: dict[str, np.ndarray], cfg: MineConfig) -> dict[str, np.
         "images": np.asarray([len(ok)]),
         "demo_images": np.asarray([[bytes(group["image"][i]) for i in chosen]], dtype=object),
         "demo_captions": np.asarray([[str(group["caption"][i] or "") for i in chosen]], dtype=object),
-        "truths": np.asarray([json.dumps([None if truths[i] is None else str(truths[i]) for i in (chosen if not reason else members)])]),
+        "truths": np.asarray([json.dumps([None if truths[i] is None else str(truths[i]) for i in chosen])]),
         "all_truths": np.asarray([json.dumps([None if t is None else str(t) for t in truths])]),
     }
 

@@ -14,11 +14,11 @@ def run(config: PipelineConfig) -> dict:
     from core.mining import mine
     from core.scorer import load_scorer
 
+    storage.require(config.paths.corpus, "paths.corpus", "corpus")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     if config.mine.engine == "ray_data":
         from actors.mining_pool import mine_with_ray_data
 
-        storage.require(config.paths.corpus, "paths.corpus", "corpus")
         rows, summary = mine_with_ray_data(
             config.paths.corpus, config.paths.scorer, config.mine, config.world.resolution, config.mine.num_actors, config.mine.batch_size
         )
