@@ -101,8 +101,7 @@ def read_g(
     if not shards:
         raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
     check_single_provenance(shards)
-    fs, _ = storage.resolve(g_uri)
-    paths = [s.split("://", 1)[1] if "://" in s else s for s in shards]
+    fs, paths = storage.shard_paths(g_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:

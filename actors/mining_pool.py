@@ -91,9 +91,9 @@ def mine_with_ray_data(
     shards = storage.list_shards(corpus_uri)
     if not shards:
         raise storage.MissingInputError(f"corpus: no complete parquet shards under '{corpus_uri}' (config key `paths.corpus`)")
-    fs, _ = storage.resolve(corpus_uri)
+    fs, paths = storage.shard_paths(corpus_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.read_parquet([s.split("://", 1)[1] if "://" in s else s for s in shards], filesystem=fs, schema=schema.CORPUS_SCHEMA)
+    ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.CORPUS_SCHEMA)
     ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"scorer_uri": scorer_uri}, concurrency=num_actors, batch_size=batch_size, batch_format="numpy")
     groups = sorted(ds.groupby("url").map_groups(select_group, fn_kwargs={"cfg": cfg}, batch_format="numpy").iter_rows(), key=lambda g: g["url"])
 

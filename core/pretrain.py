@@ -55,18 +55,18 @@ def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.
 class CaptionStream(torch.utils.data.IterableDataset):
     """Endless (uint8 images (B, H, W, 3), captions) batches; each worker draws from its own seed.
 
-    With a `tokenizer`, the captions come as input ids (B, L) tokenized in the worker: the Python BPE tokenizer
-    took 0.06-0.3 s per 1,024 captions in the training process (2 CPU cores, 2026-11-26), as long as a GPU step."""
+    The captions come as input ids (B, L), tokenized in the worker: the Python BPE tokenizer took 0.06-0.3 s per
+    1,024 captions in the training process (2 CPU cores, 2026-11-26), as long as a GPU step."""
 
-    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer=None):
+    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer):
         self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = subjects, batch_size, seed, size, tokenizer
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, list[str] | torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             images, captions = toy_batch(self.subjects, self.batch_size, rng, self.size)
-            yield np.stack(images), (bb.tokenize(self.tokenizer, captions) if self.tokenizer is not None else captions)
+            yield np.stack(images), bb.tokenize(self.tokenizer, captions)
 
 
 def deadline_clock(deadline: float | None):
@@ -116,13 +116,13 @@ def pretrain(
         opt.load_state_dict(resume["optimizer"])
         start = int(resume["step"])
     loader = torch.utils.data.DataLoader(
-        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution, tokenizer=backbone.tokenizer),
+        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution, backbone.tokenizer),
         batch_size=None,
         num_workers=workers,
     )
     modules.train()
     losses, pending = [], []
-    for _, (images, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
+    for step, (images, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
         x0 = torch.from_numpy(np.asarray(images)).to(backbone.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         with autocast:
             loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
@@ -133,16 +133,14 @@ def pretrain(
         sched.step()
         if ema is not None:
             # Warm-up (as in diffusers' EMAModel): a fixed 0.999 over a short run would keep the random init.
-            n = start + len(losses) + len(pending)
-            ema_update(ema, modules, min(ema_decay, (1 + n) / (10 + n)))
+            ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
         # Kept on the device and read back in groups: a read-back every step would stall the GPU's queue.
         pending.append(loss.detach())
         if len(pending) == 50:
             losses.extend(torch.stack(pending).tolist())
             pending = []
-        n_done = start + len(losses) + len(pending)
-        if save_state is not None and n_done % save_every == 0:
-            state = {"model": modules.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(n_done)}
+        if save_state is not None and (step + 1) % save_every == 0:
+            state = {"model": modules.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(step + 1)}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_state(state)

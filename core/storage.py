@@ -85,6 +85,13 @@ def write_shard(table: pa.Table, folder_uri: str, schema: pa.Schema, name: str |
     return join(folder_uri, name + SHARD_SUFFIX)
 
 
+def shard_paths(uri: str, shards: list[str]) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem of folder `uri` and its `shards` as paths on it (no scheme): what a reader such as Ray Data's
+    `read_parquet(paths, filesystem=fs)` takes."""
+    fs, _ = resolve(uri)
+    return fs, [s.split("://", 1)[1] if "://" in s else s for s in shards]
+
+
 def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -> pa.Table:
     """Read every complete shard under a folder URI into one table with `schema`."""
     require(folder_uri, config_key, what)
