@@ -1,18 +1,25 @@
 """The apprentice: the base UNet plus new attention layers over demonstrations, gated to start as the base.
 
-Architecture (v0):
-- Demo encoder: each demonstration image goes through a small conv net to a `demo_grid x demo_grid` grid of
-  tokens (width = the UNet's cross-attention width); its caption goes through the base text encoder and adds one
-  token (the EOS state, projected). K demos give K * (demo_grid**2 + 1) tokens.
-- Every cross-attention layer (attn2) of the UNet gets a second, new attention branch: the layer's own query
-  attends to the demo tokens through new key, value and output projections. The branch output is multiplied by a
-  zero-initialised scalar gate and added to the text cross-attention output, so at initialisation the apprentice
-  computes exactly the base model (a test checks), and a batch element without demos does too.
-The new layers live in diffusers attention processors (as IP-Adapter's do), so the UNet class is untouched.
+Architecture (written out, with its parameter overhead, in docs/apprentice.md):
+- Demo encoder (`DemoEncoder`): each demonstration image, in the UNet's own space (pixels for the toy models and
+  DeepFloyd IF, VAE latents for Stable Diffusion), goes through a small conv net to a `demo_grid x demo_grid` grid
+  of tokens of the UNet's cross-attention width; its caption goes through the base text encoder (CLIP: the EOS
+  state; T5: the mean over its tokens) and a projection to one more token. K demos give K * (demo_grid**2 + 1)
+  tokens.
+- Every cross-attention layer of the UNet (attn2 of a transformer block; the added-KV attention of IF's simple
+  cross-attention blocks) gets a second, new attention branch (`DemoBranch`): the layer's own query attends to the
+  demo tokens through new key, value and output projections. The branch output is multiplied by a
+  zero-initialised scalar gate and added to the layer's output, so at initialisation the apprentice computes
+  exactly the base model (a test checks), and a batch element without demos does too.
+- The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
+  attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
+  are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
+  (`core.pipeline_suti.SuTIPipeline`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,26 +28,50 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import Attention
+from diffusers.models.modeling_utils import ModelMixin
+from transformers import T5EncoderModel
 
-from core.backbone import Backbone, create_sampler, encode_text, images_to_tensor, sample_loop, tensor_to_images, tokenize
+from core.backbone import (
+    Backbone,
+    create_sampler,
+    encode_text,
+    fit_images,
+    from_model_space,
+    images_to_tensor,
+    learned_variance,
+    model_shape,
+    sample_loop,
+    tensor_to_images,
+    to_model_space,
+    tokenize,
+)
+
+DEMO_KWARGS = ("demo_tokens", "demo_mask")
 
 
-class TextOnlyProcessor(AttnProcessor2_0):
-    """The stock processor, accepting (and ignoring) the demo arguments so diffusers does not warn each call."""
+def _call_base(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    """Call a stock diffusers processor with the arguments its signature takes (added-KV processors take no temb)."""
+    if "temb" in inspect.signature(base.__call__).parameters:
+        return base(attn, hidden_states, encoder_hidden_states, attention_mask, temb=temb)
+    return base(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+
+class PassthroughProcessor:
+    """A layer's stock processor, accepting (and ignoring) the demo arguments so diffusers does not warn each call."""
+
+    def __init__(self, base):
+        self.base = base
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return _call_base(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-class DemoAttnProcessor(nn.Module):
-    """Text cross-attention plus a gated attention branch over demo tokens.
-
-    hidden_states: (B, N, C); demo_tokens: (B, T, D); demo_mask: (B,) with 1 where the demos count.
-    """
+class DemoBranch(nn.Module):
+    """The new attention of one cross-attention layer: the layer's query over the demo tokens, gated (gate = 0 at
+    initialisation). Its weights live in `DemoAdapter`; the processor only points at it."""
 
     def __init__(self, inner_dim: int, cross_dim: int, out_dim: int, heads: int):
         super().__init__()
@@ -49,85 +80,168 @@ class DemoAttnProcessor(nn.Module):
         self.to_v = nn.Linear(cross_dim, inner_dim, bias=False)
         self.to_out = nn.Linear(inner_dim, out_dim)
         self.gate = nn.Parameter(torch.zeros(()))
-        self.text = TextOnlyProcessor()
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
-        out = self.text(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if demo_tokens is None:
-            return out
-        b, n, _ = hidden_states.shape
-        q = attn.to_q(hidden_states).view(b, n, self.heads, -1).transpose(1, 2)
+    def forward(self, attn: Attention, hidden_states: torch.Tensor, demo_tokens: torch.Tensor, demo_mask=None) -> torch.Tensor:
+        spatial = hidden_states.ndim == 4  # IF's added-KV layers take (B, C, H, W) and norm inside the processor
+        h = hidden_states.flatten(2).transpose(1, 2) if spatial else hidden_states
+        if spatial and attn.group_norm is not None:
+            h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+        b, n, _ = h.shape
+        q = attn.to_q(h).view(b, n, self.heads, -1).transpose(1, 2)
         k = self.to_k(demo_tokens).view(b, demo_tokens.shape[1], self.heads, -1).transpose(1, 2)
         v = self.to_v(demo_tokens).view(b, demo_tokens.shape[1], self.heads, -1).transpose(1, 2)
-        demo = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
-        demo = self.to_out(demo) * self.gate
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        out = self.to_out(out) * self.gate
         if demo_mask is not None:
-            demo = demo * demo_mask.view(b, 1, 1).to(demo.dtype)
-        return out + demo
+            out = out * demo_mask.view(b, 1, 1).to(out.dtype)
+        return out.transpose(1, 2).reshape(hidden_states.shape) if spatial else out
+
+
+class DemoAttnProcessor:
+    """The layer's stock processor plus its demo branch (a reference: the processor is not a module, so the UNet's
+    state dict stays the base UNet's)."""
+
+    def __init__(self, base, branch: DemoBranch):
+        self.base = base
+        self.branch = branch
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
+        out = _call_base(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if demo_tokens is None:
+            return out
+        return out + self.branch(attn, hidden_states, demo_tokens, demo_mask)
 
 
 class DemoEncoder(nn.Module):
-    """Demo images (B, K, 3, H, W) and caption states (B, K, D) -> tokens (B, K * (grid**2 + 1), D)."""
+    """Demo images in model space (B, K, C, H, W) and caption features (B, K, text_dim) -> tokens
+    (B, K * (grid**2 + 1), dim)."""
 
-    def __init__(self, dim: int, grid: int):
+    def __init__(self, in_channels: int, text_dim: int, dim: int, grid: int):
         super().__init__()
         self.grid = grid
         self.conv = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
+            nn.Conv2d(in_channels, 32, 3, padding=1),
             nn.SiLU(),
             nn.Conv2d(32, 64, 4, stride=2, padding=1),
             nn.SiLU(),
             nn.Conv2d(64, dim, 4, stride=2, padding=1),
         )
         self.pos = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
-        self.caption_proj = nn.Linear(dim, dim)
+        self.caption_proj = nn.Linear(text_dim, dim)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, demo_images: torch.Tensor, caption_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, demo_images: torch.Tensor, caption_features: torch.Tensor) -> torch.Tensor:
         b, k = demo_images.shape[:2]
         feats = self.conv(demo_images.flatten(0, 1))
         feats = F.adaptive_avg_pool2d(feats, self.grid).flatten(2).transpose(1, 2) + self.pos  # (B*K, g*g, D)
-        caption = self.caption_proj(caption_states.flatten(0, 1)).unsqueeze(1)  # (B*K, 1, D)
+        caption = self.caption_proj(caption_features.flatten(0, 1)).unsqueeze(1)  # (B*K, 1, D)
         tokens = torch.cat([feats, caption], dim=1).view(b, k * (self.grid * self.grid + 1), -1)
         return self.norm(tokens)
 
 
+def _branch_key(processor_name: str) -> str:
+    # "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor" -> a ModuleDict key (no dots allowed).
+    return processor_name.removesuffix(".processor").replace(".", "__")
+
+
+def cross_attention_layers(unet) -> dict[str, dict]:
+    """The UNet's cross-attention layers by processor name, with the shapes of their demo branches."""
+    layers = {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        if attn.is_cross_attention:
+            layers[name] = {"inner_dim": attn.inner_dim, "out_dim": attn.to_out[0].out_features, "heads": attn.heads}
+    return layers
+
+
+class DemoAdapter(ModelMixin, ConfigMixin):
+    """Everything the apprentice adds to the base model: the demo encoder and one gated branch per cross-attention
+    layer. A diffusers model, so it saves and loads as a pipeline component."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict):
+        super().__init__()
+        self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid)
+        self.branches = nn.ModuleDict(
+            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"]) for n, s in layers.items()}
+        )
+
+    @classmethod
+    def for_unet(cls, unet, text_encoder, demo_grid: int = 4) -> "DemoAdapter":
+        return cls(
+            in_channels=int(unet.config.in_channels),
+            text_dim=int(text_encoder.config.hidden_size),
+            cross_attention_dim=int(unet.config.cross_attention_dim),
+            demo_grid=demo_grid,
+            layers=cross_attention_layers(unet),
+        )
+
+    def install(self, unet) -> None:
+        """Point the UNet's attention processors at this adapter's branches (the stock processors do the rest)."""
+        processors = {}
+        for name, proc in unet.attn_processors.items():
+            base = getattr(proc, "base", proc)  # re-installing wraps the stock processor, not a wrapper
+            key = _branch_key(name)
+            processors[name] = DemoAttnProcessor(base, self.branches[key]) if key in self.branches else PassthroughProcessor(base)
+        unet.set_attn_processor(processors)
+
+
 class Apprentice(nn.Module):
-    def __init__(self, backbone: Backbone, demo_grid: int = 4):
+    """Base UNet + text encoder (+ the frozen VAE of a latent model) + `DemoAdapter`."""
+
+    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None):
         super().__init__()
         self.unet = backbone.unet
         self.text_encoder = backbone.text_encoder
+        self.vae = backbone.vae  # registered so .to() moves it; frozen (requires_grad False), left out of training
         self.tokenizer = backbone.tokenizer
         self.noise_scheduler = backbone.noise_scheduler
         self.resolution = backbone.resolution
-        self.demo_grid = demo_grid
-        dim = self.unet.config.cross_attention_dim
-        self.demo_encoder = DemoEncoder(dim, demo_grid)
-        processors = {}
-        for name in self.unet.attn_processors:
-            attn = self.unet.get_submodule(name.rsplit(".processor", 1)[0])
-            if name.endswith("attn2.processor"):
-                processors[name] = DemoAttnProcessor(attn.inner_dim, dim, attn.to_out[0].out_features, attn.heads)
-            else:
-                processors[name] = TextOnlyProcessor()
-        self.unet.set_attn_processor(processors)
+        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid)
+        self.adapter.install(self.unet)
+
+    @property
+    def demo_grid(self) -> int:
+        return int(self.adapter.config.demo_grid)
 
     @property
     def backbone(self) -> Backbone:
-        return Backbone(self.unet, self.text_encoder, self.tokenizer, self.noise_scheduler, self.resolution)
+        return Backbone(self.unet, self.text_encoder, self.tokenizer, self.noise_scheduler, self.resolution, self.vae)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     def new_parameters(self) -> dict[str, torch.Tensor]:
         """The layers the apprentice adds to the base (demo encoder, demo attention branches, gates)."""
-        return {n: p for n, p in self.named_parameters() if n.startswith("demo_encoder.") or ".processor." in n}
+        return {n: p for n, p in self.named_parameters() if n.startswith("adapter.")}
+
+    def overhead(self) -> dict[str, int | float]:
+        """Parameters the apprentice adds, against the base's UNet and text encoder (the paper: +400M on 2.1B)."""
+        base = sum(p.numel() for m in (self.unet, self.text_encoder) for p in m.parameters())
+        unet = sum(p.numel() for p in self.unet.parameters())
+        new = sum(p.numel() for p in self.adapter.parameters())
+        return {"new": new, "unet": unet, "base": base, "of_unet": new / unet, "of_base": new / base}
 
     def gates(self) -> torch.Tensor:
-        return torch.stack([p for n, p in self.named_parameters() if n.endswith("processor.gate")])
+        return torch.stack([b.gate for b in self.adapter.branches.values()])
+
+    def caption_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input ids (N, L) -> one feature per caption: CLIP's EOS state, or T5's mean over its (unpadded) tokens."""
+        if isinstance(self.text_encoder, T5EncoderModel):
+            mask = (ids != self.tokenizer.pad_token_id).unsqueeze(-1).to(self.text_encoder.dtype)
+            states = self.text_encoder(ids, attention_mask=mask.squeeze(-1).long()).last_hidden_state
+            return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.text_encoder(ids).pooler_output
 
     def encode_demos(self, demo_images: torch.Tensor, demo_ids: torch.Tensor) -> torch.Tensor:
-        """demo_images: (B, K, 3, H, W) in [-1, 1]; demo_ids: (B, K, L) -> demo tokens (B, T, D)."""
+        """demo_images: (B, K, 3, H, W) pixels in [-1, 1] at the model's resolution; demo_ids: (B, K, L) -> demo
+        tokens (B, T, D). Computed once per request and reused at every denoising step (`sample_batch`)."""
         b, k, length = demo_ids.shape
-        caption = self.text_encoder(demo_ids.reshape(b * k, length)).pooler_output.view(b, k, -1)
-        return self.demo_encoder(demo_images, caption)
+        caption = self.caption_features(demo_ids.reshape(b * k, length).to(self.unet.device)).view(b, k, -1)
+        z = to_model_space(self.backbone, demo_images.flatten(0, 1).to(self.unet.device))
+        return self.adapter.encoder(z.view(b, k, *z.shape[1:]).to(caption.dtype), caption)
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, demo_tokens=None, demo_mask=None):
         kwargs = {"demo_tokens": demo_tokens, "demo_mask": demo_mask} if demo_tokens is not None else None
@@ -135,33 +249,34 @@ class Apprentice(nn.Module):
 
 
 def training_loss(apprentice: Apprentice, batch: dict, text_dropout: float, demo_dropout: float, generator: torch.Generator) -> torch.Tensor:
-    """Denoising loss on one G batch.
+    """Denoising loss on one G batch, in the model's space (VAE latents for a latent model).
 
     batch: image (B, 3, H, W) in [-1, 1]; input_ids (B, L); demo_images (B, K, 3, H, W); demo_ids (B, K, L).
-    Text and demonstrations are dropped independently, so sampling can guide over each.
+    Text and demonstrations are dropped independently (rates `text_dropout`, `demo_dropout`), so sampling can guide
+    over each. A UNet with learned variance (IF) is trained on its noise half.
     """
-    x0 = batch["image"]
+    device = apprentice.unet.device
+    x0 = to_model_space(apprentice.backbone, batch["image"].to(device))
     b = x0.shape[0]
-    device = x0.device
     ids = batch["input_ids"].clone()
     drop_text = torch.rand(b, generator=generator) < text_dropout
     if drop_text.any():
         ids[drop_text] = tokenize(apprentice.tokenizer, [""]).to(ids.device)
-    text_states = apprentice.text_encoder(ids.to(device)).last_hidden_state
+    text_states = encode_text(apprentice.backbone, ids.to(device))
     demo_tokens = apprentice.encode_demos(batch["demo_images"], batch["demo_ids"])
     demo_mask = (torch.rand(b, generator=generator) >= demo_dropout).float().to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     t = torch.randint(0, apprentice.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = apprentice.noise_scheduler.add_noise(x0, noise, t)
     pred = apprentice(noisy, t, text_states, demo_tokens, demo_mask).sample
-    return F.mse_loss(pred, noise)
+    return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
 
 
 @dataclass
 class SampleRequest:
     """One request to the apprentice: a prompt, K demonstrations (uint8 (H, W, 3) arrays and captions) and its
-    own seed and guidance scales. Requests that share a demo count, a guidance mode (one scale, or separate text and
-    demo scales), a sampler and a step count can be drawn in one batch (`sample_batch`)."""
+    own seed (or a torch generator, which wins) and guidance scales. Requests that share a demo count and a guidance
+    mode (one scale, or separate text and demo scales) can be drawn in one batch (`sample_batch`)."""
 
     prompt: str
     demo_images: list = field(default_factory=list)
@@ -170,17 +285,20 @@ class SampleRequest:
     seed: int = 0
     guidance_scale: float = 3.0
     demo_guidance_scale: float | None = None
+    generator: torch.Generator | None = None
 
     def batch_key(self) -> tuple[int, bool]:
         return len(self.demo_images), bool(self.demo_images) and self.demo_guidance_scale is not None
 
 
 @torch.no_grad()
-def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampler: str = "ddim", num_inference_steps: int = 25) -> list[np.ndarray]:
+def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampler="ddim", num_inference_steps: int = 25, cache_demos: bool = True) -> list[np.ndarray]:
     """Draw every request in one batched reverse process. Returns one uint8 (N_i, H, W, 3) array per request.
 
+    `sampler`: "ddim", "ddpm" or a diffusers scheduler (copied, so a shared one is never stepped twice).
     Each request draws its noise from its own generator, so its images are the same whether it is sampled alone or
-    beside others (up to float rounding). Demo tokens are encoded once per request and reused at every step.
+    beside others (up to float rounding). Demo tokens are encoded once per request and reused at every step
+    (`cache_demos=False` re-encodes them every step: for the benchmark that measures what the cache saves).
     One guidance scale: eps_u + s * (eps_text+demos - eps_u), two UNet evaluations per step. With a separate
     demo scale s_d: eps_u + s_d * (eps_demos - eps_u) + s * (eps_text+demos - eps_demos), three evaluations per step.
     """
@@ -188,36 +306,48 @@ def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampl
     if len(keys) != 1:
         raise ValueError(f"one batch needs one demo count and one guidance mode; got (demos, dual) {sorted(keys)}")
     (k, dual), = keys
-    device = next(apprentice.parameters()).device
+    device = apprentice.unet.device
     counts = [r.num_images for r in requests]
     n = sum(counts)
-    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)
+    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)  # noqa: E731
     text_scale = per_image([r.guidance_scale for r in requests])
-    cond = encode_text(apprentice.backbone, [r.prompt for r, c in zip(requests, counts) for _ in range(c)])
-    uncond = encode_text(apprentice.backbone, [""] * n)
+    backbone = apprentice.backbone
+    cond = encode_text(backbone, [r.prompt for r, c in zip(requests, counts) for _ in range(c)])
+    uncond = encode_text(backbone, [""] * n)
     copies = 3 if dual else 2
     states = torch.cat([uncond, uncond, cond] if dual else [uncond, cond])
-    tokens, mask = None, None
+    mask = None
+    encode = lambda: None  # noqa: E731
     if k:
-        imgs = torch.stack([images_to_tensor(list(r.demo_images)) for r in requests]).to(device)  # (R, K, 3, H, W)
+        size = apprentice.resolution
+        imgs = torch.stack([images_to_tensor(fit_images(list(r.demo_images), size)) for r in requests]).to(device)  # (R, K, 3, H, W)
         ids = torch.stack([tokenize(apprentice.tokenizer, list(r.demo_captions)) for r in requests]).to(device)
-        per_request = apprentice.encode_demos(imgs, ids)  # (R, T, D)
-        tokens = per_request.repeat_interleave(torch.tensor(counts, device=device), dim=0).repeat(copies, 1, 1)
+        repeats = torch.tensor(counts, device=device)
+        encode = lambda: apprentice.encode_demos(imgs, ids).repeat_interleave(repeats, dim=0).repeat(copies, 1, 1)  # noqa: E731
         mask = torch.cat([torch.zeros(n), torch.ones((copies - 1) * n)]).to(device)
+    cached = encode() if cache_demos else None
     demo_scale = per_image([r.demo_guidance_scale for r in requests]) if dual else None
+    scheduler = create_sampler(sampler, apprentice.noise_scheduler)
+    shape = model_shape(backbone, n)
+    channels = shape[1]
 
     def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = apprentice(torch.cat([x] * copies), t, states, tokens, mask).sample.chunk(copies)
+        tokens = cached if cache_demos else encode()
+        out = apprentice(torch.cat([x] * copies), t, states, tokens, mask).sample
+        eps = out[:, :channels].chunk(copies)
         if dual:
             eps_u, eps_d, eps_full = eps
-            return eps_u + demo_scale * (eps_d - eps_u) + text_scale * (eps_full - eps_d)
-        eps_u, eps_full = eps
-        return eps_u + text_scale * (eps_full - eps_u)
+            guided = eps_u + demo_scale * (eps_d - eps_u) + text_scale * (eps_full - eps_d)
+        else:
+            eps_u, eps_full = eps
+            guided = eps_u + text_scale * (eps_full - eps_u)
+        if out.shape[1] > channels and learned_variance(scheduler):  # IF: guided noise, the full model's variance
+            return torch.cat([guided, out[(copies - 1) * n :, channels:]], dim=1)
+        return guided
 
-    generators = [g for r in requests for g in [torch.Generator().manual_seed(r.seed)] * r.num_images]
-    shape = (n, apprentice.unet.config.in_channels, apprentice.resolution, apprentice.resolution)
-    x0 = sample_loop(predict_noise, create_sampler(sampler, apprentice.noise_scheduler), shape, num_inference_steps, generators, device)
-    images = tensor_to_images(x0)
+    generators = [g for r in requests for g in [r.generator or torch.Generator().manual_seed(r.seed)] * r.num_images]
+    x0 = sample_loop(predict_noise, scheduler, shape, num_inference_steps, generators, device)
+    images = tensor_to_images(from_model_space(backbone, x0))
     return np.split(images, np.cumsum(counts)[:-1])
 
 
@@ -228,40 +358,36 @@ def sample(
     demo_captions: list[str],
     *,
     num_images: int = 1,
-    sampler: str = "ddim",
+    sampler="ddim",
     num_inference_steps: int = 25,
     guidance_scale: float = 3.0,
     demo_guidance_scale: float | None = None,
     seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Draw `num_images` of the demonstrated subject for `prompt` (K demos, K may be 0: the base model).
     Returns uint8 (N, H, W, 3); `sample_batch` with one request."""
-    request = SampleRequest(prompt, list(demo_images), list(demo_captions), num_images, seed, guidance_scale, demo_guidance_scale)
+    request = SampleRequest(prompt, list(demo_images), list(demo_captions), num_images, seed, guidance_scale, demo_guidance_scale, generator)
     return sample_batch(apprentice, [request], sampler=sampler, num_inference_steps=num_inference_steps)[0]
 
 
-def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None) -> None:
-    """One safetensors file with every weight, and the component configs beside it."""
-    os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in apprentice.state_dict().items()}
-    save_file(state, os.path.join(folder, "apprentice.safetensors"))
-    apprentice.unet.save_config(os.path.join(folder, "unet"))
-    apprentice.text_encoder.config.save_pretrained(os.path.join(folder, "text_encoder"))
-    apprentice.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
-    apprentice.noise_scheduler.save_config(os.path.join(folder, "scheduler"))
+def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None, sampler: str = "ddim") -> None:
+    """Write the apprentice as a diffusers pipeline folder (`SuTIPipeline`: model_index.json, one folder per
+    component, safetensors), plus `apprentice_config.json` with `extra_config` (provenance, training settings)."""
+    from core.pipeline_suti import SuTIPipeline
+
+    SuTIPipeline.from_apprentice(apprentice, sampler).save_pretrained(folder)
     with open(os.path.join(folder, "apprentice_config.json"), "w") as f:
         json.dump({"demo_grid": apprentice.demo_grid, **(extra_config or {})}, f, indent=1, default=str)
 
 
 def load_apprentice(folder: str) -> Apprentice:
     """Load a folder written by `save_apprentice` (safetensors; no network)."""
-    with open(os.path.join(folder, "apprentice_config.json")) as f:
-        meta = json.load(f)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(folder, "unet")))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(folder, "text_encoder")))
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), local_files_only=True)
-    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(os.path.join(folder, "scheduler")))
-    backbone = Backbone(unet, text_encoder, tokenizer, scheduler, int(unet.config.sample_size))
-    apprentice = Apprentice(backbone, demo_grid=meta["demo_grid"])
-    apprentice.load_state_dict(load_file(os.path.join(folder, "apprentice.safetensors")))
-    return apprentice.eval()
+    from core.pipeline_suti import SuTIPipeline
+
+    return SuTIPipeline.from_pretrained(folder).apprentice.eval()
+
+
+def noise_schedule_of(scheduler) -> DDPMScheduler:
+    """The training noise schedule behind any diffusers scheduler of the same betas."""
+    return DDPMScheduler.from_config(scheduler.config)

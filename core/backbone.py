@@ -205,8 +205,13 @@ def load_backbone(folder: str) -> Backbone:
     tokenizer = AutoTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
     scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(sub("scheduler")))
     vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True).eval().requires_grad_(False) if os.path.isdir(sub("vae")) else None
+    return Backbone(unet, text_encoder, tokenizer, scheduler, image_resolution(unet, vae), vae)
+
+
+def image_resolution(unet: UNet2DConditionModel, vae: AutoencoderKL | None) -> int:
+    """Pixels per side of the images a UNet draws: its sample size, times the VAE's factor for a latent model."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-    return Backbone(unet, text_encoder, tokenizer, scheduler, int(unet.config.sample_size) * factor, vae)
+    return int(unet.config.sample_size) * factor
 
 
 def weight_files(folder: str) -> list[str]:
@@ -307,8 +312,11 @@ def denoising_loss(
     return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
 
 
-def create_sampler(name: str, noise_scheduler: DDPMScheduler):
-    """A fresh inference scheduler sharing the training noise schedule (swappable, as in diffusers)."""
+def create_sampler(name, noise_scheduler: DDPMScheduler):
+    """A fresh inference scheduler sharing the training noise schedule (swappable, as in diffusers). `name`: "ddim",
+    "ddpm", or a diffusers scheduler instance, which is copied from its config (its own state is never stepped)."""
+    if not isinstance(name, str):
+        return type(name).from_config(name.config)
     if name == "ddim":
         return DDIMScheduler.from_config(noise_scheduler.config)
     if name == "ddpm":

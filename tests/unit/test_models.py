@@ -85,9 +85,8 @@ def test_apprentice_starts_exactly_as_the_base_model(demos):
     extra = sum(p.numel() for p in apprentice.new_parameters().values())
     assert 0 < extra < 0.25 * sum(p.numel() for p in base.unet.parameters())
     with torch.no_grad():
-        for name, p in apprentice.named_parameters():
-            if name.endswith("processor.gate"):
-                p.fill_(1.0)
+        for branch in apprentice.adapter.branches.values():
+            branch.gate.fill_(1.0)
     opened = ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3)
     assert not np.array_equal(opened, plain)  # once the gates open, the demos change the image
     dual = ap.sample(apprentice, "a ball on sand", images, captions, num_images=1, num_inference_steps=2, seed=3, demo_guidance_scale=2.0)
