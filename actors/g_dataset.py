@@ -19,9 +19,9 @@ from core import schema, storage
 @functools.lru_cache(maxsize=4)
 def _tokenizer(uri: str):
     """One tokenizer per worker process and URI (a remote URI is copied to local disk once)."""
-    from transformers import CLIPTokenizer
+    from transformers import AutoTokenizer
 
-    return CLIPTokenizer.from_pretrained(storage.local_dir(uri), local_files_only=True)
+    return AutoTokenizer.from_pretrained(storage.local_dir(uri), local_files_only=True)
 
 
 def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, passes: int = 1) -> dict:
@@ -87,17 +87,34 @@ def count_kept(g_uri: str, min_delta: float | None) -> int:
     return total
 
 
+def in_shard(row_key: tuple, shard: tuple[int, int]) -> bool:
+    """Whether a G row (its key) belongs to worker `shard[0]` of `shard[1]`: a hash of the key, so every worker gets
+    about the same share of any set of shards, and a row stays with its worker as G grows."""
+    from core.expert import seed_for
+
+    rank, world = shard
+    return world <= 1 or seed_for(*row_key) % world == rank
+
+
 def read_g(
-    g_uri: str, min_delta: float | None, tokenizer_uri: str, num_demos: int, seed: int = 0, passes: int = 1
+    g_uri: str,
+    min_delta: float | None,
+    tokenizer_uri: str,
+    num_demos: int,
+    seed: int = 0,
+    passes: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    shards: list[str] | None = None,
 ) -> ray.data.Dataset:
     """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
 
     `passes` > 1 emits every row that many times (each with its own demos) within one read: every epoch restarts
     Ray Data's execution (seconds on a small machine), so a small G is better seen several times per epoch than
-    once per many short epochs.
+    once per many short epochs. `shard` = (rank, world) keeps one training worker's share of the rows; `shards`
+    (default: listed now) are the complete shard files to read.
     """
     storage.require(g_uri, "paths.g", "G (expert renders)")
-    shards = storage.list_shards(g_uri)
+    shards = storage.list_shards(g_uri) if shards is None else shards
     if not shards:
         raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
     check_single_provenance(shards)
@@ -106,6 +123,8 @@ def read_g(
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:
         ds = ds.filter(expr=col("delta") > float(min_delta))
+    if shard[1] > 1:
+        ds = ds.filter(lambda row: in_shard((row["subject_id"], row["prompt_id"], row["sample_index"]), shard))
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},

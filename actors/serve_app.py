@@ -152,6 +152,7 @@ class ApprenticeDeployment:
     def reconfigure(self, user_config: dict) -> None:
         from core import storage
         from core.apprentice import load_apprentice
+        from core.backbone import weight_files
         from core.device import pick_device
 
         uri = user_config["apprentice"]
@@ -159,7 +160,7 @@ class ApprenticeDeployment:
             return
         folder = storage.local_dir(uri)
         model = load_apprentice(folder).to(pick_device())
-        self.model, self.model_digest, self.uri = model, storage.sha256_files([str(Path(folder) / "apprentice.safetensors")])[:12], uri
+        self.model, self.model_digest, self.uri = model, storage.sha256_files(weight_files(folder))[:12], uri
 
     def resolution(self) -> int:
         return self.model.resolution

@@ -1,19 +1,16 @@
 """Stage `train`: Ray Data streams G (filtered by `filter.min_delta`) into a Ray Train TorchTrainer that trains
-the apprentice; the final checkpoint is copied to `paths.apprentice`.
+the apprentice; the final checkpoint is exported to `paths.apprentice` as a `SuTIPipeline` folder (EMA weights by
+default), loadable without Ray.
 
     python -m apps.train experiment=smoke
+    python -m apps.train experiment=smoke apprentice.g_wait_s=600 apprentice.passes_per_epoch=1   # beside the experts
 """
 
 from __future__ import annotations
 
-import json
-import math
-
-import pyarrow.fs as pafs
-
-from actors.apprentice_trainer import fit
+from actors.apprentice_trainer import export, fit
 from actors.cluster import ray_cluster
-from actors.g_dataset import count_kept, read_g
+from actors.g_dataset import count_kept
 from apps.config import require_base, stage_main
 from core import storage
 from core.config import PipelineConfig, config_hash, to_dict
@@ -21,35 +18,36 @@ from core.config import PipelineConfig, config_hash, to_dict
 
 def run(config: PipelineConfig) -> dict:
     base = require_base(config)
-    storage.require(config.paths.g, "paths.g", "G (expert renders)")
-    # A Ray Train run resumes from the latest checkpoint of a run of the same name: name the run by everything that
-    # shapes it (apprentice config, threshold, base, the G shards), so a sweep never picks up another run's weights.
-    identity = config_hash({"apprentice": to_dict(config.apprentice), "min_delta": config.filter.min_delta, "base": base, "g": storage.list_shards(config.paths.g)})
-    run_name = f"apprentice-{config.experiment_name}-{identity}"
     acfg = config.apprentice
-    kept = count_kept(config.paths.g, config.filter.min_delta)
-    if kept == 0:
-        raise RuntimeError(f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on")
-    passes = min(32, math.ceil(acfg.steps * acfg.batch_size * acfg.num_workers / kept))
+    if acfg.g_wait_s <= 0:
+        storage.require(config.paths.g, "paths.g", "G (expert renders)")
+        if count_kept(config.paths.g, config.filter.min_delta) == 0:
+            raise RuntimeError(f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on")
+    # A Ray Train run resumes from the latest checkpoint of a run of the same name: name the run by everything that
+    # shapes it (apprentice config, threshold, base, where G lives), so a sweep never picks up another run's weights
+    # while a killed run, or one whose G grew, resumes. (Not the shard list: G may grow while training runs.)
+    identity = config_hash({"apprentice": to_dict(acfg), "min_delta": config.filter.min_delta, "base": base, "g": storage.absolute_uri(config.paths.g)})
+    run_name = f"apprentice-{config.experiment_name}-{identity}"
     with ray_cluster(config.cluster):
-        dataset = read_g(config.paths.g, config.filter.min_delta, storage.join(base, "tokenizer"), acfg.num_demos, acfg.seed, passes)
-        checkpoint = fit(config.apprentice, dataset, base, config.paths.train_storage, run_name, to_dict(config))
-    fs, path = storage.resolve(config.paths.apprentice)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(checkpoint.path, path, source_filesystem=checkpoint.filesystem, destination_filesystem=fs)
-    state = json.loads(storage.read_bytes(storage.join(config.paths.apprentice, "train_state.json")))
+        result = fit(acfg, config.paths.g, config.filter.min_delta, base, config.paths.train_storage, run_name, to_dict(config))
+    with result.checkpoint.as_directory() as folder:
+        state = export(folder, config.paths.apprentice, acfg.export_ema)
     losses = state["losses"]
     k = max(1, len(losses) // 4)
     return {
         "stage": "train",
         "steps": state["step"],
-        "g_rows_kept": kept,
-        "passes_per_epoch": passes,
+        "epochs": len(state["epochs"]),
+        "g_rows_kept": state["epochs"][-1]["kept_rows"],
+        "passes_per_epoch": state["epochs"][-1]["passes"],
+        "resumes": len(state["resumes"]),
         "loss_first_quarter": sum(losses[:k]) / k,
         "loss_last_quarter": sum(losses[-k:]) / k,
         "max_abs_gate": max(abs(g) for g in state["gates"]),
+        "final_metrics": {m: result.metrics.get(m) for m in ("loss", "lr", "samples_per_s")},
         "run_name": run_name,
-        "checkpoint": checkpoint.path,
+        "checkpoint": result.checkpoint.path,
+        "weights": "ema" if acfg.export_ema else "raw",
         "out": config.paths.apprentice,
     }
 

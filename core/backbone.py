@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoConfig, AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
+from core.device import step_done
+
 PRESETS: dict[str, dict] = {
     # 32x32 pixel space, about 1 M UNet parameters: the CPU preset used by tests and the toy world.
     "tiny": {
@@ -346,6 +348,7 @@ def sample_loop(
     for t in sampler.timesteps:
         eps = predict_noise(x, t)
         x = sampler.step(eps, t, x, generator=generator).prev_sample
+        step_done(x.device)
     return x
 
 

@@ -113,6 +113,15 @@ class ApprenticeConfig:
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
     checkpoint_every: int = 100
+    log_every: int = 10  # metrics to ray.train.report and TensorBoard
+    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10% (core.schedules.warmup_cosine)
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999  # diffusers' EMAModel (its decay warms up as (1 + step) / (10 + step))
+    export_ema: bool = True  # paths.apprentice gets the EMA weights; checkpoints keep both
+    # G is listed again every epoch, so shards written while training runs are read at the next epoch.
+    passes_per_epoch: Optional[int] = None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
+    g_wait_s: float = 0.0  # how long a worker waits for G's first rows (the expert stage still writing) before failing
+    max_failures: int = 2  # Ray Train restarts from the latest checkpoint after a lost worker, this many times
     seed: int = 0
     # Sampling defaults for the trained apprentice.
     sampler: str = "ddim"

@@ -27,3 +27,13 @@ def autocast(device: torch.device):
     if device.type == "xla":
         return torch.autocast("xla", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def step_done(device: torch.device) -> None:
+    """End of one training or sampling step. On XLA this cuts the lazily traced graph (`torch_xla.sync()`): without
+    it each step's graph holds every step before it, and is compiled again, ever larger (found by the XLA check,
+    benchmarks/xla_check.py). A no-op elsewhere."""
+    if device.type == "xla":
+        import torch_xla
+
+        torch_xla.sync()

@@ -16,7 +16,7 @@ import torch
 
 from core import backbone as bb
 from core.config import ExpertConfig
-from core.device import autocast
+from core.device import autocast, step_done
 from core.scorer import Scorer
 from core.toyworld import from_png, to_png
 
@@ -108,6 +108,7 @@ class Expert:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step_done(device)
             losses.append(float(loss.detach()))
             if on_step is not None:
                 unet.eval()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from core import backbone as bb
 from core import toyworld
 from core.config import PretrainConfig
-from core.device import autocast as device_autocast
+from core.device import autocast as device_autocast, step_done
 from core.schedules import warmup_cosine
 
 
@@ -134,6 +134,7 @@ def pretrain(
         if ema is not None:
             # Warm-up (as in diffusers' EMAModel): a fixed 0.999 over a short run would keep the random init.
             ema_update(ema, modules, min(ema_decay, (1 + step) / (10 + step)))
+        step_done(backbone.device)
         # Kept on the device and read back in groups: a read-back every step would stall the GPU's queue.
         pending.append(loss.detach())
         if len(pending) == 50:
