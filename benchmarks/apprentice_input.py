@@ -1,0 +1,139 @@
+"""Does reading G through Ray Data slow the apprentice's training steps? Step time with batches streamed from G's
+parquet shards by Ray Data (`actors.g_dataset.read_g`: read, filter by delta, decode PNGs, pick demos, tokenize)
+against the very same batches held in memory.
+
+    python -m benchmarks.apprentice_input            # 5 interleaved repeats of 24 steps (about 6 minutes)
+    python -m benchmarks.apprentice_input --quick    # 2 repeats of 8 steps (about 1.5 minutes)
+
+G is written by the benchmark: toy-world renders in the G schema (8 shards of 32 rows, 4 demos each), so no
+expert stage is needed. Both sides run the same loop as a training worker (apprentice loss, backward, AdamW step,
+tiny preset, 2 torch threads) on batches of 16 with 3 demos; the Ray Data side iterates `iter_torch_batches`
+as a worker does, its pipeline started before the timed steps (Ray Data's start-up, once per epoch, is reported
+apart). Runs are interleaved (ray, memory, memory, ray, ...); the median and range of the per-run ratio (Ray Data
+step time / in-memory step time) are reported. Target: at most 1.05. Writes
+`benchmarks/results/apprentice_input[_quick].json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+PROVENANCE = {"base_checkpoint_hash": "bench-base", "expert_config_hash": "bench-expert", "scorer_hash": "bench-scorer"}
+
+
+def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> None:
+    from core import schema, storage
+    from core import toyworld as tw
+
+    rng = np.random.default_rng(0)
+    subjects = tw.all_subjects()
+    for s in range(shards):
+        subject = subjects[int(rng.integers(len(subjects)))]
+        demos = tw.demonstrations(subject, 4, rng, size)
+        rows = []
+        for i in range(rows_per_shard):
+            scene = tw.random_scene(rng, size)
+            rows.append({
+                "subject_id": f"s{s}", "prompt_id": f"p{i}", "sample_index": 0, "prompt": tw.prompt_text(subject.class_name, scene),
+                "prompt_skill": "recontextualization", "image": tw.to_png(tw.render(subject, scene, size, rng)),
+                "demo_images": [tw.to_png(d) for d, _ in demos], "demo_captions": [c for _, c in demos],
+                "clip_score": 0.3, "ref_clip_score": 0.25, "delta": 0.05, "kept": True, **PROVENANCE,
+            })
+        storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA, "G"), folder, schema.G_SCHEMA, name=f"subject-s{s}")
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import ray
+
+    from actors.g_dataset import read_g
+    from core import apprentice as ap
+    from core import backbone as bb
+
+    torch.set_num_threads(args.threads)
+    repeats, steps, batch_size, warmup = (2, 8, 16, 2) if args.quick else (5, 24, 16, 3)
+    work = tempfile.mkdtemp(prefix="apprentice-input-")
+    g, tok = os.path.join(work, "g"), os.path.join(work, "tokenizer")
+    write_g(g, 8, 32)
+    base = bb.create_backbone("tiny", seed=0)
+    base.tokenizer.save_pretrained(tok)
+    apprentice = ap.Apprentice(base).train()
+    opt = torch.optim.AdamW(apprentice.trainable_parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+
+    def train_step(batch: dict) -> None:
+        loss = ap.training_loss(apprentice, batch, 0.1, 0.1, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        def dataset(seed: int):
+            return read_g(g, 0.0, tok, num_demos=3, seed=seed, passes=4).iter_torch_batches(batch_size=batch_size, drop_last=True)
+
+        # The in-memory side's batches: one Ray Data pass, kept.
+        memory = [b for _, b in zip(range(steps + warmup), dataset(0))]
+        timings = {"ray_data": [], "memory": [], "ray_data_first_batch_s": []}
+        for r in range(repeats):
+            for side in (("ray_data", "memory") if r % 2 == 0 else ("memory", "ray_data")):
+                if side == "memory":
+                    batches = iter(memory)
+                else:
+                    start = time.perf_counter()
+                    batches = iter(dataset(r + 1))
+                    first = next(batches)
+                    timings["ray_data_first_batch_s"].append(time.perf_counter() - start)
+                    batches = _chain(first, batches)
+                for _ in range(warmup):
+                    train_step(next(batches))
+                start = time.perf_counter()
+                for _ in range(steps):
+                    train_step(next(batches))
+                timings[side].append((time.perf_counter() - start) / steps)
+                if side == "ray_data":
+                    batches.close()  # stop this epoch's pipeline before the next run
+    finally:
+        ray.shutdown()
+    ratios = [a / b for a, b in zip(timings["ray_data"], timings["memory"])]
+    result = {
+        "command": "python -m benchmarks.apprentice_input" + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads",
+        "setup": {"model": "tiny preset", "batch_size": batch_size, "num_demos": 3, "timed_steps": steps, "warmup_steps": warmup, "repeats": repeats, "g": "8 shards x 32 rows"},
+        "step_s": {k: spread(v) for k, v in timings.items()},
+        "ratio_ray_data_over_memory": spread(ratios),
+        "target": "at most 1.05",
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, "apprentice_input_quick.json" if args.quick else "apprentice_input.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+if __name__ == "__main__":
+    main()
