@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_apprentice(apprentice, folder, {"config": config["resolved"]}, sampler=cfg.sampler)
+            save_apprentice(apprentice, folder, {"config": config}, sampler=cfg.sampler)
             torch.save({"optimizer": opt.state_dict(), "lr_schedule": schedule.state_dict()}, os.path.join(folder, "optimizer.pt"))
             from safetensors.torch import save_file
 

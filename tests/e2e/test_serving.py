@@ -25,9 +25,8 @@ def _open_gates(folder: str, source: str, value: float):
 
     apprentice = load_apprentice(source)
     with torch.no_grad():
-        for name, p in apprentice.named_parameters():
-            if name.endswith("processor.gate"):
-                p.fill_(value)
+        for branch in apprentice.adapter.branches.values():
+            branch.gate.fill_(value)
     save_apprentice(apprentice, folder)
     return apprentice
 
