@@ -11,22 +11,13 @@ import threading
 import time
 
 from actors.apprentice_trainer import fit
+from conftest import processes_named
 from core import storage
 from core.config import to_dict
 
 
 def train_worker_processes() -> list[int]:
-    """Pids of Ray Train workers: Ray names an actor's process after its class (setproctitle), and /proc shows it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(b"ray::RayTrainWorker"):
-                        found.append(int(entry))
-            except OSError:  # the process ended while we looked
-                pass
-    return found
+    return processes_named(b"ray::RayTrainWorker")
 
 
 def checkpoints(storage_root: str, run_name: str) -> list[str]:

@@ -9,21 +9,12 @@ import time
 
 from actors.expert_pool import run_pool
 from apps.experts import provenance
+from conftest import processes_named
 from core import schema, storage
 
 
 def expert_processes() -> list[int]:
-    """Pids of expert actors busy on a subject: Ray names a worker after its task (setproctitle), and /proc shows it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(b"ray::ExpertActor.run"):
-                        found.append(int(entry))
-            except OSError:  # the process ended while we looked
-                pass
-    return found
+    return processes_named(b"ray::ExpertActor.run")
 
 
 def test_sigkilled_expert_is_retried_and_every_key_lands_once(smoke, tmp_path):
