@@ -159,7 +159,10 @@ def train_loop_per_worker(config: dict) -> None:
         passes = epoch_passes(cfg, cfg.steps - state["step"], world, rows)
         dataset = read_g(config["g_uri"], config["min_delta"], tokenizer_uri, cfg.num_demos, cfg.seed + len(state["epochs"]), passes, shard=(rank, world), shards=shards)
         seen_rows = 0
-        for batch in dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=device):
+        # Closed when the step budget ends the epoch early, so this epoch's Ray Data pipeline stops decoding rows
+        # nobody will read (it would otherwise run on beside the next stage).
+        batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=device))
+        for batch in batches:
             loss = model(batch, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,6 +193,8 @@ def train_loop_per_worker(config: dict) -> None:
                     report(False, metrics)
             if state["step"] >= cfg.steps:
                 break
+        if hasattr(batches, "close"):
+            batches.close()
         state["epochs"].append({"shards": len(shards), "kept_rows": rows, "passes": passes, "rows_read": seen_rows})
         if seen_rows == 0:
             raise RuntimeError(f"worker {rank} of {world} read no G rows in an epoch ({rows} kept rows in {len(shards)} shards)")
