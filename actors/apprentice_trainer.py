@@ -70,7 +70,7 @@ def epoch_passes(cfg: ApprenticeConfig, remaining_steps: int, world: int, rows: 
 
 def train_loop_per_worker(config: dict) -> None:
     from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
     from tensorboardX import SummaryWriter
 
     from actors.g_dataset import count_kept, read_g
@@ -128,8 +128,6 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             save_apprentice(apprentice, folder, {"config": config}, sampler=cfg.sampler)
             torch.save({"optimizer": opt.state_dict(), "lr_schedule": schedule.state_dict()}, os.path.join(folder, "optimizer.pt"))
-            from safetensors.torch import save_file
-
             save_file(ema_state(ema, list(params)), os.path.join(folder, "ema.safetensors"))
             with open(os.path.join(folder, "train_state.json"), "w") as f:
                 json.dump(

@@ -52,21 +52,20 @@ from core.backbone import (
 DEMO_KWARGS = ("demo_tokens", "demo_mask")
 
 
-def _call_base(base, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-    """Call a stock diffusers processor with the arguments its signature takes (added-KV processors take no temb)."""
-    if "temb" in inspect.signature(base.__call__).parameters:
-        return base(attn, hidden_states, encoder_hidden_states, attention_mask, temb=temb)
-    return base(attn, hidden_states, encoder_hidden_states, attention_mask)
-
-
 class PassthroughProcessor:
     """A layer's stock processor, accepting (and ignoring) the demo arguments so diffusers does not warn each call."""
 
     def __init__(self, base):
         self.base = base
+        self.takes_temb = "temb" in inspect.signature(base.__call__).parameters  # added-KV processors take none
+
+    def _base(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+        if self.takes_temb:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb=temb)
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
-        return _call_base(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 class DemoBranch(nn.Module):
@@ -97,16 +96,16 @@ class DemoBranch(nn.Module):
         return out.transpose(1, 2).reshape(hidden_states.shape) if spatial else out
 
 
-class DemoAttnProcessor:
+class DemoAttnProcessor(PassthroughProcessor):
     """The layer's stock processor plus its demo branch (a reference: the processor is not a module, so the UNet's
     state dict stays the base UNet's)."""
 
     def __init__(self, base, branch: DemoBranch):
-        self.base = base
+        super().__init__(base)
         self.branch = branch
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
-        out = _call_base(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        out = self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if demo_tokens is None:
             return out
         return out + self.branch(attn, hidden_states, demo_tokens, demo_mask)
