@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
     waited = 0.0
     while state["step"] < cfg.steps:
         shards = storage.list_shards(config["g_uri"])
-        rows = count_kept(config["g_uri"], config["min_delta"]) if shards else 0
+        rows = count_kept(config["g_uri"], config["min_delta"], shards)  # the very shards this epoch reads
         if rows == 0:
             if waited < cfg.g_wait_s:
                 time.sleep(2.0)

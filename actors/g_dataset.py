@@ -78,10 +78,11 @@ def check_single_provenance(shards: list[str]) -> None:
         raise ValueError(f"G mixes {len(seen)} provenances: {listed}. Write each to its own `paths.g`.")
 
 
-def count_kept(g_uri: str, min_delta: float | None) -> int:
-    """Rows of G passing the threshold, from the `delta` column alone (a pyarrow read, not a Ray Data count)."""
+def count_kept(g_uri: str, min_delta: float | None, shards: list[str] | None = None) -> int:
+    """Rows of G passing the threshold, from the `delta` column alone (a pyarrow read, not a Ray Data count), over
+    `shards` (default: G's complete shards, listed now)."""
     total = 0
-    for shard in storage.list_shards(g_uri):
+    for shard in storage.list_shards(g_uri) if shards is None else shards:
         delta = storage.read_columns(shard, ["delta"]).column("delta").to_numpy()
         total += int(len(delta) if min_delta is None else (delta > min_delta).sum())
     return total
