@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from core import backbone as bb
-from core import toyworld
+from core import toyrender, toyworld
 from core.config import PretrainConfig
 from core.device import autocast as device_autocast, step_done
 from core.schedules import warmup_cosine
@@ -36,8 +36,9 @@ def random_caption(subject: toyworld.Subject, scene: toyworld.Scene, rng: np.ran
     return ""
 
 
-def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int) -> tuple[list[np.ndarray], list[str]]:
-    images, captions = [], []
+def toy_scenes(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int) -> tuple[list[toyworld.Subject], list[toyworld.Scene], list[str]]:
+    """A batch's subjects, scenes and captions (nothing drawn yet)."""
+    picked, scenes, captions = [], [], []
     for i in rng.choice(len(subjects), size=batch_size):
         subject = subjects[int(i)]
         scene = toyworld.random_scene(
@@ -47,26 +48,28 @@ def toy_batch(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.
             accessory=rng.choice([None, None, None, None, *toyworld.ACCESSORIES]),
             body=rng.choice([None] * 16 + list(toyworld.PALETTE)),
         )
-        images.append(toyworld.render(subject, scene, size, rng))
+        picked.append(subject)
+        scenes.append(scene)
         captions.append(random_caption(subject, scene, rng))
-    return images, captions
+    return picked, scenes, captions
 
 
 class CaptionStream(torch.utils.data.IterableDataset):
-    """Endless (uint8 images (B, H, W, 3), captions) batches; each worker draws from its own seed.
-
-    The captions come as input ids (B, L), tokenized in the worker: the Python BPE tokenizer took 0.06-0.3 s per
-    1,024 captions in the training process (2 CPU cores, 2026-11-26), as long as a GPU step."""
+    """Endless (scenes packed by `toyrender.pack_scenes`, input ids (B, L)) batches; each worker draws from its
+    own seed. The images are drawn from the scenes on the training device (`toyrender.render_batch`): drawing
+    them here, one at a time in numpy, bound pretraining on the lent H200 at about 7 steps/s with 14 workers
+    (2026-11-26). The captions are tokenized here: the BPE tokenizer took 0.06-0.3 s per 1,024 captions in the
+    training process, as long as a GPU step."""
 
     def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer):
         self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = subjects, batch_size, seed, size, tokenizer
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
-            images, captions = toy_batch(self.subjects, self.batch_size, rng, self.size)
-            yield np.stack(images), bb.tokenize(self.tokenizer, captions)
+            picked, scenes, captions = toy_scenes(self.subjects, self.batch_size, rng, self.size)
+            yield toyrender.pack_scenes(picked, scenes), bb.tokenize(self.tokenizer, captions)
 
 
 def deadline_clock(deadline: float | None):
@@ -122,8 +125,11 @@ def pretrain(
     )
     modules.train()
     losses, pending = [], []
-    for step, (images, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
-        x0 = torch.from_numpy(np.asarray(images)).to(backbone.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    # The background noise of the drawn images comes from its own stream, on the device.
+    render_generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(cfg.seed + 7919 * start + 1)
+    for step, (scenes, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
+        images = toyrender.render_batch(scenes, backbone.resolution, backbone.device if backbone.device.type == "cuda" else "cpu", render_generator)
+        x0 = images.to(backbone.device).div(127.5).sub(1.0)
         with autocast:
             loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
         opt.zero_grad(set_to_none=True)
