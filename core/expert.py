@@ -41,6 +41,37 @@ def delta_clip(scorer: Scorer, renders: list[np.ndarray], prompts: list[str], de
     return clip, ref, clip - ref
 
 
+def g_rows(
+    scorer: Scorer, cfg: ExpertConfig, provenance: dict, record: dict, renders: np.ndarray, demo_images: list[np.ndarray], min_delta: float | None
+) -> list[dict]:
+    """G rows of one subject: each render (`cfg.samples_per_prompt` per prompt, in prompt order) with its
+    delta-CLIP scores and whether it passes `min_delta` (None keeps every render)."""
+    prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
+    clip, ref, delta = delta_clip(scorer, list(renders), prompts, demo_images)
+    rows = []
+    for i, (pid, prompt, skill) in enumerate(zip(record["prompt_ids"], record["prompts"], record["prompt_skills"])):
+        for j in range(cfg.samples_per_prompt):
+            k = i * cfg.samples_per_prompt + j
+            rows.append(
+                {
+                    "subject_id": record["subject_id"],
+                    "prompt_id": pid,
+                    "sample_index": j,
+                    "prompt": prompt,
+                    "prompt_skill": skill,
+                    "image": to_png(renders[k]),
+                    "demo_images": list(record["demo_images"]),
+                    "demo_captions": list(record["demo_captions"]),
+                    "clip_score": float(clip[k]),
+                    "ref_clip_score": float(ref[k]),
+                    "delta": float(delta[k]),
+                    "kept": bool(min_delta is None or delta[k] > min_delta),
+                    **provenance,
+                }
+            )
+    return rows
+
+
 class Expert:
     def __init__(self, backbone: bb.Backbone, scorer: Scorer, cfg: ExpertConfig, provenance: dict[str, str]):
         self.backbone = backbone
@@ -109,7 +140,8 @@ class Expert:
             loss.backward()
             opt.step()
             step_done(device)
-            losses.append(float(loss.detach()))
+            # Kept on the device until the end: reading each loss back would wait for every step on a GPU.
+            losses.append(loss.detach())
             if on_step is not None:
                 unet.eval()
                 text_encoder.eval()
@@ -118,7 +150,7 @@ class Expert:
                 text_encoder.train(tune_text)
         unet.eval()
         text_encoder.eval()
-        return losses
+        return torch.stack(losses).float().tolist() if losses else []
 
     def run_subject(self, record: dict, min_delta: float | None, should_stop=None) -> tuple[list[dict], dict]:
         """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats)."""
@@ -138,28 +170,7 @@ class Expert:
                 guidance_scale=cfg.guidance_scale,
                 seed=seed,
             )
-        clip, ref, delta = delta_clip(self.scorer, list(renders), prompts, demo_images)
-        rows = []
-        for i, (pid, prompt, skill) in enumerate(zip(record["prompt_ids"], record["prompts"], record["prompt_skills"])):
-            for j in range(cfg.samples_per_prompt):
-                k = i * cfg.samples_per_prompt + j
-                rows.append(
-                    {
-                        "subject_id": record["subject_id"],
-                        "prompt_id": pid,
-                        "sample_index": j,
-                        "prompt": prompt,
-                        "prompt_skill": skill,
-                        "image": to_png(renders[k]),
-                        "demo_images": list(record["demo_images"]),
-                        "demo_captions": list(record["demo_captions"]),
-                        "clip_score": float(clip[k]),
-                        "ref_clip_score": float(ref[k]),
-                        "delta": float(delta[k]),
-                        "kept": bool(min_delta is None or delta[k] > min_delta),
-                        **self.provenance,
-                    }
-                )
+        rows = g_rows(self.scorer, cfg, self.provenance, record, renders, demo_images, min_delta)
         stats = {
             "subject_id": record["subject_id"],
             "first_loss": losses[0] if losses else float("nan"),
