@@ -34,16 +34,17 @@ if [ -n "${FROM:-}" ]; then cp -r "$FROM"/. "$A"/; fi
 stamp "phase 1: readers, scorer, base"
 run readers $PY -m apps.toy_pretrain --out "$A" --stage readers --budget-s "$(b 110)" --reader-steps 8000 --workers 3 $PRE &
 run scorer $PY -m apps.toy_pretrain --out "$A" --stage scorer --budget-s "$(b 140)" --scorer-steps 8000 $PRE &
-run base $PY -m apps.toy_pretrain --out "$A" --stage base --budget-s "$(b 165)" --base-steps 40000 --workers 9 $PRE
+run base $PY -m apps.toy_pretrain --out "$A" --stage base --budget-s "$(b 165)" --base-steps 40000 --workers 4 $PRE
 wait
 stamp "phase 2: reader fine-tune and report; G experts; test-subject experts"
 run finish $PY -m apps.toy_pretrain --out "$A" --stage finish --budget-s "$(b 35)" --workers 2 $PRE &
-for i in 0 1 2 3 4 5; do
-  run g$i $PY -m benchmarks.toy_reproduction $BENCH --stage g --shard $i --num-shards 6 --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
+# Experts run EB at a time as one vmapped model (core.expert_batch): the first run's nine one-subject processes
+# managed about 20 s per subject between them.
+EB=${EXPERT_BATCH:-32}
+for i in 0 1; do
+  run g$i $PY -m benchmarks.toy_reproduction $BENCH --stage g --shard $i --num-shards 2 --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
 done
-for i in 0 1 2; do
-  run experts$i $PY -m benchmarks.toy_reproduction $BENCH --stage experts --shard $i --num-shards 3 --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
-done
+run experts0 $PY -m benchmarks.toy_reproduction $BENCH --stage experts --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
 wait
 pack
 stamp "phase 3: apprentices"

@@ -1,0 +1,36 @@
+"""The toy benchmark's apprentice batches: decoded and tokenized once, then indexed."""
+
+import numpy as np
+
+from benchmarks.toy_reproduction import Examples, make_batch
+from core.backbone import create_tokenizer, tokenize
+
+
+def test_batches_take_distinct_demos_of_the_row_itself():
+    tokenizer = create_tokenizer(24)
+    rows = []
+    for i in range(6):
+        count = 3 + i % 3  # 3, 4 or 5 demos: padded rows must never hand out their padding
+        demos = [np.full((32, 32, 3), 10 * i + j, np.uint8) for j in range(count)]
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[:, :16] = 200 + i  # left half marked: a mirrored target has it on the right
+        rows.append({"image": image, "prompt": f"a ball number {i}", "demos": demos, "captions": [f"demo {i} {j}" for j in range(count)]})
+    examples = Examples(rows, tokenizer)
+    rng = np.random.default_rng(0)
+    flipped = 0
+    for _ in range(30):
+        batch = make_batch(examples, 8, 3, rng, "cpu")
+        assert batch["image"].shape == (8, 3, 32, 32) and batch["demo_images"].shape == (8, 3, 3, 32, 32)
+        for b in range(8):
+            left = round((float(batch["image"][b, 0, 0, 0]) + 1) * 127.5)
+            right = round((float(batch["image"][b, 0, 0, 31]) + 1) * 127.5)
+            row = (left if left >= 200 else right) - 200
+            flipped += left < 200
+            values = [round((float(batch["demo_images"][b, j, 0, 0, 0]) + 1) * 127.5) for j in range(3)]
+            assert len(set(values)) == 3, "demos repeat within a row"
+            assert all(v // 10 == row and v % 10 < len(rows[row]["demos"]) for v in values), (row, values)
+            # Each demo's caption ids are that demo's.
+            expected = tokenize(tokenizer, [f"demo {row} {v % 10}" for v in values])
+            assert (batch["demo_ids"][b] == expected).all()
+            assert (batch["input_ids"][b] == tokenize(tokenizer, [f"a ball number {row}"])[0]).all()
+    assert 60 < flipped < 180  # about half of 240 targets mirrored
