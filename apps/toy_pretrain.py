@@ -109,7 +109,7 @@ def stage_base(args, device) -> dict:
     _publish(tmp, os.path.join(args.out, "base"))
     if os.path.exists(state_path):
         os.remove(state_path)
-    return {"steps": len(losses) + (int(resume["step"]) if resume is not None else 0), "preset": args.preset, "batch_size": cfg.batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:]))}
+    return {"steps": len(losses) + (int(resume["step"]) if resume is not None else 0), "preset": f"from {args.init}" if args.init else args.preset, "batch_size": cfg.batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:]))}
 
 
 def labelled_scenes(subjects: list[tw.Subject], n: int, rng: np.random.Generator, styled: bool = True):

@@ -6,6 +6,8 @@
 #   benchmarks/toy_device_run.sh OUT_DIR            # on a GPU machine (python3 with the project's packages)
 #   QUICK=1 benchmarks/toy_device_run.sh OUT_DIR    # the same flow at toy sizes, to check it on a CPU
 #   FROM=artifacts/toy benchmarks/toy_device_run.sh OUT_DIR   # the benchmark only, from the shipped artifacts
+#   FROM=artifacts/toy INIT=artifacts/toy/base BASE_S=240 benchmarks/toy_device_run.sh OUT_DIR
+#       # the shipped base trained BASE_S seconds more (then its identity measured), and the benchmark from it
 # Phase 4 (evaluation) took over 2 minutes on the H200 (2026-11-26): leave it that much of a call's 10 minutes.
 #
 # Writes OUT_DIR/artifacts (base, scorer, readers, report.json), OUT_DIR/results (table, JSON, grid),
@@ -34,10 +36,12 @@ if [ -n "${FROM:-}" ]; then cp -r "$FROM"/. "$A"/; fi
 stamp "phase 1: readers, scorer, base"
 run readers $PY -m apps.toy_pretrain --out "$A" --stage readers --budget-s "$(b 110)" --reader-steps 8000 --workers 3 $PRE &
 run scorer $PY -m apps.toy_pretrain --out "$A" --stage scorer --budget-s "$(b 140)" --scorer-steps 8000 $PRE &
-run base $PY -m apps.toy_pretrain --out "$A" --stage base --budget-s "$(b 165)" --base-steps 40000 --workers 4 $PRE
+run base $PY -m apps.toy_pretrain --out "$A" --stage base --budget-s "$(b "${BASE_S:-165}")" --base-steps 40000 --workers 4 \
+  ${INIT:+--init "$INIT" --force} $PRE
 wait
 stamp "phase 2: reader fine-tune and report; G experts; test-subject experts"
 run finish $PY -m apps.toy_pretrain --out "$A" --stage finish --budget-s "$(b 35)" --workers 2 $PRE &
+if [ -n "${INIT:-}" ]; then run identity $PY -m apps.toy_pretrain --out "$A" --stage identity --eval-n "$(b 512)" & fi
 # Experts run EB at a time as one vmapped model (core.expert_batch): the first run's nine one-subject processes
 # managed about 20 s per subject between them.
 EB=${EXPERT_BATCH:-32}
