@@ -6,7 +6,7 @@
 #   benchmarks/toy_device_run.sh OUT_DIR            # on a GPU machine (python3 with the project's packages)
 #   QUICK=1 benchmarks/toy_device_run.sh OUT_DIR    # the same flow at toy sizes, to check it on a CPU
 #   FROM=artifacts/toy benchmarks/toy_device_run.sh OUT_DIR   # the benchmark only, from the shipped artifacts
-#   FROM=artifacts/toy INIT=artifacts/toy/base BASE_S=240 benchmarks/toy_device_run.sh OUT_DIR
+#   FROM=artifacts/toy INIT=artifacts/toy/base BASE_S=120 benchmarks/toy_device_run.sh OUT_DIR
 #       # the shipped base trained BASE_S seconds more (then its identity measured), and the benchmark from it
 # Phase 4 (evaluation) took over 2 minutes on the H200 (2026-11-26): leave it that much of a call's 10 minutes.
 #
@@ -52,7 +52,7 @@ run experts0 $PY -m benchmarks.toy_reproduction $BENCH --stage experts --expert-
 wait
 pack
 stamp "phase 3: apprentices"
-for v in suti raw; do
+for v in suti raw oracle; do
   run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
 done
 for v in none 0 0.01 0.02 0.03; do

@@ -15,7 +15,8 @@ for parallel processes on one accelerator, `--shard i --num-shards n`; results p
 - `train --variant V`: an apprentice from the base: `suti` (G filtered at `--lam`), `raw` (the Re-Imagen analogue:
   the same train subjects' raw clusters, another image of the subject as target, no experts), `sweep-<lam>`
   (G at each threshold of the sweep, trained shorter: `--sweep-steps`).
-- `eval`: rows oracle / base / expert / raw apprentice / SuTI apprentice with bootstrap 95% intervals over test
+- `eval`: rows oracle / base / expert / raw apprentice / SuTI apprentice / oracle-G apprentice (trained on true renders
+  of every prompt: what perfect experts would give; an upper bound for the apprentice itself) with bootstrap 95% intervals over test
   subjects; the apprentice with 0/1/3/5 demos; the threshold sweep; the mine stage's precision and recall against
   the corpus's known truth; markdown, JSON and PNG grids under `--out`.
 
@@ -42,7 +43,10 @@ from tqdm import tqdm
 from core import readers as rd
 from core import toyworld as tw
 
-ROWS = ("oracle", "base", "expert", "raw apprentice", "SuTI apprentice")
+ROWS = ("oracle", "base", "expert", "raw apprentice", "SuTI apprentice", "oracle-G apprentice")
+# The study rows beyond the paper's: an apprentice trained on what perfect experts would draw (true renders of each
+# prompt), an upper bound that separates what the apprentice can learn from what the experts give it.
+VARIANTS = (("raw apprentice", "raw"), ("SuTI apprentice", "suti"), ("oracle-G apprentice", "oracle"))
 
 
 @dataclass
@@ -286,6 +290,20 @@ class Examples:
         return len(self.image)
 
 
+def oracle_examples(s: Settings) -> list[dict]:
+    """What perfect experts would put in G for the same train subjects: each prompt's true render (every skill:
+    re-contextualization, property edit, accessory, style), with the subject's 5 demos and their class-only captions."""
+    from core.expert import seed_for
+
+    out = []
+    for subject in g_subjects(s):
+        record = subject_record(subject, 5, s.g_prompts, np.random.default_rng(seed_for("g", subject.subject_id)), True)
+        demos = [tw.from_png(b) for b in record["demo_images"]]
+        for prompt, image in zip(record["prompts"], record["oracle"]):
+            out.append({"image": image, "prompt": prompt, "demos": demos, "captions": record["demo_captions"]})
+    return out
+
+
 def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Generator, device) -> dict:
     """A random batch with k demos per row (distinct, from the row's own), half the targets mirrored."""
     from core.backbone import images_to_tensor
@@ -316,11 +334,13 @@ def stage_train(args, s: Settings, device) -> dict:
         examples, steps = g_examples(args.work, args.lam), s.apprentice_steps
     elif variant == "raw":
         examples, steps = raw_examples(args.work, s), s.apprentice_steps
+    elif variant == "oracle":
+        examples, steps = oracle_examples(s), s.apprentice_steps
     elif variant.startswith("sweep-"):
         tag = variant[len("sweep-") :]
         examples, steps = g_examples(args.work, None if tag == "none" else float(tag)), s.sweep_steps
     else:
-        raise ValueError(f"unknown variant {variant!r}: suti, raw or sweep-<none|lam>")
+        raise ValueError(f"unknown variant {variant!r}: suti, raw, oracle or sweep-<none|lam>")
     if not examples:
         print(f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained")
         return {"variant": variant, "examples": 0, "skipped": True}
@@ -551,7 +571,7 @@ def stage_eval(args, s: Settings, device) -> dict:
         images["expert"] = [expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records]
         seconds["expert"] = time_experts(base, scorer, expert_records[:2], plateau, s, device)
     apprentices = {}
-    for name, variant in (("raw apprentice", "raw"), ("SuTI apprentice", "suti")):
+    for name, variant in VARIANTS:
         folder = os.path.join(args.work, "apprentices", variant)
         if os.path.isdir(folder):
             apprentices[variant] = load_apprentice(folder).to(device)
@@ -563,11 +583,14 @@ def stage_eval(args, s: Settings, device) -> dict:
         keep = [i for i, im in enumerate(images[name]) if im is not None]
         per = score_images([records[i] for i in keep], [images[name][i] for i in keep], k, scorer, reader)
         result["rows"][name] = {m: bootstrap(v) for m, v in per.items()} | {"seconds_per_subject": seconds.get(name), "subjects": len(keep)}
-    if "suti" in apprentices:
+    for variant, key in (("suti", "demos"), ("oracle", "demos_oracle_g")):
+        if variant not in apprentices:
+            continue
+        result.setdefault(key, {})
         for kd in (0, 1, 3, 5):
-            ims, _ = apprentice_images(apprentices["suti"], records, kd, s, timed=0)
+            ims, _ = apprentice_images(apprentices[variant], records, kd, s, timed=0)
             per = score_images(records, ims, max(kd, 3), scorer, reader)
-            result["demos"][kd] = {m: bootstrap(v) for m, v in per.items()}
+            result[key][kd] = {m: bootstrap(v) for m, v in per.items()}
     for lam in SWEEP:
         folder = os.path.join(args.work, "apprentices", f"sweep-{lam_name(lam)}")
         if os.path.isdir(folder):
@@ -602,9 +625,11 @@ def markdown(result: dict) -> str:
         c = result["expert_curve"]
         lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
                   + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items()) + f"; plateau at {c['plateau_steps']} steps."]
-    if result["demos"]:
-        lines += ["", "| SuTI apprentice, demos | subject fidelity | text fidelity | CLIP-I | DINO-like |", "|---|---|---|---|---|"]
-        for kd, row in result["demos"].items():
+    for key, title in (("demos", "SuTI apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
+        if not result.get(key):
+            continue
+        lines += ["", f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like |", "|---|---|---|---|---|"]
+        for kd, row in result[key].items():
             lines.append(f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} |")
     if result["sweep"]:
         lines += ["", "| threshold (lambda) | G rows kept | steps | subject fidelity | text fidelity |", "|---|---|---|---|---|"]
@@ -659,6 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         ("experts", stage_experts, None),
         ("train suti", stage_train, "suti"),
         ("train raw", stage_train, "raw"),
+        ("train oracle", stage_train, "oracle"),
         *((f"train sweep-{lam_name(lam)}", stage_train, f"sweep-{lam_name(lam)}") for lam in SWEEP),
         ("eval", stage_eval, None),
     ):
