@@ -17,7 +17,7 @@ def test_quick_benchmark_writes_every_row_study_and_grid(tmp_path):
         assert lo <= mean <= hi, name
     assert result["rows"]["oracle"]["subject_fidelity"][0] >= 0.9  # the readers read real renders right
     assert result["rows"]["SuTI apprentice"]["seconds_per_subject"] > 0
-    assert set(result["demos"]) == {"0", "1", "3", "5"}
+    assert set(result["demos"]) == {"0", "1", "3", "5"} and set(result["demos_oracle_g"]) == {"0", "1", "3", "5"}
     assert set(result["sweep"]) <= {tr.lam_name(lam) for lam in tr.SWEEP} and "none" in result["sweep"]
     assert 0.0 <= result["mine"]["precision"] <= 1.0 and 0.0 <= result["mine"]["recall"] <= 1.0
     assert result["expert_curve"]["plateau_steps"] in tr.QUICK.expert_checkpoints
