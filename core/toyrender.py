@@ -12,6 +12,8 @@ background noise (tests/unit/test_toyrender.py); the noise itself comes from a t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -45,21 +47,10 @@ def pack_scenes(subjects: list[tw.Subject], scenes: list[tw.Scene]) -> dict[str,
     return {name: table[:, i] for i, name in enumerate(FIELDS)}
 
 
-def _textures(size: int, device) -> torch.Tensor:
-    """(8, H, W) background textures in `BACKGROUNDS` order, as `toyworld._background` draws them."""
-    yy, xx = (t.to(torch.float64) for t in torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))
-    yi, xi = yy.long(), xx.long()
-    maps = {
-        "grass": 10 * torch.sin(xx * 1.7),
-        "sand": 6 * torch.sin((xx + yy) * 0.9),
-        "sky": (yy - size / 2) * 0.8,
-        "stone": 8.0 * ((xi // 4 + yi // 4) % 2),
-        "night": 5 * torch.cos(yy * 0.5),
-        "wood": 9 * torch.sin(yy * 1.3),
-        "snow": 12.0 * ((xi * 7 + yi * 13) % 11 == 0),
-        "brick": 14.0 * ((yi % 4 == 0) | ((xi + 4 * ((yi // 4) % 2)) % 8 == 0)),
-    }
-    return torch.stack([maps[name] for name in _BACKGROUNDS]).to(device=device, dtype=torch.float32)
+@functools.lru_cache(maxsize=8)
+def _textures(size: int, device: str) -> torch.Tensor:
+    """(8, H, W) background textures in `BACKGROUNDS` order (`toyworld.texture`)."""
+    return torch.from_numpy(np.stack([tw.texture(name, size) for name in _BACKGROUNDS])).to(device=device, dtype=torch.float32)
 
 
 def _shape_masks(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -104,7 +95,7 @@ def render_batch(
 
     if noise is None:
         noise = torch.randn((b, size, size, 3), generator=generator, **f32) * 3.0
-    img = backgrounds[a["background"]][:, None, None, :] + _textures(size, device)[a["background"]][..., None]
+    img = backgrounds[a["background"]][:, None, None, :] + _textures(size, str(device))[a["background"]][..., None]
     img = img + noise.to(**f32)
 
     yy, xx = (t.to(**f32)[None] for t in torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))

@@ -144,21 +144,25 @@ def _pattern_mask(pattern: str, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
+def texture(name: str, size: int) -> np.ndarray:
+    """The background's texture (H, W), added to its colour on every channel."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return {
+        "grass": lambda: 10 * np.sin(xx * 1.7),
+        "sand": lambda: 6 * np.sin((xx + yy) * 0.9),
+        "sky": lambda: (yy - size / 2) * 0.8,
+        "stone": lambda: 8 * ((xx // 4 + yy // 4) % 2),
+        "night": lambda: 5 * np.cos(yy * 0.5),
+        "wood": lambda: 9 * np.sin(yy * 1.3),
+        "snow": lambda: 12 * ((xx * 7 + yy * 13) % 11 == 0),
+        "brick": lambda: 14 * ((yy % 4 == 0) | ((xx + 4 * ((yy // 4) % 2)) % 8 == 0)),
+    }[name]()
+
+
 def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     base = np.array(BACKGROUNDS[name], dtype=np.float32)
     img = np.broadcast_to(base, (size, size, 3)).copy()
-    yy, xx = np.mgrid[0:size, 0:size]
-    texture = {
-        "grass": 10 * np.sin(xx * 1.7),
-        "sand": 6 * np.sin((xx + yy) * 0.9),
-        "sky": (yy - size / 2) * 0.8,
-        "stone": 8 * ((xx // 4 + yy // 4) % 2),
-        "night": 5 * np.cos(yy * 0.5),
-        "wood": 9 * np.sin(yy * 1.3),
-        "snow": 12 * ((xx * 7 + yy * 13) % 11 == 0),
-        "brick": 14 * ((yy % 4 == 0) | ((xx + 4 * ((yy // 4) % 2)) % 8 == 0)),
-    }[name]
-    img += texture[..., None]
+    img += texture(name, size)[..., None]
     img += rng.normal(0, 3, size=img.shape)
     return img
 
