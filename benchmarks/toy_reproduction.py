@@ -346,7 +346,7 @@ def stage_train(args, s: Settings, device) -> dict:
         return {"variant": variant, "examples": 0, "skipped": True}
     base, _, _ = load_artifacts(args.artifacts, device)
     torch.manual_seed(0)
-    apprentice = Apprentice(base).to(device).train()
+    apprentice = Apprentice(base, zero_init=args.zero_init).to(device).train()
     examples = Examples(examples, apprentice.tokenizer)
     new = set(apprentice.new_parameters())
     groups = [
@@ -661,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.apprentice.DemoBranch)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
     for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None)

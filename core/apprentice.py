@@ -72,13 +72,22 @@ class DemoBranch(nn.Module):
     """The new attention of one cross-attention layer: the layer's query over the demo tokens, gated (gate = 0 at
     initialisation). Its weights live in `DemoAdapter`; the processor only points at it."""
 
-    def __init__(self, inner_dim: int, cross_dim: int, out_dim: int, heads: int):
+    def __init__(self, inner_dim: int, cross_dim: int, out_dim: int, heads: int, zero_init: str = "gate"):
         super().__init__()
         self.heads = heads
         self.to_k = nn.Linear(cross_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(cross_dim, inner_dim, bias=False)
         self.to_out = nn.Linear(inner_dim, out_dim)
-        self.gate = nn.Parameter(torch.zeros(()))
+        # Either way the branch adds nothing at initialisation. "gate": the gate starts at 0, so nothing behind it
+        # gets a gradient until the gate has moved, and the gate's own gradient is noise until they have (a CPU
+        # run left the gates under 0.007 after 562 steps, 2026-11-27). "out": the output projection starts at 0 and
+        # the gate at 1, as ControlNet's zero convolutions and LoRA's B do, so the projection learns from step one.
+        if zero_init not in ("gate", "out"):
+            raise ValueError(f"zero_init must be 'gate' or 'out', not {zero_init!r}")
+        self.gate = nn.Parameter(torch.zeros(()) if zero_init == "gate" else torch.ones(()))
+        if zero_init == "out":
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
 
     def forward(self, attn: Attention, hidden_states: torch.Tensor, demo_tokens: torch.Tensor, demo_mask=None) -> torch.Tensor:
         spatial = hidden_states.ndim == 4  # IF's added-KV layers take (B, C, H, W) and norm inside the processor
@@ -160,21 +169,22 @@ class DemoAdapter(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict):
+    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict, zero_init: str = "gate"):
         super().__init__()
         self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid)
         self.branches = nn.ModuleDict(
-            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"]) for n, s in layers.items()}
+            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"], zero_init) for n, s in layers.items()}
         )
 
     @classmethod
-    def for_unet(cls, unet, text_encoder, demo_grid: int = 4) -> "DemoAdapter":
+    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate") -> "DemoAdapter":
         return cls(
             in_channels=int(unet.config.in_channels),
             text_dim=int(text_encoder.config.hidden_size),
             cross_attention_dim=int(unet.config.cross_attention_dim),
             demo_grid=demo_grid,
             layers=cross_attention_layers(unet),
+            zero_init=zero_init,
         )
 
     def install(self, unet) -> None:
@@ -190,7 +200,7 @@ class DemoAdapter(ModelMixin, ConfigMixin):
 class Apprentice(nn.Module):
     """Base UNet + text encoder (+ the frozen VAE of a latent model) + `DemoAdapter`."""
 
-    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None):
+    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None, zero_init: str = "gate"):
         super().__init__()
         self.unet = backbone.unet
         self.text_encoder = backbone.text_encoder
@@ -198,7 +208,7 @@ class Apprentice(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.noise_scheduler = backbone.noise_scheduler
         self.resolution = backbone.resolution
-        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid)
+        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init)
         self.adapter.install(self.unet)
 
     @property

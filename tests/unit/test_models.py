@@ -193,3 +193,27 @@ def test_lora_expert_tunes_an_adapter_only_and_reset_removes_it(backbone, demos)
     expert.fine_tune([d[0] for d in demos], [d[1] for d in demos], seed=0)
     assert not any("lora_" in k for k in backbone.unet.state_dict())
     expert.reset()
+
+
+def test_apprentice_with_zero_output_projections_starts_as_the_base_and_learns_from_step_one(tmp_path, demos):
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0), zero_init="out")
+    base = bb.create_backbone("tiny", seed=0)
+    images, captions = [d[0] for d in demos], [d[1] for d in demos]
+    with_demos = ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3)
+    assert np.array_equal(with_demos, bb.sample(base, ["a ball on sand"] * 2, num_inference_steps=4, seed=3))
+    assert torch.equal(apprentice.gates(), torch.ones_like(apprentice.gates()))
+    pixels = bb.images_to_tensor(images)
+    batch = {
+        "image": pixels,
+        "input_ids": bb.tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
+        "demo_images": pixels.unsqueeze(0).repeat(3, 1, 1, 1, 1),
+        "demo_ids": bb.tokenize(apprentice.tokenizer, captions).unsqueeze(0).repeat(3, 1, 1),
+    }
+    loss = ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0))
+    loss.backward()
+    # The output projections get a gradient at once (with a zero gate they would get none until the gate moved).
+    assert all(b.to_out.weight.grad.abs().sum() > 0 for b in apprentice.adapter.branches.values())
+    ap.save_apprentice(apprentice.eval(), str(tmp_path), {"note": "test"})
+    assert ap.load_apprentice(str(tmp_path)).adapter.config.zero_init == "out"
+    with pytest.raises(ValueError, match="zero_init"):
+        ap.Apprentice(bb.create_backbone("tiny", seed=0), zero_init="both")
