@@ -143,18 +143,19 @@ def stage_g(args, s: Settings, device) -> dict:
     folder = os.path.join(args.work, "g")
     os.makedirs(folder, exist_ok=True)
     cfg = expert_config(s, s.expert_steps)
-    expert = Expert(base, scorer, cfg, {"base_checkpoint_hash": "toy", "expert_config_hash": f"steps{cfg.steps}", "scorer_hash": scorer.digest})
+    provenance = {"base_checkpoint_hash": "toy", "expert_config_hash": f"steps{cfg.steps}", "scorer_hash": scorer.digest}
     subjects = [x for x in g_subjects(s)[args.shard :: args.num_shards] if not os.path.exists(os.path.join(folder, f"{x.subject_id}.parquet"))]
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.expert_batch): on a GPU these tiny
     # models are bound by kernel launches, so N experts cost about one. On a CPU one at a time is faster.
     group = max(1, args.expert_batch)
-    batch = ExpertBatch(base, scorer, cfg, expert.provenance) if group > 1 else None
+    # One or the other: an Expert keeps a copy of the base state it restores before every subject.
+    expert = ExpertBatch(base, scorer, cfg, provenance) if group > 1 else Expert(base, scorer, cfg, provenance)
     done = 0
     bar = tqdm(total=len(subjects), desc=f"g {args.shard}/{args.num_shards}", mininterval=10)
     for first in range(0, len(subjects), group):
         records = [subject_record(x, 5, s.g_prompts, np.random.default_rng(seed_for("g", x.subject_id)), False) for x in subjects[first : first + group]]
-        results = batch.run_subjects(records, None) if batch is not None else [expert.run_subject(records[0], None)]
+        results = expert.run_subjects(records, None) if group > 1 else [expert.run_subject(records[0], None)]
         for record, (rows, _) in zip(records, results):
             storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA), folder, schema.G_SCHEMA, name=record["subject_id"])
         done += len(records)
