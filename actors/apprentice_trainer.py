@@ -85,7 +85,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
-    apprentice = Apprentice(load_backbone(storage.local_dir(config["base_uri"])), cfg.demo_grid)
+    apprentice = Apprentice(load_backbone(storage.local_dir(config["base_uri"])), cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
     initial_gates = apprentice.gates().detach().clone()
     apprentice.to(device)  # before the optimizer state is loaded, so that state lands on the same device
     params = named_trainable(apprentice)

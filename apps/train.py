@@ -43,7 +43,7 @@ def run(config: PipelineConfig) -> dict:
         "resumes": len(state["resumes"]),
         "loss_first_quarter": sum(losses[:k]) / k,
         "loss_last_quarter": sum(losses[-k:]) / k,
-        "max_abs_gate": max(abs(g) for g in state["gates"]),
+        "max_abs_gate": max((abs(g) for g in state["gates"]), default=None),  # no gates with attention="joint"
         "final_metrics": {m: result.metrics.get(m) for m in ("loss", "lr", "samples_per_s")},
         "run_name": run_name,
         "checkpoint": result.checkpoint.path,

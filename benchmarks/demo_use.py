@@ -61,10 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = {}
     for folder in args.folders:
         apprentice = load_apprentice(folder).eval()
-        result[folder] = demo_gap(apprentice, records, args.batches) | {"max_abs_gate": float(apprentice.gates().abs().max())}
+        gates = apprentice.gates()  # empty with attention="joint"
+        result[folder] = demo_gap(apprentice, records, args.batches) | {
+            "attention": apprentice.adapter.config.attention,
+            "max_abs_gate": float(gates.abs().max()) if gates.numel() else None,
+        }
         r = result[folder]
-        print(f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.5f} "
-              f"[{r['gap_95'][0]:.5f}, {r['gap_95'][1]:.5f}]; max |gate| {r['max_abs_gate']:.4f}", flush=True)
+        print(f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.3g} "
+              f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -55,11 +55,14 @@ stamp "phase 3: apprentices"
 # Demo branches start with a zero output projection (ZERO_INIT=out), not a zero gate: on the CPU a zero-gated
 # apprentice had not begun to use its demos after 562 steps (README, 2026-11-27).
 ZI=${ZERO_INIT:-out}
+# ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.apprentice; DEMO_GRID: tokens
+# per demo side).
+APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-4}"
 for v in suti raw oracle; do
-  run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v --zero-init "$ZI" --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
+  run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v $APP --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
 done
 for v in none 0 0.01 0.02 0.03; do
-  run train-sweep-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant sweep-$v --zero-init "$ZI" --budget-s "$(b 80)" --artifacts "$A" --work "$W" &
+  run train-sweep-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant sweep-$v $APP --budget-s "$(b 80)" --artifacts "$A" --work "$W" &
 done
 wait
 pack

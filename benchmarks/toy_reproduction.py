@@ -347,7 +347,7 @@ def stage_train(args, s: Settings, device) -> dict:
         return {"variant": variant, "examples": 0, "skipped": True}
     base, _, _ = load_artifacts(args.artifacts, device)
     torch.manual_seed(0)
-    apprentice = Apprentice(base, zero_init=args.zero_init).to(device).train()
+    apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
     examples = Examples(examples, apprentice.tokenizer)
     new = set(apprentice.new_parameters())
     groups = [
@@ -663,6 +663,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.apprentice.DemoBranch)")
+    p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.apprentice)")
+    p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
     for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None)

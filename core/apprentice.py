@@ -11,6 +11,13 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
   demo tokens through new key, value and output projections. The branch output is multiplied by a
   zero-initialised scalar gate and added to the layer's output, so at initialisation the apprentice computes
   exactly the base model (a test checks), and a batch element without demos does too.
+- `attention="joint"` (an option; the default is the branch above): no new attention at all. The demo tokens join
+  the text tokens in each cross-attention layer's own keys, values and softmax, as the pre-code probe did
+  (FINDINGS.md: it copied body colour from demos within 541 CPU steps, where the gated branch had not begun to after
+  562). The layer's trained key and value projections already turn text states into what the UNet reads, so the
+  demo encoder only has to learn to speak that language. A batch element without demos still computes exactly the
+  base (its demo tokens are masked out), but one with demos does not at initialisation: they take a share of the
+  softmax from the start. Standard cross-attention only (Stable Diffusion, the toy models), not IF's added-KV layers.
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
   attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
   are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
@@ -120,6 +127,23 @@ class DemoAttnProcessor(PassthroughProcessor):
         return out + self.branch(attn, hidden_states, demo_tokens, demo_mask)
 
 
+class JointDemoProcessor(PassthroughProcessor):
+    """The layer's stock processor over its text tokens and the demo tokens together (`attention="joint"`); demo
+    tokens of rows whose `demo_mask` is 0 are masked out, so those rows attend to their text alone."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
+        if demo_tokens is None:
+            return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        b, text_len, n_demo = hidden_states.shape[0], encoder_hidden_states.shape[1], demo_tokens.shape[1]
+        keep = torch.ones(b, 1, text_len + n_demo, dtype=torch.bool, device=hidden_states.device)
+        if attention_mask is not None:  # the UNet's text mask arrives as an additive bias (0 keeps a token)
+            keep[:, :, :text_len] = attention_mask.view(b, 1, text_len) > -1
+        if demo_mask is not None:
+            keep[:, :, text_len:] = (demo_mask > 0).view(b, 1, 1)
+        states = torch.cat([encoder_hidden_states, demo_tokens.to(encoder_hidden_states.dtype)], dim=1)
+        return self._base(attn, hidden_states, states, keep, temb)
+
+
 class DemoEncoder(nn.Module):
     """Demo images in model space (B, K, C, H, W) and caption features (B, K, text_dim) -> tokens
     (B, K * (grid**2 + 1), dim)."""
@@ -163,21 +187,25 @@ def cross_attention_layers(unet) -> dict[str, dict]:
 
 
 class DemoAdapter(ModelMixin, ConfigMixin):
-    """Everything the apprentice adds to the base model: the demo encoder and one gated branch per cross-attention
-    layer. A diffusers model, so it saves and loads as a pipeline component."""
+    """Everything the apprentice adds to the base model: the demo encoder and (`attention="separate"`) one gated
+    branch per cross-attention layer; with `attention="joint"` the encoder alone. A diffusers model, so it saves and
+    loads as a pipeline component."""
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict, zero_init: str = "gate"):
+    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict, zero_init: str = "gate", attention: str = "separate"):
         super().__init__()
+        if attention not in ("separate", "joint"):
+            raise ValueError(f"attention must be 'separate' or 'joint', not {attention!r}")
         self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid)
+        branches = layers if attention == "separate" else {}
         self.branches = nn.ModuleDict(
-            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"], zero_init) for n, s in layers.items()}
+            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"], zero_init) for n, s in branches.items()}
         )
 
     @classmethod
-    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate") -> "DemoAdapter":
+    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate") -> "DemoAdapter":
         return cls(
             in_channels=int(unet.config.in_channels),
             text_dim=int(text_encoder.config.hidden_size),
@@ -185,22 +213,32 @@ class DemoAdapter(ModelMixin, ConfigMixin):
             demo_grid=demo_grid,
             layers=cross_attention_layers(unet),
             zero_init=zero_init,
+            attention=attention,
         )
 
     def install(self, unet) -> None:
         """Point the UNet's attention processors at this adapter's branches (the stock processors do the rest)."""
+        joint = self.config.attention == "joint"
+        layers = cross_attention_layers(unet)
         processors = {}
         for name, proc in unet.attn_processors.items():
             base = getattr(proc, "base", proc)  # re-installing wraps the stock processor, not a wrapper
             key = _branch_key(name)
-            processors[name] = DemoAttnProcessor(base, self.branches[key]) if key in self.branches else PassthroughProcessor(base)
+            if joint and name in layers:
+                if getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None) is not None:
+                    raise ValueError(f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): use 'separate'")
+                processors[name] = JointDemoProcessor(base)
+            elif key in self.branches:
+                processors[name] = DemoAttnProcessor(base, self.branches[key])
+            else:
+                processors[name] = PassthroughProcessor(base)
         unet.set_attn_processor(processors)
 
 
 class Apprentice(nn.Module):
     """Base UNet + text encoder (+ the frozen VAE of a latent model) + `DemoAdapter`."""
 
-    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None, zero_init: str = "gate"):
+    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None, zero_init: str = "gate", attention: str = "separate"):
         super().__init__()
         self.unet = backbone.unet
         self.text_encoder = backbone.text_encoder
@@ -208,7 +246,7 @@ class Apprentice(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.noise_scheduler = backbone.noise_scheduler
         self.resolution = backbone.resolution
-        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init)
+        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init, attention)
         self.adapter.install(self.unet)
 
     @property
@@ -234,7 +272,9 @@ class Apprentice(nn.Module):
         return {"new": new, "unet": unet, "base": base, "of_unet": new / unet, "of_base": new / base}
 
     def gates(self) -> torch.Tensor:
-        return torch.stack([b.gate for b in self.adapter.branches.values()])
+        """The demo branches' gates (empty with `attention="joint"`, which has no branches)."""
+        gates = [b.gate for b in self.adapter.branches.values()]
+        return torch.stack(gates) if gates else torch.zeros(0, device=self.unet.device)
 
     def caption_features(self, ids: torch.Tensor) -> torch.Tensor:
         """Input ids (N, L) -> one feature per caption: CLIP's EOS state, or T5's mean over its (unpadded) tokens."""

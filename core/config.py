@@ -110,6 +110,8 @@ class ApprenticeConfig:
     lr: float = 5e-4
     num_demos: int = 3  # demonstrations per training example (paper: 3)
     demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
+    attention: str = "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens
+    zero_init: str = "gate"  # separate branches: "gate" (gate at 0) or "out" (output projection at 0, gate at 1)
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
     checkpoint_every: int = 100

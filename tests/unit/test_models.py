@@ -217,3 +217,43 @@ def test_apprentice_with_zero_output_projections_starts_as_the_base_and_learns_f
     assert ap.load_apprentice(str(tmp_path)).adapter.config.zero_init == "out"
     with pytest.raises(ValueError, match="zero_init"):
         ap.Apprentice(bb.create_backbone("tiny", seed=0), zero_init="both")
+
+
+def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_round_trips(tmp_path, demos):
+    """attention="joint": demo tokens join the text tokens in each layer's own cross-attention (no new branches)."""
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2, attention="joint")
+    base = bb.create_backbone("tiny", seed=0)
+    assert len(apprentice.adapter.branches) == 0 and apprentice.gates().numel() == 0
+    assert all(isinstance(p, ap.JointDemoProcessor) for n, p in apprentice.unet.attn_processors.items() if n.endswith("attn2.processor"))
+    images, captions = [d[0] for d in demos], [d[1] for d in demos]
+    plain = bb.sample(base, ["a ball on sand"] * 2, num_inference_steps=4, seed=3)
+    assert np.array_equal(ap.sample(apprentice, "a ball on sand", [], [], num_images=2, num_inference_steps=4, seed=3), plain)
+    # Unlike a zero-initialised branch, the demos take a share of each softmax from the start.
+    assert not np.array_equal(ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3), plain)
+    # One forward pass, rows with and without demos: a masked row is the base's prediction, an unmasked one is not.
+    pixels = bb.images_to_tensor(images)
+    ids = bb.tokenize(apprentice.tokenizer, captions)
+    with torch.no_grad():
+        tokens = apprentice.encode_demos(pixels.unsqueeze(0).repeat(2, 1, 1, 1, 1), ids.unsqueeze(0).repeat(2, 1, 1))
+        assert tokens.shape == (2, 3 * (2 * 2 + 1), 64)
+        states = bb.encode_text(apprentice.backbone, ["a ball on sand"] * 2)
+        x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+        mixed = apprentice(x, t, states, tokens, torch.tensor([0.0, 1.0])).sample
+        reference = base.unet(x, t, encoder_hidden_states=states).sample
+    torch.testing.assert_close(mixed[0], reference[0], rtol=1e-5, atol=1e-5)
+    assert (mixed[1] - reference[1]).abs().max() > 1e-4
+    batch = {
+        "image": pixels,
+        "input_ids": bb.tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
+        "demo_images": pixels.unsqueeze(0).repeat(3, 1, 1, 1, 1),
+        "demo_ids": ids.unsqueeze(0).repeat(3, 1, 1),
+    }
+    ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0)).backward()
+    assert apprentice.adapter.encoder.conv[0].weight.grad.abs().sum() > 0
+    ap.save_apprentice(apprentice.eval(), str(tmp_path), {"note": "test"})
+    loaded = ap.load_apprentice(str(tmp_path))
+    assert loaded.adapter.config.attention == "joint" and len(loaded.adapter.branches) == 0
+    args = ("a ball on sand", images, captions)
+    assert np.array_equal(ap.sample(apprentice, *args, num_inference_steps=3, seed=5), ap.sample(loaded, *args, num_inference_steps=3, seed=5))
+    with pytest.raises(ValueError, match="attention"):
+        ap.Apprentice(bb.create_backbone("tiny", seed=0), attention="both")
