@@ -6,7 +6,12 @@ another subject (its captions kept). The gap (other minus own) is above 0 exactl
 prediction; an apprentice that ignores its demos gives 0. Reported per apprentice folder with a bootstrap 95%
 interval over batches.
 
-    python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16]
+    python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16] [--text-reference artifacts/toy/base]
+
+The scale to read a gap against (`--text-reference BASE`): the same paired loss for a base model told the identity in
+words. Each row is a test subject in a random scene, captioned once with its own identity spelled out and once with
+the identity of another subject of the same class (only the colour and pattern words differ). A base that reads
+identity from text at accuracy a has a gap of roughly what identity is worth to the denoising loss at that accuracy.
 """
 
 from __future__ import annotations
@@ -47,12 +52,37 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
     return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": batches}
 
 
+def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed: int = 0) -> dict:
+    """The base model's denoising loss on renders of `subjects` captioned with their own identity vs another same-class
+    subject's, same scene, same noise (module docstring)."""
+    from core.backbone import denoising_loss, encode_text, images_to_tensor
+
+    rng = np.random.default_rng(seed)
+    own, other = [], []
+    with torch.no_grad():
+        for b in range(batches):
+            picks = [subjects[int(i)] for i in rng.choice(len(subjects), size=batch_size)]
+            scenes = [tr.tw.random_scene(rng) for _ in picks]
+            x0 = images_to_tensor(np.stack([tr.tw.render(s, sc, 32, rng) for s, sc in zip(picks, scenes)]))
+            swaps = []
+            for s in picks:
+                same = [o for o in subjects if o.class_name == s.class_name and (o.body, o.pattern, o.pattern_colour) != (s.body, s.pattern, s.pattern_colour)]
+                swaps.append(same[int(rng.integers(len(same)))])
+            for out, who in ((own, picks), (other, swaps)):
+                states = encode_text(backbone, [tr.tw.full_caption(w, sc) for w, sc in zip(who, scenes)])
+                out.append(float(denoising_loss(backbone.unet, backbone.noise_scheduler, x0, states, torch.Generator().manual_seed(seed + b))))
+    gaps = np.array(other) - np.array(own)
+    boot = np.random.default_rng(0).choice(gaps, size=(2000, len(gaps))).mean(1)
+    return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": batches}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+")
+    p.add_argument("folders", nargs="*")
     p.add_argument("--subjects", type=int, default=32)
     p.add_argument("--batches", type=int, default=16)
     p.add_argument("--out", default=None, help="write the results here as JSON")
+    p.add_argument("--text-reference", default=None, metavar="BASE", help="a base model folder: the gap identity in words gives it (the scale)")
     args = p.parse_args(argv)
     from core.apprentice import load_apprentice
 
@@ -69,6 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         r = result[folder]
         print(f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.3g} "
               f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}", flush=True)
+    if args.text_reference:
+        from apps.toy_pretrain import split
+        from core.backbone import load_backbone
+
+        r = text_gap(load_backbone(args.text_reference), split()[1], args.batches)
+        result[f"text reference: {args.text_reference}"] = r
+        print(f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, "
+              f"gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
