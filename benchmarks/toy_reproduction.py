@@ -325,6 +325,53 @@ def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Gener
     }
 
 
+IDENTITY_HEADS = {"class_name": tw.CLASSES, "body": tuple(tw.PALETTE), "pattern": tw.PATTERNS, "pattern_colour": tuple(tw.PALETTE)}
+
+
+def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, seed: int = 0) -> dict:
+    """Warm-start the apprentice's demo encoder as a recogniser of identity (class, body colour, pattern, pattern
+    colour: a linear head each over its token grid) on demos of train subjects, whose identity is known.
+
+    The toy world's stand-in for the pretrained image encoder (CLIP, DINO) a real apprentice's demo encoder would start
+    from, as IP-Adapter's does: from scratch, the encoder has to find the subject and its colours through the weak
+    signal identity gives the denoising loss (`benchmarks/demo_use.py`). Test subjects are seen only by the final
+    accuracy check. The heads are thrown away; the encoder's convolutions keep what they learned."""
+    from apps.toy_pretrain import split
+    from core.backbone import images_to_tensor
+
+    train, test = split()
+    rng = np.random.default_rng(seed + 33)
+    g = encoder.grid
+    dim = encoder.conv[-1].out_channels
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(g * g * dim, len(v)) for k, v in IDENTITY_HEADS.items()}).to(device)
+    opt = torch.optim.AdamW([*encoder.conv.parameters(), *heads.parameters()], lr=2e-3, weight_decay=0.0)
+
+    def batch(subjects):
+        picks = [subjects[int(i)] for i in rng.integers(len(subjects), size=batch_size)]
+        x = images_to_tensor(np.stack([tw.demonstrations(p, 1, rng)[0][0] for p in picks])).to(device)
+        y = {k: torch.tensor([v.index(getattr(p, k)) for p in picks], device=device) for k, v in IDENTITY_HEADS.items()}
+        return x, y
+
+    def logits(x):
+        feats = torch.nn.functional.adaptive_avg_pool2d(encoder.conv(x), g).flatten(1)
+        return {k: h(feats) for k, h in heads.items()}
+
+    start, losses = time.monotonic(), []
+    for _ in tqdm(range(steps), desc="demo encoder", mininterval=10):
+        x, y = batch(train)
+        out = logits(x)
+        loss = sum(torch.nn.functional.cross_entropy(out[k], y[k]) for k in heads)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        x, y = batch(test)
+        out = logits(x)
+        accuracy = {k: float((out[k].argmax(1) == y[k]).float().mean()) for k in heads}
+    return {"steps": steps, "seconds": round(time.monotonic() - start, 1), "last_loss": float(np.mean(losses[-20:])), "test_accuracy": accuracy}
+
+
 def stage_train(args, s: Settings, device) -> dict:
     from core.apprentice import Apprentice, save_apprentice, training_loss
     from core.pretrain import deadline_clock, ema_update
@@ -348,6 +395,10 @@ def stage_train(args, s: Settings, device) -> dict:
     base, _, _ = load_artifacts(args.artifacts, device)
     torch.manual_seed(0)
     apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
+    encoder_warm_start = None
+    if args.encoder_steps:
+        encoder_warm_start = pretrain_demo_encoder(apprentice.adapter.encoder, args.encoder_steps, device)
+        print(f"[toy_reproduction] demo encoder warm start: {encoder_warm_start}", flush=True)
     examples = Examples(examples, apprentice.tokenizer)
     new = set(apprentice.new_parameters())
     groups = [
@@ -382,9 +433,10 @@ def stage_train(args, s: Settings, device) -> dict:
     with torch.no_grad():
         for e, p in zip(ema, apprentice.parameters()):
             p.copy_(e)
-    save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses)})
+    settings = {"attention": args.attention, "demo_grid": args.demo_grid, "zero_init": args.zero_init, "encoder_warm_start": encoder_warm_start}
+    save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses), **settings})
     losses = torch.stack(losses).float().tolist()
-    return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:]))}
+    return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:])), **settings}
 
 
 # ---------------------------------------------------------------- stage eval
@@ -665,6 +717,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.apprentice.DemoBranch)")
     p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.apprentice)")
     p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
+    p.add_argument("--encoder-steps", type=int, default=0, help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
     for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None)
