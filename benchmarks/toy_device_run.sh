@@ -56,8 +56,9 @@ stamp "phase 3: apprentices"
 # apprentice had not begun to use its demos after 562 steps (README, 2026-11-27).
 ZI=${ZERO_INIT:-out}
 # ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.apprentice; DEMO_GRID: tokens
-# per demo side).
-APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-4}"
+# per demo side). ENCODER_STEPS warm-starts the demo encoder as an identity recogniser on train subjects first: on the
+# CPU that multiplied the apprentice's use of its demos by about 30 (README, 2026-11-27; ENCODER_STEPS=0 for none).
+APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-8} --encoder-steps ${ENCODER_STEPS:-$(b 400)}"
 for v in suti raw oracle; do
   run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v $APP --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
 done
