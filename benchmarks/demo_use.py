@@ -25,6 +25,13 @@ import torch
 from benchmarks import toy_reproduction as tr
 
 
+def paired_gap(own: list[float], other: list[float]) -> dict:
+    """Mean losses and their paired gap (other minus own), with a bootstrap 95% interval over batches."""
+    gaps = np.array(other) - np.array(own)
+    boot = np.random.default_rng(0).choice(gaps, size=(2000, len(gaps))).mean(1)
+    return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": len(gaps)}
+
+
 def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32, k: int = 3, seed: int = 0) -> dict:
     from core.apprentice import training_loss
     from core.backbone import images_to_tensor, tokenize
@@ -47,9 +54,7 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
             for out, sources in ((own, [i for i, _ in pick]), (other, shift)):
                 batch = {**base, "demo_images": torch.stack([demos[s] for s in sources])}
                 out.append(float(training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(seed + b))))
-    gaps = np.array(other) - np.array(own)
-    boot = np.random.default_rng(0).choice(gaps, size=(2000, len(gaps))).mean(1)
-    return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": batches}
+    return paired_gap(own, other)
 
 
 def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed: int = 0) -> dict:
@@ -71,9 +76,7 @@ def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed:
             for out, who in ((own, picks), (other, swaps)):
                 states = encode_text(backbone, [tr.tw.full_caption(w, sc) for w, sc in zip(who, scenes)])
                 out.append(float(denoising_loss(backbone.unet, backbone.noise_scheduler, x0, states, torch.Generator().manual_seed(seed + b))))
-    gaps = np.array(other) - np.array(own)
-    boot = np.random.default_rng(0).choice(gaps, size=(2000, len(gaps))).mean(1)
-    return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": batches}
+    return paired_gap(own, other)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,9 +13,10 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
   exactly the base model (a test checks), and a batch element without demos does too.
 - `attention="joint"` (an option; the default is the branch above): no new attention at all. The demo tokens join
   the text tokens in each cross-attention layer's own keys, values and softmax, as the pre-code probe did
-  (FINDINGS.md: it copied body colour from demos within 541 CPU steps, where the gated branch had not begun to after
-  562). The layer's trained key and value projections already turn text states into what the UNet reads, so the
-  demo encoder only has to learn to speak that language. A batch element without demos still computes exactly the
+  (FINDINGS.md: it copied body colour from demos within 541 CPU steps). The layer's trained key and value projections
+  already turn text states into what the UNet reads, so the demo encoder only has to learn to speak that language.
+  On the toy world it did not help (537 CPU steps, no use of the demos, and the demos cost text fidelity; README):
+  what made the apprentice use its demos there was a warm-started demo encoder. A batch element without demos still computes exactly the
   base (its demo tokens are masked out), but one with demos does not at initialisation: they take a share of the
   softmax from the start. Standard cross-attention only (Stable Diffusion, the toy models), not IF's added-KV layers.
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
