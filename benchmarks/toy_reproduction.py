@@ -325,7 +325,7 @@ def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Gener
     }
 
 
-IDENTITY_HEADS = {"class_name": tw.CLASSES, "body": tuple(tw.PALETTE), "pattern": tw.PATTERNS, "pattern_colour": tuple(tw.PALETTE)}
+IDENTITY_HEADS = {k: rd.HEADS[k] for k in ("class_name", "body", "pattern", "pattern_colour")}  # the readers' vocabularies
 
 
 def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, seed: int = 0) -> dict:

@@ -16,9 +16,9 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
   (FINDINGS.md: it copied body colour from demos within 541 CPU steps). The layer's trained key and value projections
   already turn text states into what the UNet reads, so the demo encoder only has to learn to speak that language.
   On the toy world it did not help (537 CPU steps, no use of the demos, and the demos cost text fidelity; README):
-  what made the apprentice use its demos there was a warm-started demo encoder. A batch element without demos still computes exactly the
-  base (its demo tokens are masked out), but one with demos does not at initialisation: they take a share of the
-  softmax from the start. Standard cross-attention only (Stable Diffusion, the toy models), not IF's added-KV layers.
+  what made the apprentice use its demos there was a warm-started demo encoder. A batch element without demos still
+  computes exactly the base (its demo tokens are masked out), but one with demos does not at initialisation: they
+  take a share of the softmax from the start. Standard cross-attention only (Stable Diffusion, the toy models), not IF's added-KV layers.
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
   attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
   are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
@@ -220,7 +220,7 @@ class DemoAdapter(ModelMixin, ConfigMixin):
     def install(self, unet) -> None:
         """Point the UNet's attention processors at this adapter's branches (the stock processors do the rest)."""
         joint = self.config.attention == "joint"
-        layers = cross_attention_layers(unet)
+        layers = cross_attention_layers(unet) if joint else {}
         processors = {}
         for name, proc in unet.attn_processors.items():
             base = getattr(proc, "base", proc)  # re-installing wraps the stock processor, not a wrapper
