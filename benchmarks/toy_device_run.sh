@@ -49,16 +49,21 @@ for i in 0 1; do
   run g$i $PY -m benchmarks.toy_reproduction $BENCH --stage g --shard $i --num-shards 2 --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
 done
 run experts0 $PY -m benchmarks.toy_reproduction $BENCH --stage experts --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
-wait
-pack
-stamp "phase 3: apprentices"
 # Demo branches start with a zero output projection (ZERO_INIT=out), not a zero gate: on the CPU a zero-gated
 # apprentice had not begun to use its demos after 562 steps (README, 2026-11-27).
 ZI=${ZERO_INIT:-out}
 # ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.apprentice; DEMO_GRID: tokens
 # per demo side). ENCODER_STEPS warm-starts the demo encoder as an identity recogniser on train subjects first: on the
 # CPU that multiplied the apprentice's use of its demos by about 30 (README, 2026-11-27; ENCODER_STEPS=0 for none).
-APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-8} --encoder-steps ${ENCODER_STEPS:-$(b 400)}"
+ES=${ENCODER_STEPS:-$(b 400)}
+APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-8} --encoder-steps $ES"
+# The warm start is made once, here beside the experts, and the apprentice processes of phase 3 load it from $W.
+if [ "$ES" != 0 ]; then
+  run encoder $PY -m benchmarks.toy_reproduction $BENCH --stage encoder $APP --artifacts "$A" --work "$W" &
+fi
+wait
+pack
+stamp "phase 3: apprentices"
 for v in suti raw oracle; do
   run train-$v $PY -m benchmarks.toy_reproduction $BENCH --stage train --variant $v $APP --budget-s "$(b 125)" --artifacts "$A" --work "$W" &
 done

@@ -12,7 +12,9 @@ for parallel processes on one accelerator, `--shard i --num-shards n`; results p
   (`G_SCHEMA`), one per subject, so a re-run skips finished subjects.
 - `experts`: per-subject experts on the evaluation's test subjects, sampled at several fine-tune step counts
   (`--expert-checkpoints`) to find the fewest steps that reach the expert's plateau fidelity.
-- `train --variant V`: an apprentice from the base: `suti` (G filtered at `--lam`), `raw` (the Re-Imagen analogue:
+- `encoder --encoder-steps N`: the demo encoder's warm start (`pretrain_demo_encoder`) alone, saved under `--work`
+  for the `train` processes to load; `train` makes it itself when it is missing.
+- `train --variant V`: an apprentice from the base (or, with `--init-apprentice FOLDER`, on from a saved one): `suti` (G filtered at `--lam`), `raw` (the Re-Imagen analogue:
   the same train subjects' raw clusters, another image of the subject as target, no experts), `sweep-<lam>`
   (G at each threshold of the sweep, trained shorter: `--sweep-steps`).
 - `eval`: rows oracle / base / expert / raw apprentice / SuTI apprentice / oracle-G apprentice (trained on true renders
@@ -372,8 +374,43 @@ def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, se
     return {"steps": steps, "seconds": round(time.monotonic() - start, 1), "last_loss": float(np.mean(losses[-20:])), "test_accuracy": accuracy}
 
 
+def warm_encoder(encoder, steps: int, work: str, device) -> dict:
+    """`pretrain_demo_encoder`, done once per work folder: the warm-started convolutions are saved under
+    `work/demo_encoder/` (safetensors, written under a temporary name and renamed) and later calls with the same grid,
+    width and steps load them instead of training again, so the apprentice variants share one warm start."""
+    from safetensors.torch import load_file, save_file
+
+    dim, grid = encoder.conv[-1].out_channels, encoder.grid
+    stem = os.path.join(work, "demo_encoder", f"grid{grid}_dim{dim}_steps{steps}")
+    if os.path.exists(stem + ".safetensors"):
+        encoder.conv.load_state_dict(load_file(stem + ".safetensors", device=str(device)))
+        with open(stem + ".json") as f:
+            return {**json.load(f), "loaded_from": stem + ".safetensors"}
+    result = pretrain_demo_encoder(encoder, steps, device)
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    for suffix, write in (
+        (".json", lambda path: json.dump(result, open(path, "w"), indent=1)),
+        (".safetensors", lambda path: save_file({k: v.detach().cpu().contiguous() for k, v in encoder.conv.state_dict().items()}, path)),
+    ):
+        write(stem + suffix + ".tmp")
+        os.replace(stem + suffix + ".tmp", stem + suffix)
+    return result
+
+
+def stage_encoder(args, s: Settings, device) -> dict:
+    """The demo encoder's warm start alone (`warm_encoder`), so that parallel `train` processes load one copy."""
+    from core.apprentice import Apprentice
+
+    if not args.encoder_steps:
+        raise ValueError("--stage encoder needs --encoder-steps N")
+    base, _, _ = load_artifacts(args.artifacts, device)
+    torch.manual_seed(0)
+    apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device)
+    return warm_encoder(apprentice.adapter.encoder, args.encoder_steps, args.work, device)
+
+
 def stage_train(args, s: Settings, device) -> dict:
-    from core.apprentice import Apprentice, save_apprentice, training_loss
+    from core.apprentice import Apprentice, load_apprentice, save_apprentice, training_loss
     from core.pretrain import deadline_clock, ema_update
     from core.schedules import warmup_cosine
 
@@ -392,12 +429,21 @@ def stage_train(args, s: Settings, device) -> dict:
     if not examples:
         print(f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained")
         return {"variant": variant, "examples": 0, "skipped": True}
-    base, _, _ = load_artifacts(args.artifacts, device)
     torch.manual_seed(0)
-    apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
+    continued_from = None
+    if args.init_apprentice:
+        # Continue a saved apprentice (its own grid, attention and demo encoder); the schedule starts again.
+        if args.encoder_steps:
+            raise ValueError("--init-apprentice continues a trained apprentice: its demo encoder is not warm-started again (drop --encoder-steps)")
+        apprentice = load_apprentice(args.init_apprentice).to(device).train()
+        with open(os.path.join(args.init_apprentice, "apprentice_config.json")) as f:
+            continued_from = {"folder": args.init_apprentice, **json.load(f)}
+    else:
+        base, _, _ = load_artifacts(args.artifacts, device)
+        apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
     encoder_warm_start = None
     if args.encoder_steps:
-        encoder_warm_start = pretrain_demo_encoder(apprentice.adapter.encoder, args.encoder_steps, device)
+        encoder_warm_start = warm_encoder(apprentice.adapter.encoder, args.encoder_steps, args.work, device)
         print(f"[toy_reproduction] demo encoder warm start: {encoder_warm_start}", flush=True)
     examples = Examples(examples, apprentice.tokenizer)
     new = set(apprentice.new_parameters())
@@ -433,7 +479,13 @@ def stage_train(args, s: Settings, device) -> dict:
     with torch.no_grad():
         for e, p in zip(ema, apprentice.parameters()):
             p.copy_(e)
-    settings = {"attention": args.attention, "demo_grid": args.demo_grid, "zero_init": args.zero_init, "encoder_warm_start": encoder_warm_start}
+    if continued_from:
+        cfg = apprentice.adapter.config
+        settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": continued_from.get("encoder_warm_start")}
+        settings["continued_from"] = continued_from
+        settings["total_steps"] = int(continued_from.get("total_steps", continued_from.get("steps", 0))) + len(losses)
+    else:
+        settings = {"attention": args.attention, "demo_grid": args.demo_grid, "zero_init": args.zero_init, "encoder_warm_start": encoder_warm_start}
     save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses), **settings})
     losses = torch.stack(losses).float().tolist()
     return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:])), **settings}
@@ -448,13 +500,21 @@ def reader_features(reader: rd.AttributeReader, images: np.ndarray) -> torch.Ten
         return torch.nn.functional.normalize(reader.trunk(reader.features(rd.to_input(images, device))), dim=-1).cpu()
 
 
+IDENTITY_METRICS = {attr: f"identity_{attr}" for attr in ("body", "pattern", "pattern_colour")}
+
+
 def score_images(records, images_per_record: list[np.ndarray], k_demos: int, scorer, reader) -> dict[str, np.ndarray]:
     """Per-subject means of each metric. images_per_record[i]: uint8 (P, H, W, 3), one image per prompt."""
-    per_subject = {m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino")}
+    per_subject = {m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino", *IDENTITY_METRICS.values())}
     for record, images in zip(records, images_per_record):
         demos = np.stack([tw.from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
         reads = rd.read(reader, images)
         subj = [tw.subject_fidelity(r, record["subject"], t) for r, t in zip(reads, record["prompt_truths"])]
+        # Subject fidelity split by attribute: the share of images, among those whose prompt leaves it visible, that show it.
+        wanted = [tw.identity_wanted(record["subject"], t) for t in record["prompt_truths"]]
+        for attr, metric in IDENTITY_METRICS.items():
+            hits = [r.get(attr) == w[attr] for r, w in zip(reads, wanted) if attr in w]
+            per_subject[metric].append(float(np.mean(hits)) if hits else np.nan)
         text = [tw.text_fidelity(r, t) for r, t in zip(reads, record["prompt_truths"])]
         emb, demo_emb = scorer.encode_images(images), scorer.encode_images(demos)
         feats, demo_feats = reader_features(reader, images), reader_features(reader, demos)
@@ -674,6 +734,10 @@ def markdown(result: dict) -> str:
     for name, row in result["rows"].items():
         secs = row.get("seconds_per_subject")
         lines.append(f"| {name} | " + " | ".join(fmt(*row[c]) for c in cols) + f" | {'' if secs is None else f'{secs:.2f}'} |")
+    if any(m in row for row in result["rows"].values() for m in IDENTITY_METRICS.values()):
+        lines += ["", "| method | subject fidelity by attribute: body | pattern | pattern colour |", "|---|---|---|---|"]
+        for name, row in result["rows"].items():
+            lines.append(f"| {name} | " + " | ".join(fmt(*row[m]) if m in row else "-" for m in IDENTITY_METRICS.values()) + " |")
     if result.get("expert_curve"):
         c = result["expert_curve"]
         lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
@@ -681,9 +745,10 @@ def markdown(result: dict) -> str:
     for key, title in (("demos", "SuTI apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
         if not result.get(key):
             continue
-        lines += ["", f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like |", "|---|---|---|---|---|"]
+        lines += ["", f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like | body / pattern / pattern colour |", "|---|---|---|---|---|---|"]
         for kd, row in result[key].items():
-            lines.append(f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} |")
+            parts = " / ".join(f"{row[m][0]:.2f}" if m in row else "-" for m in IDENTITY_METRICS.values())
+            lines.append(f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} | {parts} |")
     if result["sweep"]:
         lines += ["", "| threshold (lambda) | G rows kept | steps | subject fidelity | text fidelity |", "|---|---|---|---|---|"]
         for lam, row in result["sweep"].items():
@@ -698,7 +763,7 @@ def markdown(result: dict) -> str:
 
 # ---------------------------------------------------------------- main
 
-STAGES = ("g", "experts", "train", "eval")
+STAGES = ("g", "experts", "encoder", "train", "eval")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -718,6 +783,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.apprentice)")
     p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
     p.add_argument("--encoder-steps", type=int, default=0, help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)")
+    p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
     for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None)
@@ -732,7 +798,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     start = time.time()
     if args.stage != "all":
-        out = {"g": stage_g, "experts": stage_experts, "train": stage_train, "eval": stage_eval}[args.stage](args, s, device)
+        out = {"g": stage_g, "experts": stage_experts, "encoder": stage_encoder, "train": stage_train, "eval": stage_eval}[args.stage](args, s, device)
         print(f"[toy_reproduction] {args.stage}: {out} in {time.time() - start:.0f} s", flush=True)
         return
     timings = {}

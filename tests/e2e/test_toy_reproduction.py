@@ -16,6 +16,8 @@ def test_quick_benchmark_writes_every_row_study_and_grid(tmp_path):
         mean, lo, hi = row["subject_fidelity"]
         assert lo <= mean <= hi, name
     assert result["rows"]["oracle"]["subject_fidelity"][0] >= 0.9  # the readers read real renders right
+    for metric in tr.IDENTITY_METRICS.values():  # and each identity attribute of them
+        assert result["rows"]["oracle"][metric][0] >= 0.8, metric
     assert result["rows"]["SuTI apprentice"]["seconds_per_subject"] > 0
     assert set(result["demos"]) == {"0", "1", "3", "5"} and set(result["demos_oracle_g"]) == {"0", "1", "3", "5"}
     assert set(result["sweep"]) <= {tr.lam_name(lam) for lam in tr.SWEEP} and "none" in result["sweep"]

@@ -52,3 +52,28 @@ def test_demo_encoder_warm_start_learns_identity_and_leaves_only_the_encoder_cha
     assert torch.equal(encoder.pos, before["pos"])  # only the convolutions are warm-started
     # Body colour is the easiest attribute (chance: 1/8); measured on test subjects the encoder never saw.
     assert result["test_accuracy"]["body"] > 0.5, result
+
+
+def test_demo_encoder_warm_start_is_made_once_per_work_folder(tmp_path):
+    import torch
+
+    from benchmarks.toy_reproduction import warm_encoder
+    from core.apprentice import DemoEncoder
+
+    torch.manual_seed(0)
+    first = DemoEncoder(3, 64, 64, 4)
+    made = warm_encoder(first, 5, str(tmp_path), "cpu")
+    assert "loaded_from" not in made
+    assert sorted(p.name for p in (tmp_path / "demo_encoder").iterdir()) == ["grid4_dim64_steps5.json", "grid4_dim64_steps5.safetensors"]
+    torch.manual_seed(1)
+    second = DemoEncoder(3, 64, 64, 4)
+    assert not torch.equal(second.conv[0].weight, first.conv[0].weight)
+    loaded = warm_encoder(second, 5, str(tmp_path), "cpu")
+    assert loaded["loaded_from"].endswith("grid4_dim64_steps5.safetensors")
+    assert loaded["test_accuracy"] == made["test_accuracy"]
+    for a, b in zip(first.conv.state_dict().values(), second.conv.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(second.pos, first.pos)  # only the convolutions are shared
+    # Another step count is another warm start, not this one.
+    third = DemoEncoder(3, 64, 64, 4)
+    assert "loaded_from" not in warm_encoder(third, 3, str(tmp_path), "cpu")
