@@ -15,7 +15,7 @@ if [ -d "$WORK/apprentices/suti" ]; then
   $PY - <<'PYEOF'
 import glob
 from safetensors.torch import load_file, save_file
-for path in glob.glob("/tmp/pack_app/*/apprentice.safetensors"):
+for path in glob.glob("/tmp/pack_app/*/*/*.safetensors"):  # SuTIPipeline folders: unet/, text_encoder/, demo_adapter/
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(path).items()}, path)
 PYEOF
   tar czf - -C /tmp/pack_app . | split -b 15m - "$DEST/app.tgz."
