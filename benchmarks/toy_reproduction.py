@@ -388,12 +388,11 @@ def warm_encoder(encoder, steps: int, work: str, device) -> dict:
             return {**json.load(f), "loaded_from": stem + ".safetensors"}
     result = pretrain_demo_encoder(encoder, steps, device)
     os.makedirs(os.path.dirname(stem), exist_ok=True)
-    for suffix, write in (
-        (".json", lambda path: json.dump(result, open(path, "w"), indent=1)),
-        (".safetensors", lambda path: save_file({k: v.detach().cpu().contiguous() for k, v in encoder.conv.state_dict().items()}, path)),
-    ):
-        write(stem + suffix + ".tmp")
-        os.replace(stem + suffix + ".tmp", stem + suffix)
+    with open(stem + ".json.tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.conv.state_dict().items()}, stem + ".safetensors.tmp")
+    os.replace(stem + ".json.tmp", stem + ".json")
+    os.replace(stem + ".safetensors.tmp", stem + ".safetensors")  # last: its presence means the warm start is whole
     return result
 
 
@@ -479,13 +478,12 @@ def stage_train(args, s: Settings, device) -> dict:
     with torch.no_grad():
         for e, p in zip(ema, apprentice.parameters()):
             p.copy_(e)
+    cfg = apprentice.adapter.config  # the settings of the apprentice itself (a continued one keeps its own)
+    settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": encoder_warm_start}
     if continued_from:
-        cfg = apprentice.adapter.config
-        settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": continued_from.get("encoder_warm_start")}
+        settings["encoder_warm_start"] = continued_from.get("encoder_warm_start")
         settings["continued_from"] = continued_from
         settings["total_steps"] = int(continued_from.get("total_steps", continued_from.get("steps", 0))) + len(losses)
-    else:
-        settings = {"attention": args.attention, "demo_grid": args.demo_grid, "zero_init": args.zero_init, "encoder_warm_start": encoder_warm_start}
     save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses), **settings})
     losses = torch.stack(losses).float().tolist()
     return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:])), **settings}
