@@ -429,7 +429,7 @@ def stage_train(args, s: Settings, device) -> dict:
         print(f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained")
         return {"variant": variant, "examples": 0, "skipped": True}
     torch.manual_seed(0)
-    continued_from = None
+    continued_from = encoder_warm_start = None
     if args.init_apprentice:
         # Continue a saved apprentice (its own grid, attention and demo encoder); the schedule starts again.
         if args.encoder_steps:
@@ -437,10 +437,10 @@ def stage_train(args, s: Settings, device) -> dict:
         apprentice = load_apprentice(args.init_apprentice).to(device).train()
         with open(os.path.join(args.init_apprentice, "apprentice_config.json")) as f:
             continued_from = {"folder": args.init_apprentice, **json.load(f)}
+        encoder_warm_start = continued_from.get("encoder_warm_start")
     else:
         base, _, _ = load_artifacts(args.artifacts, device)
         apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
-    encoder_warm_start = None
     if args.encoder_steps:
         encoder_warm_start = warm_encoder(apprentice.adapter.encoder, args.encoder_steps, args.work, device)
         print(f"[toy_reproduction] demo encoder warm start: {encoder_warm_start}", flush=True)
@@ -481,7 +481,6 @@ def stage_train(args, s: Settings, device) -> dict:
     cfg = apprentice.adapter.config  # the settings of the apprentice itself (a continued one keeps its own)
     settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": encoder_warm_start}
     if continued_from:
-        settings["encoder_warm_start"] = continued_from.get("encoder_warm_start")
         settings["continued_from"] = continued_from
         settings["total_steps"] = int(continued_from.get("total_steps", continued_from.get("steps", 0))) + len(losses)
     save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses), **settings})
