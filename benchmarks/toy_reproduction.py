@@ -255,15 +255,17 @@ def g_examples(work: str, lam: float | None) -> list[dict]:
     return out
 
 
-def raw_examples(work: str, s: Settings) -> list[dict]:
+def raw_examples(work: str, s: Settings, subjects: str = "g") -> list[dict]:
     """The raw-cluster data of the same train subjects G holds (the Re-Imagen analogue): target another image of
-    the subject from its cluster, with that image's own (class-only) caption; no expert, no edits, no styles."""
+    the subject from its cluster, with that image's own (class-only) caption; no expert, no edits, no styles.
+    `subjects="all"` takes every G subject of the settings instead, G built or not (the oracle variant's subjects:
+    a raw apprentice to set beside the oracle-G one where no G could be built, as on a CPU)."""
     from core.expert import seed_for
 
     ids = {os.path.basename(p)[: -len(".parquet")] for p in glob.glob(os.path.join(work, "g", "*.parquet"))}
     out = []
     for subject in g_subjects(s):
-        if subject.subject_id not in ids:
+        if subjects != "all" and subject.subject_id not in ids:
             continue
         rng = np.random.default_rng(seed_for("raw", subject.subject_id))
         cluster = tw.demonstrations(subject, 5 + s.g_prompts, rng)
@@ -417,7 +419,7 @@ def stage_train(args, s: Settings, device) -> dict:
     if variant == "suti":
         examples, steps = g_examples(args.work, args.lam), s.apprentice_steps
     elif variant == "raw":
-        examples, steps = raw_examples(args.work, s), s.apprentice_steps
+        examples, steps = raw_examples(args.work, s, args.raw_subjects), s.apprentice_steps
     elif variant == "oracle":
         examples, steps = oracle_examples(s), s.apprentice_steps
     elif variant.startswith("sweep-"):
@@ -480,6 +482,8 @@ def stage_train(args, s: Settings, device) -> dict:
             p.copy_(e)
     cfg = apprentice.adapter.config  # the settings of the apprentice itself (a continued one keeps its own)
     settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": encoder_warm_start}
+    if variant == "raw":
+        settings["raw_subjects"] = args.raw_subjects
     if continued_from:
         settings["continued_from"] = continued_from
         settings["total_steps"] = int(continued_from.get("total_steps", continued_from.get("steps", 0))) + len(losses)
@@ -781,12 +785,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
     p.add_argument("--encoder-steps", type=int, default=0, help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)")
     p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
+    p.add_argument("--raw-subjects", default="g", choices=("g", "all"), help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
     for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None)
+    p.add_argument("--expert-checkpoints", type=lambda v: tuple(sorted({int(x) for x in v.split(",")})), default=None,
+                   help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
-    s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps") if getattr(args, k) is not None}})
+    s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps", "expert_checkpoints") if getattr(args, k) is not None}})
     args.work = args.work or os.path.join("outputs", "toy_reproduction_quick" if args.quick else "toy_reproduction")
     from core.device import pick_device
 

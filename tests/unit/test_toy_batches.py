@@ -77,3 +77,24 @@ def test_demo_encoder_warm_start_is_made_once_per_work_folder(tmp_path):
     # Another step count is another warm start, not this one.
     third = DemoEncoder(3, 64, 64, 4)
     assert "loaded_from" not in warm_encoder(third, 3, str(tmp_path), "cpu")
+
+
+def test_raw_examples_follow_g_unless_every_subject_is_asked_for(tmp_path):
+    """The raw (Re-Imagen analogue) variant trains on G's subjects; `subjects="all"` takes every G subject of the
+    settings with no G built (the CPU comparison with the oracle-G apprentice). Targets are the subject itself."""
+    import dataclasses
+
+    from benchmarks.toy_reproduction import FULL, g_subjects, raw_examples
+
+    s = dataclasses.replace(FULL, g_subjects=3, g_prompts=4)
+    assert raw_examples(str(tmp_path), s) == []  # no G shards: nothing to take by default
+    (tmp_path / "g").mkdir()
+    first = g_subjects(s)[0]
+    (tmp_path / "g" / f"{first.subject_id}.parquet").write_bytes(b"")  # only the name is read
+    assert len(raw_examples(str(tmp_path), s)) == 4
+    rows = raw_examples(str(tmp_path), s, "all")
+    assert len(rows) == 3 * 4
+    assert all(len(r["demos"]) == 5 and len(r["captions"]) == 5 for r in rows)
+    # A raw target is another render of the subject under a class-and-place caption: no edit, accessory or style.
+    for subject, chunk in zip(g_subjects(s), (rows[i : i + 4] for i in range(0, 12, 4))):
+        assert all(r["prompt"].split()[1] == subject.class_name for r in chunk), [r["prompt"] for r in chunk]
