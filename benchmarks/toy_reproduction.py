@@ -697,7 +697,7 @@ def stage_eval(args, s: Settings, device) -> dict:
         keep = [i for i, im in enumerate(images[name]) if im is not None]
         per = score_images([records[i] for i in keep], [images[name][i] for i in keep], k, scorer, reader)
         result["rows"][name] = {m: bootstrap(v) for m, v in per.items()} | {"seconds_per_subject": seconds.get(name), "subjects": len(keep)}
-    for variant, key in (("suti", "demos"), ("oracle", "demos_oracle_g")):
+    for variant, key in (("suti", "demos"), ("raw", "demos_raw"), ("oracle", "demos_oracle_g")):
         if variant not in apprentices:
             continue
         result.setdefault(key, {})
@@ -743,7 +743,7 @@ def markdown(result: dict) -> str:
         c = result["expert_curve"]
         lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
                   + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items()) + f"; plateau at {c['plateau_steps']} steps."]
-    for key, title in (("demos", "SuTI apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
+    for key, title in (("demos", "SuTI apprentice"), ("demos_raw", "raw apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
         if not result.get(key):
             continue
         lines += ["", f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like | body / pattern / pattern colour |", "|---|---|---|---|---|---|"]
