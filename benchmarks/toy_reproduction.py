@@ -675,13 +675,14 @@ def stage_eval(args, s: Settings, device) -> dict:
     expert_records = [r for r in records if r["subject_id"] in expert_runs]
     if expert_records:
         steps_list = [int(v) for v in expert_runs[expert_records[0]["subject_id"]]["steps"]]
-        curve = {}
+        curve, text_curve = {}, {}
         for j, st in enumerate(steps_list):
             per = score_images(expert_records, [expert_runs[r["subject_id"]]["images"][j] for r in expert_records], k, scorer, reader)
             curve[st] = float(np.nanmean(per["subject_fidelity"]))
+            text_curve[st] = float(np.mean(per["text_fidelity"]))  # a fine-tune forgets the prompt as it learns the subject
         plateau = plateau_step(curve)
         j = steps_list.index(plateau)
-        result["expert_curve"] = {"subject_fidelity_by_steps": curve, "plateau_steps": plateau, "subjects": len(expert_records)}
+        result["expert_curve"] = {"subject_fidelity_by_steps": curve, "text_fidelity_by_steps": text_curve, "plateau_steps": plateau, "subjects": len(expert_records)}
         images["expert"] = [expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records]
         seconds["expert"] = time_experts(base, scorer, expert_records[:2], plateau, s, device)
     apprentices = {}
@@ -743,6 +744,8 @@ def markdown(result: dict) -> str:
         c = result["expert_curve"]
         lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
                   + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items()) + f"; plateau at {c['plateau_steps']} steps."]
+        if c.get("text_fidelity_by_steps"):
+            lines += ["", "Expert text fidelity by fine-tune steps: " + ", ".join(f"{k}: {v:.3f}" for k, v in c["text_fidelity_by_steps"].items()) + "."]
     for key, title in (("demos", "SuTI apprentice"), ("demos_raw", "raw apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
         if not result.get(key):
             continue
