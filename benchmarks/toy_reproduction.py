@@ -768,9 +768,12 @@ def markdown(result: dict) -> str:
 # ---------------------------------------------------------------- main
 
 STAGES = ("g", "experts", "encoder", "train", "eval")
+# Settings fields that a flag of the same name (dashes for underscores) overrides.
+SETTING_FLAGS = ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps", "expert_checkpoints")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    """The flags, and the Settings they pick (`--quick` or the full ones) with SETTING_FLAGS overrides applied."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--stage", choices=[*STAGES, "all"], default="all")
@@ -790,14 +793,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
     p.add_argument("--raw-subjects", default="g", choices=("g", "all"), help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
-    for field in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps"):
-        p.add_argument("--" + field.replace("_", "-"), type=int, default=None)
+    for field in SETTING_FLAGS:
+        if field != "expert_checkpoints":
+            p.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"override Settings.{field}")
     p.add_argument("--expert-checkpoints", type=lambda v: tuple(sorted({int(x) for x in v.split(",")})), default=None,
                    help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
-    s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps", "expert_checkpoints") if getattr(args, k) is not None}})
+    s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}})
     args.work = args.work or os.path.join("outputs", "toy_reproduction_quick" if args.quick else "toy_reproduction")
+    return args, s
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, s = parse_args(argv)
     from core.device import pick_device
 
     device = pick_device()

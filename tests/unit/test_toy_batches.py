@@ -98,3 +98,20 @@ def test_raw_examples_follow_g_unless_every_subject_is_asked_for(tmp_path):
     # A raw target is another render of the subject under a class-and-place caption: no edit, accessory or style.
     for subject, chunk in zip(g_subjects(s), (rows[i : i + 4] for i in range(0, 12, 4))):
         assert all(r["prompt"].split()[1] == subject.class_name for r in chunk), [r["prompt"] for r in chunk]
+
+
+def test_every_settings_flag_overrides_its_field_and_only_that():
+    from dataclasses import fields
+
+    from benchmarks.toy_reproduction import FULL, QUICK, SETTING_FLAGS, parse_args
+
+    names = {f.name for f in fields(FULL)}
+    assert set(SETTING_FLAGS) <= names
+    args, s = parse_args(["--quick"])
+    assert s == QUICK and args.work.endswith("toy_reproduction_quick")
+    for i, field in enumerate(SETTING_FLAGS):
+        value = "7,3,7" if field == "expert_checkpoints" else str(11 + i)
+        _, s = parse_args(["--" + field.replace("_", "-"), value])
+        expected = (3, 7) if field == "expert_checkpoints" else 11 + i  # checkpoints sorted, repeats dropped
+        assert getattr(s, field) == expected
+        assert all(getattr(s, other) == getattr(FULL, other) for other in names - {field})
