@@ -768,8 +768,9 @@ def markdown(result: dict) -> str:
 # ---------------------------------------------------------------- main
 
 STAGES = ("g", "experts", "encoder", "train", "eval")
-# Settings fields that a flag of the same name (dashes for underscores) overrides.
-SETTING_FLAGS = ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps", "expert_checkpoints")
+# Settings fields that a flag of the same name (dashes for underscores) overrides: the int ones, and the checkpoint list.
+INT_SETTING_FLAGS = ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps")
+SETTING_FLAGS = (*INT_SETTING_FLAGS, "expert_checkpoints")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
@@ -793,9 +794,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
     p.add_argument("--raw-subjects", default="g", choices=("g", "all"), help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)")
     p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
-    for field in SETTING_FLAGS:
-        if field != "expert_checkpoints":
-            p.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"override Settings.{field}")
+    for field in INT_SETTING_FLAGS:
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"override Settings.{field}")
     p.add_argument("--expert-checkpoints", type=lambda v: tuple(sorted({int(x) for x in v.split(",")})), default=None,
                    help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)")
     args = p.parse_args(argv)
