@@ -29,8 +29,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from tqdm import tqdm
 
-from core import storage
 from core.config import ApprenticeConfig, from_dict
+from core.data import storage
 
 
 class ApprenticeLoss(torch.nn.Module):
@@ -42,7 +42,7 @@ class ApprenticeLoss(torch.nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        from core.apprentice import training_loss
+        from core.method.apprentice import training_loss
 
         return training_loss(self.apprentice, batch, self.cfg.text_dropout, self.cfg.demo_dropout, generator)
 
@@ -73,11 +73,13 @@ def train_loop_per_worker(config: dict) -> None:
     from safetensors.torch import load_file, save_file
     from tensorboardX import SummaryWriter
 
-    from actors.g_dataset import count_kept, read_g
-    from core.apprentice import Apprentice, load_apprentice, save_apprentice
-    from core.backbone import load_backbone
-    from core.device import step_done
-    from core.schedules import warmup_cosine
+    from actors.g_dataset import read_g
+    from core.data.g import count_kept
+    from core.method.apprentice import Apprentice
+    from core.models.backbone import load_backbone
+    from core.models.device import step_done
+    from core.models.schedules import warmup_cosine
+    from core.pipelines.suti import load_apprentice, save_apprentice
 
     cfg: ApprenticeConfig = from_dict(ApprenticeConfig, config["apprentice"])
     torch.set_num_threads(cfg.threads)
@@ -207,7 +209,7 @@ def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
     plus the checkpoint's train_state.json. Returns the train state."""
     from safetensors.torch import load_file
 
-    from core.apprentice import load_apprentice, save_apprentice
+    from core.pipelines.suti import load_apprentice, save_apprentice
 
     apprentice = load_apprentice(checkpoint_dir)
     if use_ema:

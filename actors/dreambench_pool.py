@@ -11,19 +11,13 @@ from dataclasses import dataclass
 import ray
 
 from actors.pool import run_actor_pool
-from core import schema, storage
 from core.config import PipelineConfig
-from core.dreambench import Prompt, Subject
-
-SHARD_PREFIX = "subject-"
-
-
-def shard_name(subject: str) -> str:
-    return f"{SHARD_PREFIX}{subject}"
-
+from core.data import g, schema, storage
+from core.dreambench import data as dreambench
+from core.dreambench.data import Prompt, Subject
 
 def shard_uri(out_uri: str, subject: str) -> str:
-    return storage.join(out_uri, shard_name(subject) + storage.SHARD_SUFFIX)
+    return g.shard_uri(out_uri, subject)  # named as G's per-subject shards
 
 
 @ray.remote
@@ -31,26 +25,25 @@ class DreamBenchActor:
     def __init__(self, method: str, model_uri: str, config: PipelineConfig):
         import torch
 
-        from core.device import pick_device
+        from core.models.device import pick_device
 
         torch.set_num_threads(config.dreambench.threads)
         device = pick_device()
         self.method, self.config = method, config
         if method == "apprentice":
-            from core.apprentice import load_apprentice
+            from core.pipelines.suti import load_apprentice
 
             self.model = load_apprentice(storage.local_dir(model_uri)).to(device)
             self.resolution = self.model.resolution
         else:
-            from core.backbone import load_backbone
-            from core.expert import Expert
+            from core.method.expert import Expert
+            from core.models.backbone import load_backbone
 
             backbone = load_backbone(storage.local_dir(model_uri)).to(device)
             self.model = Expert(backbone, None, config.expert, {})  # no scorer: DreamBench scores afterwards
             self.resolution = backbone.resolution
 
     def run(self, subject: Subject, prompts: list[Prompt], out_uri: str, provenance: dict) -> dict:
-        from core import dreambench
 
         db = self.config.dreambench
         demos = [dreambench.square(dreambench.read_image(uri), self.resolution) for uri in subject.images[: db.max_demos]]
@@ -61,7 +54,7 @@ class DreamBenchActor:
         else:
             rows = dreambench.generate_expert(self.model, subject, prompts, demos, db.images_per_prompt, db.seed, db.identifier, provenance)
         table = schema.table_from_rows(rows, schema.DREAMBENCH_SCHEMA, "DreamBench")
-        storage.write_shard(table, out_uri, schema.DREAMBENCH_SCHEMA, name=shard_name(subject.name))
+        storage.write_shard(table, out_uri, schema.DREAMBENCH_SCHEMA, name=g.shard_name(subject.name))
         return {"subject": subject.name, "status": "done", "images": len(rows), "seconds": rows[0]["fine_tune_s"] + rows[0]["sample_s"]}
 
 

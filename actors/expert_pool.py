@@ -1,4 +1,4 @@
-"""The expert farm: a fixed pool of Ray actors, one per accelerator slot, each hosting one `core.expert.Expert`.
+"""The expert farm: a fixed pool of Ray actors, one per accelerator slot, each hosting one `core.method.expert.Expert`.
 
 Each actor loads the base weights and the scorer once, then for every subject it is given resets to the base,
 fine-tunes, samples, scores delta-CLIP and writes that subject's G shard atomically (temporary name, then
@@ -16,8 +16,8 @@ from collections import Counter
 import ray
 
 from actors.pool import run_actor_pool
-from core import schema, storage
 from core.config import ExpertConfig, FilterConfig
+from core.data import g, storage
 
 
 @ray.remote
@@ -25,19 +25,18 @@ class ExpertActor:
     def __init__(self, base_uri: str, scorer_uri: str, cfg: ExpertConfig, provenance: dict):
         import torch
 
-        from core.backbone import load_backbone
-        from core.expert import Expert
-        from core.scorer import load_scorer
+        from core.method.expert import Expert
+        from core.models.backbone import load_backbone
+        from core.models.scorer import load_scorer
 
         torch.set_num_threads(cfg.threads)
-        from core.device import pick_device
+        from core.models.device import pick_device
 
         backbone = load_backbone(storage.local_dir(base_uri)).to(pick_device())
         scorer = load_scorer(storage.local_dir(scorer_uri))
         self.expert = Expert(backbone, scorer, cfg, provenance)
 
     def pid(self) -> int:
-        import os
 
         return os.getpid()
 
@@ -50,26 +49,18 @@ def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None
     """One subject's whole unit of work, as an actor does it (and `benchmarks.expert_throughput`'s plain processes):
     fine-tune, render, score, write the shard. Carries the worker's pid and peak memory so far."""
     try:
-        rows, stats = expert.run_subject(record, min_delta)
+        rows, stats = expert.run_subject(record)
     except ValueError as err:  # bad subject data (an undecodable demo): fail it, don't retry it
         return {"subject_id": record["subject_id"], "status": "failed", "reason": str(err)}
-    out = {"status": "done", **stats, "total": len(rows), "kept": sum(r["kept"] for r in rows)}
+    kept = int(g.passes([r["delta"] for r in rows], min_delta).sum())  # for the summary; G stores every render
+    out = {"status": "done", **stats, "total": len(rows), "kept": kept}
     if g_uri is None:
         out["rows"] = rows
     else:
-        table = schema.table_from_rows(rows, schema.G_SCHEMA, "G")
-        storage.write_shard(table, g_uri, schema.G_SCHEMA, name=f"{SHARD_PREFIX}{record['subject_id']}")
+        g.write_subject(rows, g_uri, record["subject_id"])
     out["pid"] = os.getpid()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     return out
-
-
-SHARD_PREFIX = "subject-"  # one G shard per subject: a re-run knows what is done from the file names
-
-
-def shard_name_subject(shard_uri: str) -> str:
-    name = shard_uri.rsplit("/", 1)[-1]
-    return name[len(SHARD_PREFIX) : -len(storage.SHARD_SUFFIX)] if name.startswith(SHARD_PREFIX) else ""
 
 
 def run_pool(
@@ -88,18 +79,7 @@ def run_pool(
     Returns (one result dict per subject, summary counts). With `g_uri`, subjects whose shard is already there are
     skipped (a re-run resumes); without it, result dicts carry their G rows.
     """
-    done_before = set()
-    if g_uri:
-        from actors.g_dataset import PROVENANCE, shard_provenance
-
-        mine = tuple(provenance[k] for k in PROVENANCE)
-        for shard in storage.list_shards(g_uri):
-            if shard_provenance(shard) != {mine}:
-                raise ValueError(
-                    f"{shard} was rendered by another base, expert config or scorer ({shard_provenance(shard)} vs {mine}); "
-                    "write this run to a new `paths.g`"
-                )
-            done_before.add(shard_name_subject(shard))
+    done_before = g.done_subjects(g_uri, provenance) if g_uri else set()
     todo = [r for r in records if r["subject_id"] not in done_before]
     summary = Counter(subjects=len(records), skipped_already_in_g=len(records) - len(todo))
     if not todo:

@@ -13,7 +13,11 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
-from core import schema, storage
+from core.data import g, schema, storage
+from core.data.images import from_png
+from core.method.expert import seed_for
+from core.models.backbone import images_to_tensor
+from core.models.tokenizer import tokenize
 
 
 @functools.lru_cache(maxsize=4)
@@ -31,10 +35,6 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
     demo_ids (B, K, L), with B = passes * rows. K = `num_demos` demos per row, picked deterministically from the
     row's key and the pass.
     """
-    from core.backbone import images_to_tensor, tokenize
-    from core.expert import seed_for
-    from core.toyworld import from_png
-
     tok = _tokenizer(tokenizer_uri)
     images, prompts, demo_imgs, demo_caps = [], [], [], []
     for i in range(len(batch["prompt"])):
@@ -44,7 +44,7 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
         for p in range(passes):
             images.append(image)
             prompts.append(str(batch["prompt"][i]))
-            key = (seed, batch["subject_id"][i], batch["prompt_id"][i], batch["sample_index"][i], p)
+            key = (seed, *(batch[k][i] for k in g.KEY), p)
             pick = np.random.default_rng(seed_for(*key)).choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
             demo_imgs.append(np.stack([demos[j] for j in pick]))
             demo_caps.extend(caps[j] for j in pick)
@@ -58,41 +58,9 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
     }
 
 
-PROVENANCE = ("base_checkpoint_hash", "expert_config_hash", "scorer_hash")
-
-
-def shard_provenance(shard_uri: str) -> set[tuple[str, ...]]:
-    table = storage.read_columns(shard_uri, list(PROVENANCE))
-    return set(zip(*(table.column(c).to_pylist() for c in PROVENANCE)))
-
-
-def check_single_provenance(shards: list[str]) -> None:
-    """Refuse a G whose renders come from more than one (base, expert config, scorer): a threshold sweep over
-    delta-CLIP scores of different scorers, or renders of different bases, would compare unlike things."""
-    seen: dict[tuple[str, ...], str] = {}
-    for shard in shards:
-        for prov in shard_provenance(shard):
-            seen.setdefault(prov, shard)
-    if len(seen) > 1:
-        listed = "; ".join(f"{dict(zip(PROVENANCE, p))} (e.g. {s})" for p, s in seen.items())
-        raise ValueError(f"G mixes {len(seen)} provenances: {listed}. Write each to its own `paths.g`.")
-
-
-def count_kept(g_uri: str, min_delta: float | None, shards: list[str] | None = None) -> int:
-    """Rows of G passing the threshold, from the `delta` column alone (a pyarrow read, not a Ray Data count), over
-    `shards` (default: G's complete shards, listed now)."""
-    total = 0
-    for shard in storage.list_shards(g_uri) if shards is None else shards:
-        delta = storage.read_columns(shard, ["delta"]).column("delta").to_numpy()
-        total += int(len(delta) if min_delta is None else (delta > min_delta).sum())
-    return total
-
-
 def in_shard(row_key: tuple, shard: tuple[int, int]) -> bool:
     """Whether a G row (its key) belongs to worker `shard[0]` of `shard[1]`: a hash of the key, so every worker gets
     about the same share of any set of shards, and a row stays with its worker as G grows."""
-    from core.expert import seed_for
-
     rank, world = shard
     return world <= 1 or seed_for(*row_key) % world == rank
 
@@ -118,14 +86,14 @@ def read_g(
     shards = storage.list_shards(g_uri) if shards is None else shards
     if not shards:
         raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
-    check_single_provenance(shards)
+    g.check_single_provenance(shards)
     fs, paths = storage.shard_paths(g_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:
         ds = ds.filter(expr=col("delta") > float(min_delta))
     if shard[1] > 1:
-        ds = ds.filter(lambda row: in_shard((row["subject_id"], row["prompt_id"], row["sample_index"]), shard))
+        ds = ds.filter(lambda row: in_shard(g.row_key(row), shard))
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},

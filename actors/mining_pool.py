@@ -4,10 +4,10 @@ actors, then the similarity filters run per URL group.
 1. `read_parquet` of the corpus shards.
 2. `map_batches(EmbedBatch, concurrency=N)`: each actor loads the open_clip scorer from its local path once, decodes
    the images (a corrupt one is marked, not fatal), and embeds images and captions (unit vectors).
-3. `groupby("url").map_groups(select_group)`: `core.mining.select_cluster` on each group's embeddings, no model
+3. `groupby("url").map_groups(select_group)`: `core.method.mining.select_cluster` on each group's embeddings, no model
    needed; one row per group (kept demos, or the reason it was dropped).
-4. The driver turns kept groups into D_S rows (`core.mining.cluster_row`) in URL order, so the result equals the
-   in-process `core.mining.mine` on the same corpus and scorer.
+4. The driver turns kept groups into D_S rows (`core.method.mining.cluster_row`) in URL order, so the result equals the
+   in-process `core.method.mining.mine` on the same corpus and scorer.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections import Counter
 
 import numpy as np
 
-from core import storage
 from core.config import MineConfig
+from core.data import storage
 
 
 class EmbedBatch:
@@ -27,7 +27,7 @@ class EmbedBatch:
     def __init__(self, scorer_uri: str, threads: int = 1):
         import torch
 
-        from core.scorer import load_scorer
+        from core.models.scorer import load_scorer
 
         torch.set_num_threads(threads)
         self.scorer = load_scorer(storage.local_dir(scorer_uri))
@@ -36,8 +36,8 @@ class EmbedBatch:
         self.dim = int(self.scorer.encode_texts([""]).shape[-1])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from core.backbone import fit_images
-        from core.toyworld import from_png
+        from core.data.images import from_png
+        from core.models.backbone import fit_images
 
         images, ok = [], []
         for data in batch["image"]:
@@ -57,7 +57,7 @@ class EmbedBatch:
 
 def select_group(group: dict[str, np.ndarray], cfg: MineConfig) -> dict[str, np.ndarray]:
     """One URL group's decision (rows in corpus order): a single row with the kept demos or the drop reason."""
-    from core.mining import select_cluster
+    from core.method.mining import select_cluster
 
     ok = np.asarray(group["ok"], dtype=bool)
     image_emb = np.stack(group["image_emb"])[ok]
@@ -82,11 +82,11 @@ def select_group(group: dict[str, np.ndarray], cfg: MineConfig) -> dict[str, np.
 def mine_with_ray_data(
     corpus_uri: str, scorer_uri: str, cfg: MineConfig, resolution: int = 32, num_actors: int = 2, batch_size: int = 64
 ) -> tuple[list[dict], dict]:
-    """D_S rows and summary counts for the corpus at `corpus_uri`, as `core.mining.mine` gives them."""
+    """D_S rows and summary counts for the corpus at `corpus_uri`, as `core.method.mining.mine` gives them."""
     import ray
 
-    from core import schema
-    from core.mining import DROP_COUNTERS, cluster_row, purity
+    from core.data import schema
+    from core.method.mining import DROP_COUNTERS, cluster_row, purity
 
     shards = storage.list_shards(corpus_uri)
     if not shards:

@@ -132,7 +132,7 @@ def decode_demo(data: str, field: str, resolution: int) -> np.ndarray:
             return np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC))
     except HTTPException:
         raise
-    except Exception as err:  # PIL raises many types for corrupt data, DecompressionBombError among them
+    except Exception as err:  # noqa: BLE001  PIL raises many types for corrupt data, DecompressionBombError among them
         raise HTTPException(422, detail=f"{field}: not a decodable image ({type(err).__name__})")
 
 
@@ -150,10 +150,10 @@ class ApprenticeDeployment:
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict) -> None:
-        from core import storage
-        from core.apprentice import load_apprentice
-        from core.backbone import weight_files
-        from core.device import pick_device
+        from core.data import storage
+        from core.models.backbone import weight_files
+        from core.models.device import pick_device
+        from core.pipelines.suti import load_apprentice
 
         uri = user_config["apprentice"]
         if uri == self.uri:
@@ -171,7 +171,7 @@ class ApprenticeDeployment:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)  # both set from config in __init__
     async def generate_batch(self, requests: list[dict]) -> list[dict]:
         """Requests that can share a reverse process (demo count, guidance mode, steps) are drawn as one batch."""
-        from core.apprentice import SampleRequest
+        from core.method.apprentice import SampleRequest
 
         groups = defaultdict(list)
         for i, r in enumerate(requests):
@@ -186,8 +186,8 @@ class ApprenticeDeployment:
         return results
 
     def _draw(self, model, requests: list, steps: int) -> list[list[bytes]]:
-        from core.apprentice import sample_batch
-        from core.toyworld import to_png
+        from core.data.images import to_png
+        from core.method.apprentice import sample_batch
 
         drawn = sample_batch(model, requests, sampler=self.sampler, num_inference_steps=steps)
         return [[to_png(img) for img in imgs] for imgs in drawn]

@@ -15,8 +15,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from core import storage
 from core.config import LOCAL_DIR, PipelineConfig
+from core.data import storage
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -32,7 +32,7 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     for f in dataclasses.fields(config.paths):
         setattr(config.paths, f.name, storage.absolute_uri(getattr(config.paths, f.name)))
     if config.model.path and config.model.path.startswith("hf://"):  # a repo in the local Hugging Face cache
-        from core.backbone import resolve_model_dir
+        from core.models.backbone import resolve_model_dir
 
         config.model.path = resolve_model_dir(config.model.path)
     if config.model.path:
@@ -48,11 +48,9 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
 
 def compose(overrides: list[str] | None = None) -> PipelineConfig:
     """Compose the config without running an app (tests, notebooks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides or []))
+    with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_config(hydra.compose(config_name="config", overrides=overrides or []))
 
 
 # Overrides that say where things are or how the cluster looks, not what a run computes: they name no folder.

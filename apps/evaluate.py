@@ -19,29 +19,33 @@ from actors.cluster import ray_cluster, remote_call
 from actors.expert_pool import run_pool
 from apps.config import base_uri, require_base, stage_main
 from apps.experts import provenance
-from core import evaluation, storage, toyworld
 from core.config import PipelineConfig
+from core.data import storage
+from core.data.images import from_png
+from core.pipelines.suti import load_apprentice
+from core.toy import evaluation
 
 
 def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> dict:
     """Runs as one Ray task: apprentice (with demos) and base (prompt only) samples for every eval prompt."""
     import torch
 
-    from core import apprentice as ap
-    from core.backbone import load_backbone, sample
+    from core.method import apprentice as ap
+    from core.models.backbone import load_backbone
+    from core.models.sampling import sample
 
     torch.set_num_threads(config.apprentice.threads)
     acfg, n = config.apprentice, config.evaluate.samples_per_prompt
-    apprentice = ap.load_apprentice(storage.local_dir(config.paths.apprentice))
+    apprentice = load_apprentice(storage.local_dir(config.paths.apprentice))
     base = load_backbone(storage.local_dir(base_uri(config)))
     out = {"apprentice": [], "base": [], "seconds": {"apprentice": [], "base": []}}
     for r, record in enumerate(tqdm(records, desc="evaluate: apprentice and base")):
-        demos = [toyworld.from_png(b) for b in record["demo_images"]]
+        demos = [from_png(b) for b in record["demo_images"]]
         for method in ("apprentice", "base"):
             start = time.perf_counter()
             per_prompt = []
             for p, prompt in enumerate(record["prompts"]):
-                kwargs = dict(sampler=acfg.sampler, num_inference_steps=acfg.num_inference_steps, guidance_scale=acfg.guidance_scale, seed=config.evaluate.seed + 100 * r + p)
+                kwargs = {"sampler": acfg.sampler, "num_inference_steps": acfg.num_inference_steps, "guidance_scale": acfg.guidance_scale, "seed": config.evaluate.seed + 100 * r + p}
                 if method == "apprentice":
                     imgs = ap.sample(apprentice, prompt, demos, record["demo_captions"], num_images=n, demo_guidance_scale=acfg.demo_guidance_scale, **kwargs)
                 else:
@@ -53,7 +57,7 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
 
 
 def run(config: PipelineConfig) -> dict:
-    from core.scorer import load_scorer
+    from core.models.scorer import load_scorer
 
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
@@ -71,12 +75,12 @@ def run(config: PipelineConfig) -> dict:
         res = by_subject[record["subject_id"]]
         if res["status"] != "done":
             raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
-        rows = {(row["prompt_id"], row["sample_index"]): toyworld.from_png(row["image"]) for row in res["rows"]}
+        rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in res["rows"]}
         expert_outputs.append([[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]])
         expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
     outputs = {"oracle": [r["oracle"] for r in records], "base": sampled["base"], "expert": expert_outputs, "apprentice": sampled["apprentice"]}
     seconds = {"base": float(np.mean(sampled["seconds"]["base"])), "expert": float(np.mean(expert_seconds)), "apprentice": float(np.mean(sampled["seconds"]["apprentice"]))}
-    from core.readers import load_readers
+    from core.toy.readers import load_readers
 
     table = evaluation.score(records, outputs, load_scorer(storage.local_dir(config.paths.scorer)), load_readers(storage.local_dir(config.paths.readers)))
     markdown = evaluation.markdown_table(table, seconds)

@@ -12,13 +12,13 @@ import time
 from actors.cluster import ray_cluster
 from actors.expert_pool import run_pool
 from apps.config import base_uri, require_base, stage_main
-from core import schema, storage
-from core.backbone import weight_files
 from core.config import PipelineConfig, config_hash
+from core.data import schema, storage
+from core.models.backbone import weight_files
 
 
 def provenance(config: PipelineConfig) -> dict:
-    from core.scorer import load_scorer
+    from core.models.scorer import load_scorer
 
     base = storage.local_dir(base_uri(config))
     return {

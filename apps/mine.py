@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 from apps.config import stage_main
-from core import schema, storage
 from core.config import PipelineConfig
+from core.data import schema, storage
 
 
 def run(config: PipelineConfig) -> dict:
-    from core.mining import mine
-    from core.scorer import load_scorer
+    from core.method.mining import mine
+    from core.models.scorer import load_scorer
 
     storage.require(config.paths.corpus, "paths.corpus", "corpus")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")

@@ -10,15 +10,15 @@ import tempfile
 
 from actors.cluster import ray_cluster, remote_call
 from apps.config import stage_main
-from core import storage
 from core.config import PipelineConfig
+from core.data import storage
 
 
 def train_and_save(config: PipelineConfig) -> dict:
-    from core import toyworld
-    from core.backbone import create_backbone, save_backbone
-    from core.device import pick_device
-    from core.pretrain import pretrain
+    from core.models.backbone import create_backbone, save_backbone
+    from core.models.device import pick_device
+    from core.toy import world as toyworld
+    from core.toy.pretrain import pretrain
 
     train, _ = toyworld.split_subjects(config.world.seed, config.world.test_fraction)
     backbone = create_backbone(config.model.preset, seed=config.pretrain.seed).to(pick_device())

@@ -10,13 +10,14 @@ import tempfile
 
 from actors.cluster import ray_cluster, remote_call
 from apps.config import stage_main
-from core import storage
 from core.config import PipelineConfig
+from core.data import storage
 
 
 def train_and_save(config: PipelineConfig) -> dict:
-    from core import toyworld
-    from core.scorer import save_scorer, train_scorer
+    from core.models.scorer import save_scorer
+    from core.toy import world as toyworld
+    from core.toy.scorer_training import train_scorer
 
     train, _ = toyworld.split_subjects(config.world.seed, config.world.test_fraction)
     scorer, losses = train_scorer(config.scorer, train, config.world.resolution)

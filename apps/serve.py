@@ -16,8 +16,9 @@ from ray import serve
 from actors.cluster import ray_cluster
 from actors.serve_app import ServeArgs, build_app
 from apps.config import stage_main
-from core import evaluation, storage
 from core.config import PipelineConfig
+from core.data import storage
+from core.toy import evaluation
 
 APP_NAME = "suti"
 

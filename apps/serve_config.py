@@ -13,8 +13,8 @@ import yaml
 
 from apps.config import stage_main
 from apps.serve import APP_NAME, serve_args
-from core import storage
 from core.config import PipelineConfig
+from core.data import storage
 
 
 def deploy_config(config: PipelineConfig) -> dict:

@@ -10,7 +10,7 @@ reader accuracy on clean and on renoised renders of *test* subjects, and the bas
 its captions. A stage whose output folder exists is skipped (delete it to redo it), so an interrupted run resumes
 at the stage it was in (the base stage also resumes inside itself, from a state saved every 200 steps). `identity`
 (not part of `all`) only measures the base's identity accuracy with the current readers. Steps are upper bounds; `--budget-s` ends a stage on time (its lr schedule follows the
-clock), which is how a time-boxed run on a lent GPU fits. The device is picked by `core.device` (CUDA when there).
+clock), which is how a time-boxed run on a lent GPU fits. The device is picked by `core.models.device` (CUDA when there).
 """
 
 from __future__ import annotations
@@ -22,15 +22,18 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from core import readers as rd
-from core import toyworld as tw
-from core.backbone import create_backbone, load_backbone, renoise, sample, save_backbone
 from core.config import PretrainConfig, ScorerConfig
-from core.device import pick_device
+from core.models.backbone import create_backbone, load_backbone, save_backbone
+from core.models.device import pick_device
+from core.models.sampling import renoise, sample
+from core.toy import readers as rd
+from core.toy import world as tw
 
 WORLD_SEED, TEST_FRACTION = 0, 0.2  # the split every stage and the benchmark use (WorldConfig's defaults)
 
@@ -40,7 +43,7 @@ def split() -> tuple[list[tw.Subject], list[tw.Subject]]:
 
 
 def _save_fp16(folder: str) -> None:
-    """Store every safetensors file under `folder` in fp16 (loading upcasts; see core.backbone.load_backbone)."""
+    """Store every safetensors file under `folder` in fp16 (loading upcasts; see core.models.backbone.load_backbone)."""
     from safetensors.torch import load_file, save_file
 
     for root, _, names in os.walk(folder):
@@ -68,7 +71,8 @@ def stage_readers(args, device) -> dict:
 
 
 def stage_scorer(args, device) -> dict:
-    from core.scorer import save_scorer, train_scorer
+    from core.models.scorer import save_scorer
+    from core.toy.scorer_training import train_scorer
 
     train, _ = split()
     cfg = ScorerConfig(steps=args.scorer_steps, batch_size=args.scorer_batch, seed=args.seed, threads=args.threads)
@@ -82,7 +86,7 @@ def stage_scorer(args, device) -> dict:
 
 
 def stage_base(args, device) -> dict:
-    from core.pretrain import pretrain
+    from core.toy.pretrain import pretrain
 
     train, _ = split()
     # --init continues from a saved base (e.g. one pretrained on a GPU, then trained on here).
@@ -118,7 +122,6 @@ def labelled_scenes(subjects: list[tw.Subject], n: int, rng: np.random.Generator
     for i in rng.choice(len(subjects), size=n):
         scene = rd.random_scene_for_readers(rng, 32)
         if not styled:
-            from dataclasses import replace
 
             scene = replace(scene, style=None)
         pairs.append((subjects[int(i)], scene))
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base-steps", type=int, default=20000)
     p.add_argument("--base-batch", type=int, default=256)
     p.add_argument("--base-lr", type=float, default=1e-3)
-    p.add_argument("--preset", default="toy", help="base stage: the backbone preset (core/backbone.py PRESETS)")
+    p.add_argument("--preset", default="toy", help="base stage: the backbone preset (core/models/backbone.py PRESETS)")
     p.add_argument("--init", default=None, help="base stage: start from this saved base instead of random weights")
     p.add_argument("--renoise-n", type=int, default=2048)
     p.add_argument("--eval-n", type=int, default=1024)
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     report_path = os.path.join(args.out, "report.json")
-    report = json.load(open(report_path)) if os.path.exists(report_path) else {}
+    report = json.loads(Path(report_path).read_text()) if os.path.exists(report_path) else {}
     done_marker = {"readers": "readers/readers.json", "scorer": "scorer/open_clip_config.json", "base": "base/unet/config.json", "finish": "base_samples.png", "identity": "-"}
     for name in [n for n in STAGES if n != "identity"] if args.stage == "all" else [args.stage]:
         if not args.force and os.path.exists(os.path.join(args.out, done_marker[name])) and name in report:
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         # Each stage writes only its own key, then the file is re-read and merged: stages run in parallel
         # processes (readers, scorer, base) do not overwrite each other.
-        merged = json.load(open(report_path)) if os.path.exists(report_path) else {}
+        merged = json.loads(Path(report_path).read_text()) if os.path.exists(report_path) else {}
         merged[name] = report[name]
         with open(report_path + ".tmp", "w") as f:
             json.dump(merged, f, indent=1)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from actors.apprentice_trainer import export, fit
 from actors.cluster import ray_cluster
-from actors.g_dataset import count_kept
 from apps.config import require_base, stage_main
-from core import storage
 from core.config import PipelineConfig, config_hash, to_dict
+from core.data import g, storage
 
 
 def run(config: PipelineConfig) -> dict:
@@ -21,7 +20,7 @@ def run(config: PipelineConfig) -> dict:
     acfg = config.apprentice
     if acfg.g_wait_s <= 0:
         storage.require(config.paths.g, "paths.g", "G (expert renders)")
-        if count_kept(config.paths.g, config.filter.min_delta) == 0:
+        if g.count_kept(config.paths.g, config.filter.min_delta) == 0:
             raise RuntimeError(f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on")
     # A Ray Train run resumes from the latest checkpoint of a run of the same name: name the run by everything that
     # shapes it (apprentice config, threshold, base, where G lives), so a sweep never picks up another run's weights
@@ -43,7 +42,7 @@ def run(config: PipelineConfig) -> dict:
         "resumes": len(state["resumes"]),
         "loss_first_quarter": sum(losses[:k]) / k,
         "loss_last_quarter": sum(losses[-k:]) / k,
-        "max_abs_gate": max((abs(g) for g in state["gates"]), default=None),  # no gates with attention="joint"
+        "max_abs_gate": max((abs(gate) for gate in state["gates"]), default=None),  # no gates with attention="joint"
         "final_metrics": {m: result.metrics.get(m) for m in ("loss", "lr", "samples_per_s")},
         "run_name": run_name,
         "checkpoint": result.checkpoint.path,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from apps.config import stage_main
-from core import schema, storage, toyworld
 from core.config import PipelineConfig
+from core.data import schema, storage
+from core.toy import world as toyworld
 
 
 def run(config: PipelineConfig) -> dict:

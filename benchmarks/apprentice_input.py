@@ -27,13 +27,15 @@ import time
 import numpy as np
 import torch
 
+from core.data.images import to_png
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 PROVENANCE = {"base_checkpoint_hash": "bench-base", "expert_config_hash": "bench-expert", "scorer_hash": "bench-scorer"}
 
 
 def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> None:
-    from core import schema, storage
-    from core import toyworld as tw
+    from core.data import schema, storage
+    from core.toy import world as tw
 
     rng = np.random.default_rng(0)
     subjects = tw.all_subjects()
@@ -45,9 +47,9 @@ def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> No
             scene = tw.random_scene(rng, size)
             rows.append({
                 "subject_id": f"s{s}", "prompt_id": f"p{i}", "sample_index": 0, "prompt": tw.prompt_text(subject.class_name, scene),
-                "prompt_skill": "recontextualization", "image": tw.to_png(tw.render(subject, scene, size, rng)),
-                "demo_images": [tw.to_png(d) for d, _ in demos], "demo_captions": [c for _, c in demos],
-                "clip_score": 0.3, "ref_clip_score": 0.25, "delta": 0.05, "kept": True, **PROVENANCE,
+                "prompt_skill": "recontextualization", "image": to_png(tw.render(subject, scene, size, rng)),
+                "demo_images": [to_png(d) for d, _ in demos], "demo_captions": [c for _, c in demos],
+                "clip_score": 0.3, "ref_clip_score": 0.25, "delta": 0.05, **PROVENANCE,
             })
         storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA, "G"), folder, schema.G_SCHEMA, name=f"subject-s{s}")
 
@@ -64,8 +66,8 @@ def main() -> None:
     import ray
 
     from actors.g_dataset import read_g
-    from core import apprentice as ap
-    from core import backbone as bb
+    from core.method import apprentice as ap
+    from core.models import backbone as bb
 
     torch.set_num_threads(args.threads)
     repeats, steps, batch_size, warmup = (2, 8, 16, 2) if args.quick else (5, 24, 16, 3)

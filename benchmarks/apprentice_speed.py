@@ -30,39 +30,41 @@ import time
 import numpy as np
 import torch
 
+from core.models.tokenizer import tokenize
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 # Full-size configurations (the values of the model repos' unet/config.json and text_encoder/config.json).
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8,
-)
-SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77, vocab_size=49408)
+SD15_UNET = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 768, "attention_head_dim": 8,
+}
+SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77, "vocab_size": 49408}
 SD21_UNET = {**SD15_UNET, "sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True}
-SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77, vocab_size=49408, hidden_act="gelu")
+SD21_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16, "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
 
 
 def overhead_full_size(unet_cfg: dict, text_cfg: dict) -> dict:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from core.apprentice import DemoAdapter
+    from core.method.apprentice import DemoAdapter
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**unet_cfg)
         text = CLIPTextModel(CLIPTextConfig(**text_cfg))
         adapter = DemoAdapter.for_unet(unet, text, demo_grid=4)
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    n = lambda m: sum(p.numel() for p in m.parameters())
     new, u, t = n(adapter), n(unet), n(text)
     return {"new": new, "unet": u, "base": u + t, "of_unet": new / u, "of_base": new / (u + t), "layers": len(adapter.branches)}
 
 
 def overheads() -> dict:
-    from core import apprentice as ap
-    from core import backbone as bb
-    from core.tiny_models import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
+    from core.method import apprentice as ap
+    from core.models import backbone as bb
+    from core.toy.tiny_backbones import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
 
     out = {}
     for preset in ("tiny", "toy", "toy-wide"):
@@ -87,9 +89,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from core import apprentice as ap
-    from core import backbone as bb
-    from core import toyworld as tw
+    from core.method import apprentice as ap
+    from core.models import backbone as bb
+    from core.toy import world as tw
 
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -108,7 +110,7 @@ def main() -> None:
     t = torch.tensor([500, 500])
     states = bb.encode_text(base, [prompt, ""])
     with torch.no_grad():
-        tokens = apprentice.encode_demos(bb.images_to_tensor(images).unsqueeze(0).repeat(2, 1, 1, 1, 1), bb.tokenize(base.tokenizer, captions).unsqueeze(0).repeat(2, 1, 1))
+        tokens = apprentice.encode_demos(bb.images_to_tensor(images).unsqueeze(0).repeat(2, 1, 1, 1, 1), tokenize(base.tokenizer, captions).unsqueeze(0).repeat(2, 1, 1))
     mask = torch.ones(2)
     evals = 10 if args.quick else 40
 

@@ -33,8 +33,9 @@ def paired_gap(own: list[float], other: list[float]) -> dict:
 
 
 def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32, k: int = 3, seed: int = 0) -> dict:
-    from core.apprentice import training_loss
-    from core.backbone import images_to_tensor, tokenize
+    from core.method.apprentice import training_loss
+    from core.models.backbone import images_to_tensor
+    from core.models.tokenizer import tokenize
 
     rows = [(i, j) for i, r in enumerate(records) for j in range(len(r["prompts"]))]
     rng = np.random.default_rng(seed)
@@ -60,7 +61,8 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
 def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed: int = 0) -> dict:
     """The base model's denoising loss on renders of `subjects` captioned with their own identity vs another same-class
     subject's, same scene, same noise (module docstring)."""
-    from core.backbone import denoising_loss, encode_text, images_to_tensor
+    from core.models.backbone import encode_text, images_to_tensor
+    from core.models.sampling import denoising_loss
 
     rng = np.random.default_rng(seed)
     own, other = [], []
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument("--text-reference", default=None, metavar="BASE", help="a base model folder: the gap identity in words gives it (the scale)")
     args = p.parse_args(argv)
-    from core.apprentice import load_apprentice
+    from core.pipelines.suti import load_apprentice
 
     torch.set_num_threads(2)
     records = tr.eval_records(tr.Settings(**{**tr.FULL.__dict__, "eval_subjects": args.subjects}))
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}", flush=True)
     if args.text_reference:
         from apps.toy_pretrain import split
-        from core.backbone import load_backbone
+        from core.models.backbone import load_backbone
 
         r = text_gap(load_backbone(args.text_reference), split()[1], args.batches)
         result[f"text reference: {args.text_reference}"] = r

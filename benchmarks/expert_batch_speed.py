@@ -1,4 +1,4 @@
-"""Subjects per second of N experts fine-tuned and sampled as one vmapped model (`core.expert_batch.ExpertBatch`)
+"""Subjects per second of N experts fine-tuned and sampled as one vmapped model (`core.method.expert_batch.ExpertBatch`)
 against one `Expert` at a time, on the shipped toy base, on whatever device `pick_device` finds.
 
     python -m benchmarks.expert_batch_speed            # N = 8, 32 against 1; writes benchmarks/results/expert_batch_speed[_<device>].json
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks import toy_reproduction as tr
-from core.device import pick_device
+from core.models.device import pick_device
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--artifacts", default="artifacts/toy")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
-    from core.expert import Expert
-    from core.expert_batch import ExpertBatch
+    from core.method.expert import Expert
+    from core.method.expert_batch import ExpertBatch
 
     device = pick_device()
     if device.type == "cpu":
@@ -53,15 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     # One at a time: a warm-up subject, then the median of 3.
     expert = Expert(base, scorer, cfg, {})
-    expert.run_subject(records[0], None)
-    single = float(np.median([timed(lambda r=r: expert.run_subject(r, None)) for r in records[:3]]))
+    expert.run_subject(records[0])
+    single = float(np.median([timed(lambda r=r: expert.run_subject(r)) for r in records[:3]]))
     expert.reset()
     result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else device), "steps": steps, "single_s_per_subject": round(single, 3), "batches": {}}
     print(f"[expert_batch_speed] one at a time: {single:.2f} s per subject on {result['device']}")
     for n in sizes:
         batch = ExpertBatch(base, scorer, cfg, {})
-        batch.run_subjects(records[:n], None)  # warm-up
-        seconds = timed(lambda: batch.run_subjects(records[:n], None))
+        batch.run_subjects(records[:n])  # warm-up
+        seconds = timed(lambda batch=batch, n=n: batch.run_subjects(records[:n]))
         per = seconds / n
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         result["batches"][n] = {"s_per_subject": round(per, 3), "speedup": round(single / per, 2), "peak_mib": peak and round(peak)}

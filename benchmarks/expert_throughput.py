@@ -29,8 +29,9 @@ import time
 import numpy as np
 
 from actors.expert_pool import run_pool, run_subject
-from core import toyworld as tw
 from core.config import ExpertConfig, FilterConfig, ScorerConfig
+from core.data.images import to_png
+from core.toy import world as tw
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 PROVENANCE = {"base_checkpoint_hash": "bench-base", "expert_config_hash": "bench-expert", "scorer_hash": "bench-scorer"}
@@ -41,9 +42,9 @@ _EXPERT = None  # the plain worker's Expert, loaded once per process
 def _init_plain(base_dir: str, scorer_dir: str, cfg: ExpertConfig) -> None:
     import torch
 
-    from core.backbone import load_backbone
-    from core.expert import Expert
-    from core.scorer import load_scorer
+    from core.method.expert import Expert
+    from core.models.backbone import load_backbone
+    from core.models.scorer import load_scorer
 
     torch.set_num_threads(cfg.threads)
     global _EXPERT
@@ -66,7 +67,7 @@ def records(n: int, seed: int = 0) -> list[dict]:
         out.append(
             {
                 "subject_id": f"bench-{int(i)}",
-                "demo_images": [tw.to_png(img) for img, _ in demos],
+                "demo_images": [to_png(img) for img, _ in demos],
                 "demo_captions": [caption for _, caption in demos],
                 "prompt_ids": [p.prompt_id for p, _ in prompts],
                 "prompts": [p.text for p, _ in prompts],
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    from core.backbone import create_backbone, save_backbone
-    from core.scorer import create_scorer, save_scorer
+    from core.models.backbone import create_backbone, save_backbone
+    from core.models.scorer import create_scorer, save_scorer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = tempfile.mkdtemp(prefix="expert-throughput-")

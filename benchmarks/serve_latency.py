@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import dataclasses
 import json
 import os
 import platform
@@ -29,11 +30,14 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from core.data.images import from_png, to_png
+from core.models import sampling
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _request_body(num_demos: int, steps: int, num_images: int, seed: int) -> dict:
-    from core import toyworld
+    from core.toy import world as toyworld
 
     rng = np.random.default_rng(seed)
     _, test = toyworld.split_subjects(0, 0.2)
@@ -42,7 +46,7 @@ def _request_body(num_demos: int, steps: int, num_images: int, seed: int) -> dic
     prompt, _ = toyworld.prompts_for(subject.class_name, 1, rng, 32, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id)[0]
     return {
         "prompt": prompt.text,
-        "demos": [{"image": base64.b64encode(toyworld.to_png(img)).decode(), "caption": cap} for img, cap in demos],
+        "demos": [{"image": base64.b64encode(to_png(img)).decode(), "caption": cap} for img, cap in demos],
         "steps": steps, "guidance_scale": 3.0, "num_images": num_images, "seed": seed,
     }
 
@@ -70,21 +74,19 @@ def _load(url: str, bodies: list[dict], concurrency: int) -> dict:
 
 def _expert_seconds(backbone_dir: str, body: dict, steps: int, threads: int, cfg) -> float:
     """Fine-tune a fresh expert on the request's demos and draw the same images: one process, `threads` threads."""
-    import dataclasses
 
     import torch
 
-    from core import backbone as bb
-    from core import toyworld
-    from core.expert import Expert
+    from core.method.expert import Expert
+    from core.models import backbone as bb
 
     torch.set_num_threads(threads)
     backbone = bb.load_backbone(backbone_dir)
     expert = Expert(backbone, scorer=None, cfg=dataclasses.replace(cfg, steps=steps), provenance={})
-    demos = [toyworld.from_png(base64.b64decode(d["image"])) for d in body["demos"]]
+    demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     start = time.perf_counter()
     expert.fine_tune(demos, [d["caption"] for d in body["demos"]], seed=0)
-    bb.sample(backbone, [body["prompt"]] * body["num_images"], sampler=cfg.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0)
+    sampling.sample(backbone, [body["prompt"]] * body["num_images"], sampler=cfg.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0)
     return time.perf_counter() - start
 
 
@@ -102,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from actors.serve_app import ServeArgs, build_app
     from apps.config import compose
-    from core import backbone as bb
-    from core.apprentice import Apprentice, save_apprentice
+    from core.method.apprentice import Apprentice
+    from core.models import backbone as bb
+    from core.pipelines.suti import save_apprentice
 
     config = compose([])
     work = tempfile.mkdtemp(prefix="serve-bench-")

@@ -42,7 +42,7 @@ wait
 stamp "phase 2: reader fine-tune and report; G experts; test-subject experts"
 run finish $PY -m apps.toy_pretrain --out "$A" --stage finish --budget-s "$(b 35)" --workers 2 $PRE &
 if [ -n "${INIT:-}" ]; then run identity $PY -m apps.toy_pretrain --out "$A" --stage identity --eval-n "$(b 512)" & fi
-# Experts run EB at a time as one vmapped model (core.expert_batch): the first run's nine one-subject processes
+# Experts run EB at a time as one vmapped model (core.method.expert_batch): the first run's nine one-subject processes
 # managed about 20 s per subject between them.
 EB=${EXPERT_BATCH:-32}
 for i in 0 1; do
@@ -52,7 +52,7 @@ run experts0 $PY -m benchmarks.toy_reproduction $BENCH --stage experts --expert-
 # Demo branches start with a zero output projection (ZERO_INIT=out), not a zero gate: on the CPU a zero-gated
 # apprentice had not begun to use its demos after 562 steps (README, 2026-11-27).
 ZI=${ZERO_INIT:-out}
-# ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.apprentice; DEMO_GRID: tokens
+# ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.method.apprentice; DEMO_GRID: tokens
 # per demo side). ENCODER_STEPS warm-starts the demo encoder as an identity recogniser on train subjects first: on the
 # CPU that multiplied the apprentice's use of its demos by about 30 (README, 2026-11-27; ENCODER_STEPS=0 for none).
 ES=${ENCODER_STEPS:-$(b 400)}

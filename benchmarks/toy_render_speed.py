@@ -14,9 +14,10 @@ import time
 import numpy as np
 import torch
 
-from core import toyrender, toyworld
-from core.backbone import create_tokenizer, tokenize
-from core.pretrain import toy_scenes
+from core.models.tokenizer import create_tokenizer, tokenize
+from core.toy import render as toyrender
+from core.toy import world as toyworld
+from core.toy.pretrain import toy_scenes
 
 
 def median_s(fn, repeats: int = 5) -> float:
@@ -33,7 +34,7 @@ def main() -> dict:
     torch.set_num_threads(1)  # as one loader worker has
     subjects = toyworld.all_subjects()
     rng = np.random.default_rng(0)
-    picked, scenes, captions = toy_scenes(subjects, 1024, rng, 32)
+    picked, scenes, _captions = toy_scenes(subjects, 1024, rng, 32)
     arrays = toyrender.pack_scenes(picked, scenes)
     tokenizer = create_tokenizer(24)
     out = {

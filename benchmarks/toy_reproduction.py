@@ -37,13 +37,16 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from core import readers as rd
-from core import toyworld as tw
+from core.data.images import from_png, to_png
+from core.models import sampling
+from core.toy import readers as rd
+from core.toy import world as tw
 
 ROWS = ("oracle", "base", "expert", "raw apprentice", "SuTI apprentice", "oracle-G apprentice")
 # The study rows beyond the paper's: an apprentice trained on what perfect experts would draw (true renders of each
@@ -80,8 +83,8 @@ def lam_name(lam: float | None) -> str:
 
 
 def load_artifacts(folder: str, device):
-    from core.backbone import load_backbone
-    from core.scorer import load_scorer
+    from core.models.backbone import load_backbone
+    from core.models.scorer import load_scorer
 
     for part in ("base", "scorer", "readers"):
         if not os.path.isdir(os.path.join(folder, part)):
@@ -96,7 +99,7 @@ def subject_record(subject: tw.Subject, n_demos: int, n_prompts: int, rng: np.ra
     record = {
         "subject_id": subject.subject_id,
         "class_name": subject.class_name,
-        "demo_images": [tw.to_png(img) for img, _ in demos],
+        "demo_images": [to_png(img) for img, _ in demos],
         "demo_captions": [cap for _, cap in demos],
         "prompt_ids": [p.prompt_id for p, _ in prompts],
         "prompts": [p.text for p, _ in prompts],
@@ -137,9 +140,9 @@ def expert_config(s: Settings, steps: int, seed: int = 0):
 
 
 def stage_g(args, s: Settings, device) -> dict:
-    from core import schema, storage
-    from core.expert import Expert, seed_for
-    from core.expert_batch import ExpertBatch
+    from core.data import schema, storage
+    from core.method.expert import Expert, seed_for
+    from core.method.expert_batch import ExpertBatch
 
     base, scorer, _ = load_artifacts(args.artifacts, device)
     folder = os.path.join(args.work, "g")
@@ -148,7 +151,7 @@ def stage_g(args, s: Settings, device) -> dict:
     provenance = {"base_checkpoint_hash": "toy", "expert_config_hash": f"steps{cfg.steps}", "scorer_hash": scorer.digest}
     subjects = [x for x in g_subjects(s)[args.shard :: args.num_shards] if not os.path.exists(os.path.join(folder, f"{x.subject_id}.parquet"))]
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
-    # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.expert_batch): on a GPU these tiny
+    # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.method.expert_batch): on a GPU these tiny
     # models are bound by kernel launches, so N experts cost about one. On a CPU one at a time is faster.
     group = max(1, args.expert_batch)
     # One or the other: an Expert keeps a copy of the base state it restores before every subject.
@@ -157,7 +160,7 @@ def stage_g(args, s: Settings, device) -> dict:
     bar = tqdm(total=len(subjects), desc=f"g {args.shard}/{args.num_shards}", mininterval=10)
     for first in range(0, len(subjects), group):
         records = [subject_record(x, 5, s.g_prompts, np.random.default_rng(seed_for("g", x.subject_id)), False) for x in subjects[first : first + group]]
-        results = expert.run_subjects(records, None) if group > 1 else [expert.run_subject(records[0], None)]
+        results = expert.run_subjects(records) if group > 1 else [expert.run_subject(records[0])]
         for record, (rows, _) in zip(records, results):
             storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA), folder, schema.G_SCHEMA, name=record["subject_id"])
         done += len(records)
@@ -172,9 +175,8 @@ def stage_g(args, s: Settings, device) -> dict:
 
 def stage_experts(args, s: Settings, device) -> dict:
     """Test-subject experts, sampled at every `expert_checkpoints` step count; `--expert-batch` N at a time."""
-    from core import backbone as bb
-    from core.expert import Expert, seed_for
-    from core.expert_batch import ExpertBatch
+    from core.method.expert import Expert, seed_for
+    from core.method.expert_batch import ExpertBatch
 
     base, scorer, _ = load_artifacts(args.artifacts, device)
     folder = os.path.join(args.work, "experts")
@@ -187,11 +189,11 @@ def stage_experts(args, s: Settings, device) -> dict:
     bar = tqdm(total=len(records), desc=f"experts {args.shard}/{args.num_shards}", mininterval=10)
     for first in range(0, len(records), group):
         chunk = records[first : first + group]
-        jobs = [([tw.from_png(b) for b in r["demo_images"][: s.demos]], r["demo_captions"][: s.demos], seed_for(0, r["subject_id"])) for r in chunk]
+        jobs = [([from_png(b) for b in r["demo_images"][: s.demos]], r["demo_captions"][: s.demos], seed_for(0, r["subject_id"])) for r in chunk]
         images, tune_s, sample_s = {}, {}, {}
         clock = {"start": 0.0, "paused": 0.0}
 
-        def on_step(step: int) -> None:
+        def on_step(step: int, chunk=chunk, images=images, tune_s=tune_s, sample_s=sample_s, clock=clock) -> None:
             if step not in s.expert_checkpoints:
                 return
             sync(device)
@@ -199,7 +201,7 @@ def stage_experts(args, s: Settings, device) -> dict:
             t0 = time.perf_counter()
             seeds = [seed_for(1, r["subject_id"]) for r in chunk]
             if group == 1:
-                images[step] = [bb.sample(base, chunk[0]["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seeds[0])]
+                images[step] = [sampling.sample(base, chunk[0]["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seeds[0])]
             else:
                 images[step] = expert.sample([r["prompts"] for r in chunk], seeds)
             sync(device)
@@ -246,9 +248,9 @@ def g_examples(work: str, lam: float | None) -> list[dict]:
             if lam is None or row["delta"] > lam:
                 out.append(
                     {
-                        "image": tw.from_png(row["image"]),
+                        "image": from_png(row["image"]),
                         "prompt": row["prompt"],
-                        "demos": [tw.from_png(b) for b in row["demo_images"]],
+                        "demos": [from_png(b) for b in row["demo_images"]],
                         "captions": row["demo_captions"],
                     }
                 )
@@ -260,7 +262,7 @@ def raw_examples(work: str, s: Settings, subjects: str = "g") -> list[dict]:
     the subject from its cluster, with that image's own (class-only) caption; no expert, no edits, no styles.
     `subjects="all"` takes every G subject of the settings instead, G built or not (the oracle variant's subjects:
     a raw apprentice to set beside the oracle-G one where no G could be built, as on a CPU)."""
-    from core.expert import seed_for
+    from core.method.expert import seed_for
 
     ids = {os.path.basename(p)[: -len(".parquet")] for p in glob.glob(os.path.join(work, "g", "*.parquet"))}
     out = []
@@ -281,7 +283,7 @@ class Examples:
     step in Python had the apprentices on the lent H200 at about 4.5 steps/s (2026-11-26)."""
 
     def __init__(self, examples: list[dict], tokenizer):
-        from core.backbone import tokenize
+        from core.models.tokenizer import tokenize
 
         most = max(len(r["demos"]) for r in examples)
         self.counts = np.array([len(r["demos"]) for r in examples])
@@ -298,12 +300,12 @@ class Examples:
 def oracle_examples(s: Settings) -> list[dict]:
     """What perfect experts would put in G for the same train subjects: each prompt's true render (every skill:
     re-contextualization, property edit, accessory, style), with the subject's 5 demos and their class-only captions."""
-    from core.expert import seed_for
+    from core.method.expert import seed_for
 
     out = []
     for subject in g_subjects(s):
         record = subject_record(subject, 5, s.g_prompts, np.random.default_rng(seed_for("g", subject.subject_id)), True)
-        demos = [tw.from_png(b) for b in record["demo_images"]]
+        demos = [from_png(b) for b in record["demo_images"]]
         for prompt, image in zip(record["prompts"], record["oracle"]):
             out.append({"image": image, "prompt": prompt, "demos": demos, "captions": record["demo_captions"]})
     return out
@@ -311,7 +313,7 @@ def oracle_examples(s: Settings) -> list[dict]:
 
 def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Generator, device) -> dict:
     """A random batch with k demos per row (distinct, from the row's own), half the targets mirrored."""
-    from core.backbone import images_to_tensor
+    from core.models.backbone import images_to_tensor
 
     idx = rng.choice(len(examples), size=batch_size)
     # k distinct demos per row: the first k of a random order of the row's own demos.
@@ -341,7 +343,7 @@ def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, se
     signal identity gives the denoising loss (`benchmarks/demo_use.py`). Test subjects are seen only by the final
     accuracy check. The heads are thrown away; the encoder's convolutions keep what they learned."""
     from apps.toy_pretrain import split
-    from core.backbone import images_to_tensor
+    from core.models.backbone import images_to_tensor
 
     train, test = split()
     rng = np.random.default_rng(seed + 33)
@@ -400,7 +402,7 @@ def warm_encoder(encoder, steps: int, work: str, device) -> dict:
 
 def stage_encoder(args, s: Settings, device) -> dict:
     """The demo encoder's warm start alone (`warm_encoder`), so that parallel `train` processes load one copy."""
-    from core.apprentice import Apprentice
+    from core.method.apprentice import Apprentice
 
     if not args.encoder_steps:
         raise ValueError("--stage encoder needs --encoder-steps N")
@@ -411,9 +413,10 @@ def stage_encoder(args, s: Settings, device) -> dict:
 
 
 def stage_train(args, s: Settings, device) -> dict:
-    from core.apprentice import Apprentice, load_apprentice, save_apprentice, training_loss
-    from core.pretrain import deadline_clock, ema_update
-    from core.schedules import warmup_cosine
+    from core.method.apprentice import Apprentice, training_loss
+    from core.models.schedules import warmup_cosine
+    from core.pipelines.suti import load_apprentice, save_apprentice
+    from core.toy.pretrain import deadline_clock
 
     variant = args.variant
     if variant == "suti":
@@ -508,7 +511,7 @@ def score_images(records, images_per_record: list[np.ndarray], k_demos: int, sco
     """Per-subject means of each metric. images_per_record[i]: uint8 (P, H, W, 3), one image per prompt."""
     per_subject = {m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino", *IDENTITY_METRICS.values())}
     for record, images in zip(records, images_per_record):
-        demos = np.stack([tw.from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
+        demos = np.stack([from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
         reads = rd.read(reader, images)
         subj = [tw.subject_fidelity(r, record["subject"], t) for r, t in zip(reads, record["prompt_truths"])]
         # Subject fidelity split by attribute: the share of images, among those whose prompt leaves it visible, that show it.
@@ -541,13 +544,13 @@ def apprentice_images(apprentice, records, k: int, s: Settings, seed: int = 0, t
     """One image per prompt per subject with `k` demos, every subject's requests drawn in large batches; returns
     (images per record, seconds per subject). The seconds are timed apart: `timed` subjects sampled one at a time
     (all of a subject's prompts in one batch, as a user's request would be), median taken."""
-    from core.apprentice import SampleRequest, sample_batch
-    from core.expert import seed_for
+    from core.method.apprentice import SampleRequest, sample_batch
+    from core.method.expert import seed_for
 
     device = next(apprentice.parameters()).device
     requests = []
     for record in records:
-        demos = [tw.from_png(b) for b in record["demo_images"][:k]]
+        demos = [from_png(b) for b in record["demo_images"][:k]]
         requests.append(
             [SampleRequest(p, demos, record["demo_captions"][:k], 1, seed_for(1, record["subject_id"], i), s.guidance) for i, p in enumerate(record["prompts"])]
         )
@@ -572,17 +575,16 @@ def apprentice_images(apprentice, records, k: int, s: Settings, seed: int = 0, t
 def time_experts(base, scorer, records, steps: int, s: Settings, device) -> float:
     """Seconds for a new subject by the expert route, timed here alone (the expert stage ran beside other work):
     fine-tune `steps` steps on the demos, then sample every prompt in one batch. Median over `records`."""
-    from core import backbone as bb
-    from core.expert import Expert, seed_for
+    from core.method.expert import Expert, seed_for
 
     expert = Expert(base, scorer, expert_config(s, steps), {})
     seconds = []
     for record in records:
-        demos = [tw.from_png(b) for b in record["demo_images"][: s.demos]]
+        demos = [from_png(b) for b in record["demo_images"][: s.demos]]
         sync(device)
         t0 = time.perf_counter()
         expert.fine_tune(demos, record["demo_captions"][: s.demos], seed_for(0, record["subject_id"]))
-        bb.sample(base, record["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed_for(1, record["subject_id"]))
+        sampling.sample(base, record["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed_for(1, record["subject_id"]))
         sync(device)
         seconds.append(time.perf_counter() - t0)
     expert.reset()
@@ -599,9 +601,9 @@ def mine_report(scorer, seed: int = 0) -> dict:
     """The mine stage on a fresh toy corpus: precision (kept clusters holding one subject) and recall (clean URL
     groups kept), against the corpus's known truth."""
     from apps.toy_pretrain import split
-    from core import schema
     from core.config import MineConfig, WorldConfig
-    from core.mining import mine
+    from core.data import schema
+    from core.method.mining import mine
 
     train, _ = split()
     rows = tw.corpus_rows(train, WorldConfig(corpus_groups=200), np.random.default_rng(seed))
@@ -640,7 +642,7 @@ def grid_png(records, columns: dict[str, list[np.ndarray]], path: str, n_subject
         record = records[ri]
         draw.text((2, y + 2), record["subject"].describe()[:40], fill="black")
         draw.text((2, y + 18), record["prompts"][pi][:40], fill="black")
-        tiles = [tw.from_png(b) for b in record["demo_images"][:3]] + [columns[m][ri][pi] for m in columns]
+        tiles = [from_png(b) for b in record["demo_images"][:3]] + [columns[m][ri][pi] for m in columns]
         for c, img in enumerate(tiles):
             canvas.paste(Image.fromarray(img).resize((cell, cell), Image.NEAREST), (text_w + c * (cell + 2), y))
     canvas.save(path)
@@ -651,8 +653,7 @@ def fmt(mean: float, lo: float, hi: float) -> str:
 
 
 def stage_eval(args, s: Settings, device) -> dict:
-    from core.apprentice import load_apprentice
-    from core.backbone import sample
+    from core.pipelines.suti import load_apprentice
 
     base, scorer, reader = load_artifacts(args.artifacts, device)
     records = eval_records(s)
@@ -660,10 +661,9 @@ def stage_eval(args, s: Settings, device) -> dict:
     images: dict[str, list[np.ndarray]] = {"oracle": [r["oracle"] for r in records]}
     seconds: dict[str, float] = {}
     # Base without demos: the prompt alone.
-    from core.expert import seed_for
 
     prompts = [p for r in records for p in r["prompts"]]
-    flat = np.concatenate([sample(base, prompts[i : i + 512], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=i) for i in range(0, len(prompts), 512)])
+    flat = np.concatenate([sampling.sample(base, prompts[i : i + 512], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=i) for i in range(0, len(prompts), 512)])
     images["base"] = np.split(flat, np.cumsum([len(r["prompts"]) for r in records])[:-1])
     # Experts: the checkpoint curve, the plateau, then the row at the plateau.
     expert_runs = {}
@@ -691,7 +691,7 @@ def stage_eval(args, s: Settings, device) -> dict:
         if os.path.isdir(folder):
             apprentices[variant] = load_apprentice(folder).to(device)
             images[name], seconds[name] = apprentice_images(apprentices[variant], records, k, s)
-            result.setdefault("training", {})[variant] = json.load(open(os.path.join(folder, "apprentice_config.json")))
+            result.setdefault("training", {})[variant] = json.loads(Path(os.path.join(folder, "apprentice_config.json")).read_text())
     for name in ROWS:
         if name not in images:
             continue
@@ -712,7 +712,7 @@ def stage_eval(args, s: Settings, device) -> dict:
             app = load_apprentice(folder).to(device)
             ims, _ = apprentice_images(app, records, k, s, timed=0)
             per = score_images(records, ims, k, scorer, reader)
-            meta = json.load(open(os.path.join(folder, "apprentice_config.json")))
+            meta = json.loads(Path(os.path.join(folder, "apprentice_config.json")).read_text())
             result["sweep"][lam_name(lam)] = {m: bootstrap(v) for m, v in per.items()} | {"examples": meta.get("examples"), "steps": meta.get("steps")}
     result["mine"] = mine_report(scorer)
     os.makedirs(args.out, exist_ok=True)
@@ -759,9 +759,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {lam} | {row['examples']} | {row['steps']} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |")
     m = result.get("mine")
     if m:
-        lines += ["", f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
+        lines += ["", (f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
                   f"precision {m['precision']:.3f} (kept clusters holding one subject), recall {m['recall']:.3f} (clean groups kept); "
-                  f"{m['corrupt_images_skipped']} corrupt images skipped."]
+                  f"{m['corrupt_images_skipped']} corrupt images skipped.")]
     return "\n".join(lines) + "\n"
 
 
@@ -787,8 +787,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.apprentice.DemoBranch)")
-    p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.apprentice)")
+    p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.method.apprentice.DemoBranch)")
+    p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.method.apprentice)")
     p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
     p.add_argument("--encoder-steps", type=int, default=0, help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)")
     p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
@@ -807,7 +807,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
 
 def main(argv: list[str] | None = None) -> None:
     args, s = parse_args(argv)
-    from core.device import pick_device
+    from core.models.device import pick_device
 
     device = pick_device()
     if device.type == "cpu":

@@ -16,6 +16,8 @@ import os
 import tempfile
 import time
 
+from core.data.images import to_png
+
 os.environ.setdefault("PJRT_DEVICE", "CPU")
 os.environ.setdefault("SUTI_DEVICE", "xla")
 
@@ -23,7 +25,7 @@ os.environ.setdefault("SUTI_DEVICE", "xla")
 def record(seed: int = 0) -> dict:
     import numpy as np
 
-    from core import toyworld as tw
+    from core.toy import world as tw
 
     rng = np.random.default_rng(seed)
     subject = tw.Subject("ball", "red", "dots", "blue")
@@ -31,7 +33,7 @@ def record(seed: int = 0) -> dict:
     prompts = [p for p, _ in tw.prompts_for(subject.class_name, 2, rng, key="xla")]
     return {
         "subject_id": "xla-check",
-        "demo_images": [tw.to_png(img) for img, _ in demos],
+        "demo_images": [to_png(img) for img, _ in demos],
         "demo_captions": [c for _, c in demos],
         "prompts": [p.text for p in prompts],
         "prompt_ids": [p.prompt_id for p in prompts],
@@ -46,12 +48,12 @@ def main() -> None:
     import torch
 
     from actors.expert_pool import run_subject
-    from core import schema, storage
-    from core.backbone import create_backbone
     from core.config import ExpertConfig, ScorerConfig
-    from core.device import pick_device
-    from core.expert import Expert
-    from core.scorer import create_scorer
+    from core.data import schema, storage
+    from core.method.expert import Expert
+    from core.models.backbone import create_backbone
+    from core.models.device import pick_device
+    from core.models.scorer import create_scorer
 
     device = pick_device()
     backbone = create_backbone("tiny", seed=0).to(device)

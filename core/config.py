@@ -10,14 +10,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # a name in core.backbone.PRESETS
+    preset: str = "tiny"  # a name in core.models.backbone.PRESETS
     # Optional local folder (or URI) of a pretrained base written by the pretrain stage or save_pretrained.
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass
@@ -78,14 +78,14 @@ class ExpertConfig:
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"TPU": 1}
     threads: int = 1  # torch threads per actor
     max_tasks_in_flight: int = 4  # per actor
-    max_subjects: Optional[int] = None  # None: every subject of D_S
+    max_subjects: int | None = None  # None: every subject of D_S
     steps: int = 100
     batch_size: int = 16
     lr: float = 5e-4
     optimizer: str = "adamw"  # adamw | adafactor (the paper's; conf/expert/paper.yaml)
     train_text_encoder: bool = True  # full fine-tuning only; LoRA tunes the UNet's attention alone
     lora_rank: int = 0  # 0: full fine-tuning (the paper); > 0: a LoRA adapter (peft) of this rank on the UNet's attention
-    lora_alpha: Optional[float] = None  # None: the rank (scale 1)
+    lora_alpha: float | None = None  # None: the rank (scale 1)
     samples_per_prompt: int = 1
     sampler: str = "ddim"  # ddim | ddpm
     num_inference_steps: int = 25
@@ -96,7 +96,7 @@ class ExpertConfig:
 
 @dataclass
 class FilterConfig:
-    min_delta: Optional[float] = 0.0  # the paper's lambda; None keeps every render
+    min_delta: float | None = 0.0  # the paper's lambda; None keeps every render
 
 
 @dataclass
@@ -116,12 +116,12 @@ class ApprenticeConfig:
     demo_dropout: float = 0.1
     checkpoint_every: int = 100
     log_every: int = 10  # metrics to ray.train.report and TensorBoard
-    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10% (core.schedules.warmup_cosine)
+    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10% (core.models.schedules.warmup_cosine)
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999  # diffusers' EMAModel (its decay warms up as (1 + step) / (10 + step))
     export_ema: bool = True  # paths.apprentice gets the EMA weights; checkpoints keep both
     # G is listed again every epoch, so shards written while training runs are read at the next epoch.
-    passes_per_epoch: Optional[int] = None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
+    passes_per_epoch: int | None = None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
     g_wait_s: float = 0.0  # how long a worker waits for G's first rows (the expert stage still writing) before failing
     max_failures: int = 2  # Ray Train restarts from the latest checkpoint after a lost worker, this many times
     seed: int = 0
@@ -129,7 +129,7 @@ class ApprenticeConfig:
     sampler: str = "ddim"
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
-    demo_guidance_scale: Optional[float] = None  # None: one scale over text and demos together
+    demo_guidance_scale: float | None = None  # None: one scale over text and demos together
 
 
 @dataclass
@@ -177,16 +177,16 @@ class DreamBenchConfig:
     # Metric encoders, local only: a folder holding a transformers ViTModel (facebook/dino-vits16 saved with
     # save_pretrained), and an open_clip model name with a local weights file, or "local-dir:<folder>" holding
     # open_clip_config.json and the weights (the layout of open_clip's hub repositories).
-    dino: Optional[str] = None
+    dino: str | None = None
     clip_model: str = "ViT-B-32"
-    clip_pretrained: Optional[str] = None
+    clip_pretrained: str | None = None
     methods: list[str] = field(default_factory=lambda: ["apprentice", "expert"])
     images_per_prompt: int = 4
     max_demos: int = 4  # subject images shown to the apprentice and fine-tuned on by the expert
     # The expert's rare token, as in DreamBooth ("a sks dog"); "" gives SuTI-style experts that see the class only.
     identifier: str = "sks"
-    max_subjects: Optional[int] = None  # None: every subject; a number for quick runs
-    max_prompts: Optional[int] = None  # None: all 25 prompts of each list
+    max_subjects: int | None = None  # None: every subject; a number for quick runs
+    max_prompts: int | None = None  # None: all 25 prompts of each list
     seed: int = 0
     # Generation actors (one per accelerator slot) and the scoring task.
     num_actors: int = 2
@@ -200,7 +200,7 @@ class DreamBenchConfig:
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = None  # None starts a local cluster; "auto" joins a running one
+    address: str | None = None  # None starts a local cluster; "auto" joins a running one
     num_cpus: int = 4  # logical CPUs of a local cluster; Ray Data needs room beside Train workers
     object_store_memory_mb: int = 512
 

@@ -9,11 +9,13 @@ import signal
 import struct
 import threading
 import time
+from pathlib import Path
+
+from conftest import processes_named
 
 from actors.apprentice_trainer import fit
-from conftest import processes_named
-from core import storage
 from core.config import to_dict
+from core.data import storage
 
 
 def train_worker_processes() -> list[int]:
@@ -25,7 +27,7 @@ def checkpoints(storage_root: str, run_name: str) -> list[str]:
     killed before the registration restarts from scratch, by design."""
     path = os.path.join(storage_root, run_name, "checkpoint_manager_snapshot.json")
     try:
-        return [r["checkpoint_dir_name"] for r in json.load(open(path))["checkpoint_results"]]
+        return [r["checkpoint_dir_name"] for r in json.loads(Path(path).read_text())["checkpoint_results"]]
     except (OSError, ValueError, KeyError):  # not written yet, or being replaced
         return []
 
@@ -39,7 +41,7 @@ def tensorboard_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
         for name in names:
             if "tfevents" not in name:
                 continue
-            data = open(os.path.join(root, name), "rb").read()
+            data = Path(root, name).read_bytes()
             pos = 0
             while pos < len(data):
                 (length,) = struct.unpack("<Q", data[pos : pos + 8])
@@ -57,7 +59,7 @@ def start_fit(config, cfg, g_uri, root, run_name) -> tuple[threading.Thread, dic
     def work() -> None:
         try:
             out["result"] = fit(cfg, g_uri, None, config.paths.base, root, run_name, to_dict(full))
-        except BaseException as err:  # surfaced by the test's assertions
+        except BaseException as err:  # noqa: BLE001  surfaced by the test's assertions
             out["error"] = err
 
     thread = threading.Thread(target=work)
@@ -68,7 +70,7 @@ def start_fit(config, cfg, g_uri, root, run_name) -> tuple[threading.Thread, dic
 def final_state(out: dict) -> dict:
     assert "error" not in out, out.get("error")
     with out["result"].checkpoint.as_directory() as folder:
-        return json.load(open(os.path.join(folder, "train_state.json")))
+        return json.loads(Path(os.path.join(folder, "train_state.json")).read_text())
 
 
 def test_two_worker_ddp_sigkilled_worker_resumes_from_its_checkpoint(smoke, tmp_path):

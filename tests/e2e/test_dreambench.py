@@ -72,8 +72,9 @@ def test_full_report_on_the_20_subject_copy_then_resume(smoke, tiny_encoders, tm
     from PIL import Image
 
     from apps import dreambench as app
-    from core import dreambench, schema, storage
-    from core.dreambench_metrics import load_encoders, oracle
+    from core.data import schema, storage
+    from core.dreambench import data as dreambench
+    from core.dreambench.metrics import load_encoders, oracle
 
     config = dreambench_config(smoke[0], tiny_encoders, tmp_path)
     summary = app.run(config)
@@ -151,7 +152,7 @@ def test_full_report_on_the_20_subject_copy_then_resume(smoke, tiny_encoders, tm
 def test_missing_encoders_fail_at_once_naming_the_key(tmp_path):
     from apps import dreambench as app
     from apps.config import compose
-    from core.storage import MissingInputError
+    from core.data.storage import MissingInputError
 
     base = [f"paths.root={tmp_path}", f"dreambench.data={DATA}"]
     with pytest.raises(MissingInputError, match="`dreambench.dino`"):
@@ -172,7 +173,7 @@ def test_clip_loads_by_name_and_weights_file_as_from_its_folder(tiny_encoders):
     import open_clip
     import torch
 
-    from core.dreambench_metrics import ClipEncoder, DinoEncoder, oracle
+    from core.dreambench.metrics import ClipEncoder, DinoEncoder, oracle
 
     open_clip.add_model_config(os.path.join(os.path.dirname(tiny_encoders["dino"]), "suti-test-tiny-clip.json"))
     by_name = ClipEncoder(tiny_encoders["clip_name"], tiny_encoders["clip_file"], torch.device("cpu"))

@@ -7,10 +7,11 @@ import signal
 import threading
 import time
 
+from conftest import processes_named
+
 from actors.expert_pool import run_pool
 from apps.experts import provenance
-from conftest import processes_named
-from core import schema, storage
+from core.data import schema, storage
 
 
 def expert_processes() -> list[int]:

@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 
 from actors.g_dataset import read_g
-from core import schema, storage, toyworld
-from core.backbone import create_tokenizer
+from core.data import schema, storage
+from core.data.images import to_png
+from core.models.tokenizer import create_tokenizer
+from core.toy import world as toyworld
 
 
 def rows(subject: str, deltas: list[float], scorer: str = "s") -> list[dict]:
     rng = np.random.default_rng(0)
-    png = lambda: toyworld.to_png(toyworld.render(toyworld.all_subjects()[0], toyworld.random_scene(rng)))
+    png = lambda: to_png(toyworld.render(toyworld.all_subjects()[0], toyworld.random_scene(rng)))
     demos = [png() for _ in range(4)]
     return [
         {
             "subject_id": subject, "prompt_id": f"p{i}", "sample_index": 0, "prompt": "a ball on sand", "prompt_skill": "recontextualization",
             "image": png(), "demo_images": demos, "demo_captions": ["a ball on grass"] * 4, "clip_score": 0.5 + d,
-            "ref_clip_score": 0.5, "delta": d, "kept": d > 0.0, "base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": scorer,
+            "ref_clip_score": 0.5, "delta": d, "base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": scorer,
         }
         for i, d in enumerate(deltas)
     ]

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from actors.mining_pool import mine_with_ray_data
-from core import schema, storage, toyworld
 from core.config import MineConfig, ScorerConfig, WorldConfig
-from core.mining import mine
-from core.scorer import create_scorer, load_scorer, save_scorer
+from core.data import schema, storage
+from core.data.images import from_png
+from core.method.mining import mine
+from core.models.scorer import create_scorer, load_scorer, save_scorer
+from core.toy import world as toyworld
 
 SHIPPED_SCORER = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "scorer")
 
@@ -48,7 +50,7 @@ def test_ray_data_mining_equals_the_in_process_miner(ray_session, corpus_uri, wh
     assert [r["subject_id"] for r in rows] == [r["subject_id"] for r in local_rows]
     for ours, theirs in zip(rows, local_rows):
         assert ours["demo_captions"] == theirs["demo_captions"] and ours["prompts"] == theirs["prompts"]
-        assert all(np.array_equal(toyworld.from_png(a), toyworld.from_png(b)) for a, b in zip(ours["demo_images"], theirs["demo_images"]))
+        assert all(np.array_equal(from_png(a), from_png(b)) for a, b in zip(ours["demo_images"], theirs["demo_images"]))
     schema.table_from_rows(rows, schema.DS_SCHEMA)
     assert 0 < summary["kept"] < summary["groups"], summary  # both ways of a decision were taken
     if which == "shipped":  # the trained scorer's filters remove mixed groups

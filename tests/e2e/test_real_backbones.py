@@ -13,12 +13,13 @@ import torch
 
 from actors.expert_pool import run_pool
 from apps.experts import provenance
-from core import backbone as bb
-from core import schema, storage
-from core.expert import Expert
-from core.scorer import load_scorer
-from core.tiny_models import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
-from core.toyworld import from_png
+from core.data import schema, storage
+from core.data.images import from_png
+from core.method.expert import Expert
+from core.models import backbone as bb
+from core.models import sampling
+from core.models.scorer import load_scorer
+from core.toy.tiny_backbones import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
 
 MAKERS = {"sd": save_tiny_stable_diffusion, "if": save_tiny_deepfloyd_if}
 
@@ -45,15 +46,15 @@ def test_folders_load_as_the_model_they_stand_for(real_folder):
     else:
         assert backbone.kind == "pixel" and backbone.unet.config.out_channels == 6
         assert type(backbone.text_encoder).__name__ == "T5EncoderModel"
-        assert bb.learned_variance(bb.create_sampler("ddpm", backbone.noise_scheduler))
-        assert not bb.learned_variance(bb.create_sampler("ddim", backbone.noise_scheduler))
+        assert sampling.learned_variance(sampling.create_sampler("ddpm", backbone.noise_scheduler))
+        assert not sampling.learned_variance(sampling.create_sampler("ddim", backbone.noise_scheduler))
     for sampler in ("ddpm", "ddim"):
-        images = bb.sample(backbone, ["a red ball on grass", "a box"], sampler=sampler, num_inference_steps=2)
+        images = sampling.sample(backbone, ["a red ball on grass", "a box"], sampler=sampler, num_inference_steps=2)
         assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
 
 
 def test_a_repo_in_the_local_hugging_face_cache_loads_without_network(real_folder, tmp_path):
-    kind, folder = real_folder
+    _kind, folder = real_folder
     snapshot = tmp_path / "models--tiny--model" / "snapshots" / "0123abcd"
     shutil.copytree(folder, snapshot)
     (tmp_path / "models--tiny--model" / "refs").mkdir()
@@ -64,7 +65,7 @@ def test_a_repo_in_the_local_hugging_face_cache_loads_without_network(real_folde
 
 
 def test_expert_fine_tunes_the_unet_only_and_resets(real_folder, smoke):
-    kind, folder = real_folder
+    _kind, folder = real_folder
     config, _ = smoke
     backbone = bb.load_backbone(folder)
     scorer = load_scorer(config.paths.scorer)
@@ -85,7 +86,7 @@ def test_expert_fine_tunes_the_unet_only_and_resets(real_folder, smoke):
 
 
 def test_one_subject_through_the_expert_farm(real_folder, smoke, tmp_path):
-    kind, folder = real_folder
+    _kind, folder = real_folder
     config, _ = smoke
     records = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S").to_pylist()[:1]
     cfg = dataclasses.replace(config.expert, steps=2, batch_size=2, num_inference_steps=2, num_actors=1, optimizer="adafactor", lr=1e-3)

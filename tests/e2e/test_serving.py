@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from core import toyworld
+from core.data.images import from_png
 
 
 def _open_gates(folder: str, source: str, value: float):
@@ -21,7 +21,7 @@ def _open_gates(folder: str, source: str, value: float):
     that dropped the demos would still pass), saved to `folder`."""
     import torch
 
-    from core.apprentice import load_apprentice, save_apprentice
+    from core.pipelines.suti import load_apprentice, save_apprentice
 
     apprentice = load_apprentice(source)
     with torch.no_grad():
@@ -47,9 +47,9 @@ def served(smoke, tmp_path_factory):
 
 
 def _offline(apprentice, config, body: dict, seed: int) -> np.ndarray:
-    from core.apprentice import sample
+    from core.method.apprentice import sample
 
-    demos = [toyworld.from_png(base64.b64decode(d["image"])) for d in body["demos"]]
+    demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     return sample(
         apprentice, body["prompt"], demos, [d["caption"] for d in body["demos"]], num_images=body.get("num_images", 1),
         sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=seed,
@@ -57,12 +57,12 @@ def _offline(apprentice, config, body: dict, seed: int) -> np.ndarray:
 
 
 def _images(reply) -> list[np.ndarray]:
-    return [toyworld.from_png(base64.b64decode(b)) for b in reply.json()["images"]]
+    return [from_png(base64.b64decode(b)) for b in reply.json()["images"]]
 
 
 def test_served_image_is_the_offline_samplers_and_depends_on_the_demos(served):
     from apps.serve import example_request
-    from core.apprentice import sample
+    from core.method.apprentice import sample
 
     config, url, apprentice = served
     body = example_request(config)
@@ -70,7 +70,7 @@ def test_served_image_is_the_offline_samplers_and_depends_on_the_demos(served):
     assert reply.status_code == 200, reply.text
     offline = _offline(apprentice, config, body, seed=3)[0]
     assert np.abs(_images(reply)[0].astype(int) - offline.astype(int)).max() <= 2
-    kwargs = dict(num_images=1, sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=3)
+    kwargs = {"num_images": 1, "sampler": config.apprentice.sampler, "num_inference_steps": body["steps"], "guidance_scale": body["guidance_scale"], "seed": 3}
     without_demos = sample(apprentice, body["prompt"], [], [], **kwargs)[0]
     assert np.abs(without_demos.astype(int) - offline.astype(int)).max() > 10  # the demos travelled and mattered
 
@@ -100,7 +100,7 @@ def test_new_checkpoint_swaps_in_under_load_without_a_failed_request(served, tmp
     while a client keeps sending requests, and none of them fails."""
     from apps.serve import example_request, start
 
-    config, url, apprentice = served
+    config, url, _apprentice = served
     body = dict(example_request(config), steps=2)
     before = requests.post(f"{url}/v1/generate", json=body, timeout=120).json()["model"]
     swapped = _open_gates(str(tmp_path), config.paths.apprentice, 3.0)
@@ -219,7 +219,7 @@ def test_web_page_draws_in_headless_chromium(served, tmp_path):
             browser.close()
     assert "demos[0].image" in error, error
     assert src.startswith("data:image/png;base64,")
-    drawn = toyworld.from_png(base64.b64decode(src.split(",", 1)[1]))
+    drawn = from_png(base64.b64decode(src.split(",", 1)[1]))
     two = dict(body, demos=body["demos"][:2])
     offline = _offline(apprentice, config, two, seed=7)[0]
     assert np.abs(drawn.astype(int) - offline.astype(int)).max() <= 2

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import schema, storage, toyworld
+from core.data import schema, storage
+from core.data.images import from_png
 
 
 def test_g_holds_every_render_once_matching_the_schema(smoke):
@@ -51,8 +52,9 @@ def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
     import torch
 
     from actors.g_dataset import decode_batch
-    from core.apprentice import Apprentice, load_apprentice, training_loss
-    from core.backbone import load_backbone
+    from core.method.apprentice import Apprentice, training_loss
+    from core.models.backbone import load_backbone
+    from core.pipelines.suti import load_apprentice
 
     config, _ = smoke
     state = json.loads(storage.read_bytes(storage.join(config.paths.apprentice, "train_state.json")))
@@ -88,13 +90,14 @@ def test_evaluation_scores_the_oracle_near_the_maximum(smoke):
 def test_serve_answers_over_http_with_the_offline_sampler_image(smoke):
     """The pipeline's serve stage asked the endpoint once (seed 0) and saved the PNG it got over HTTP."""
     from apps.serve import example_request
-    from core.apprentice import load_apprentice, sample
+    from core.method.apprentice import sample
+    from core.pipelines.suti import load_apprentice
 
     config, summaries = smoke
     assert summaries["serve"]["url"].startswith("http://127.0.0.1:")
-    served = toyworld.from_png(storage.read_bytes(summaries["serve"]["out"]))
+    served = from_png(storage.read_bytes(summaries["serve"]["out"]))
     body = example_request(config)
-    demos = [toyworld.from_png(base64.b64decode(d["image"])) for d in body["demos"]]
+    demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     offline = sample(
         load_apprentice(config.paths.apprentice), body["prompt"], demos, [d["caption"] for d in body["demos"]],
         num_images=1, sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0,

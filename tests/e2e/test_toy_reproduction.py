@@ -3,6 +3,7 @@ artifacts: G shards from experts, expert checkpoints, every apprentice variant, 
 
 import json
 import os
+from pathlib import Path
 
 from benchmarks import toy_reproduction as tr
 
@@ -10,7 +11,7 @@ from benchmarks import toy_reproduction as tr
 def test_quick_benchmark_writes_every_row_study_and_grid(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     tr.main(["--quick", "--work", str(work), "--out", str(out)])
-    result = json.load(open(out / "toy_reproduction_quick.json"))
+    result = json.loads(Path(out / "toy_reproduction_quick.json").read_text())
     assert list(result["rows"]) == list(tr.ROWS)
     for name, row in result["rows"].items():
         mean, lo, hi = row["subject_fidelity"]

@@ -7,16 +7,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from core import apprentice as ap
-from core import backbone as bb
-from core.pipeline_suti import SuTIPipeline
-from core.tiny_models import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
-from core import toyworld as tw
+from core.method import apprentice as ap
+from core.models import backbone as bb
+from core.models.tokenizer import tokenize
+from core.pipelines.suti import SuTIPipeline, save_apprentice
+from core.toy import world as tw
+from core.toy.tiny_backbones import save_tiny_deepfloyd_if, save_tiny_stable_diffusion
 
 MAKERS = {"sd": save_tiny_stable_diffusion, "if": save_tiny_deepfloyd_if}
 
@@ -28,10 +30,10 @@ def demos():
 
 def one_batch(apprentice, demos, b=2):
     images = bb.images_to_tensor([d[0] for d in demos])
-    ids = bb.tokenize(apprentice.tokenizer, [d[1] for d in demos])
+    ids = tokenize(apprentice.tokenizer, [d[1] for d in demos])
     return {
         "image": images[:b],
-        "input_ids": bb.tokenize(apprentice.tokenizer, ["a ball on sand"] * b),
+        "input_ids": tokenize(apprentice.tokenizer, ["a ball on sand"] * b),
         "demo_images": images.unsqueeze(0).repeat(b, 1, 1, 1, 1),
         "demo_ids": ids.unsqueeze(0).repeat(b, 1, 1),
     }
@@ -62,9 +64,9 @@ def test_apprentice_trains_samples_and_exports_on_real_backbone_layouts(kind, tm
     assert dual.shape == (1, 32, 32, 3)
     # Export and reload: same image at the same seed; the unet folder is a stock diffusers UNet.
     out = str(tmp_path / "export")
-    ap.save_apprentice(apprentice, out)
-    index = json.load(open(os.path.join(out, "model_index.json")))
-    assert index["_class_name"] == "SuTIPipeline" and index["demo_adapter"] == ["core.apprentice", "DemoAdapter"]
+    save_apprentice(apprentice, out)
+    index = json.loads(Path(os.path.join(out, "model_index.json")).read_text())
+    assert index["_class_name"] == "SuTIPipeline" and index["demo_adapter"] == ["core.method.apprentice", "DemoAdapter"]
     assert (index["vae"][1] == "AutoencoderKL") == (kind == "sd")
     pipe = SuTIPipeline.from_pretrained(out)
     again = pipe(args[0], demos=list(zip(args[1], args[2])), num_inference_steps=3, generator=torch.Generator().manual_seed(4), output_type="np").images
@@ -83,13 +85,13 @@ def test_exported_pipeline_draws_the_same_image_without_ray(tmp_path, demos):
         opt.step()
     apprentice.eval()
     folder = str(tmp_path / "apprentice")
-    ap.save_apprentice(apprentice, folder)
+    save_apprentice(apprentice, folder)
     np.savez(tmp_path / "demos.npz", images=np.stack([d[0] for d in demos]), captions=np.array([d[1] for d in demos]))
     script = f"""
 import sys, numpy as np, torch
 from PIL import Image
 from diffusers import DDPMScheduler
-from core.pipeline_suti import SuTIPipeline
+from core.pipelines.suti import SuTIPipeline
 d = np.load({str(tmp_path / 'demos.npz')!r})
 demos = [(Image.fromarray(i), str(c)) for i, c in zip(d["images"], d["captions"])]
 pipe = SuTIPipeline.from_pretrained({folder!r})

@@ -47,7 +47,7 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 def test_missing_input_fails_at_once_naming_path_and_key(stage, key, tmp_path):
     import importlib
 
-    from core.storage import MissingInputError
+    from core.data.storage import MissingInputError
 
     config = compose([f"paths.root={tmp_path}/empty"])
     with pytest.raises(MissingInputError, match=rf"{tmp_path}/empty.*`{key}`"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core import dreambench
-from core.storage import MissingInputError
+from core.data.storage import MissingInputError
+from core.dreambench import data as dreambench
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambench" / "dataset"
 LIVE = {"cat2", "dog", "dog2", "dog3", "dog5", "dog7"}

@@ -2,13 +2,11 @@
 
 import os
 
-import numpy as np
-
-from core import evaluation
 from core.config import EvaluateConfig, ScorerConfig, WorldConfig
-from core.scorer import create_scorer
-from core.readers import load_readers
-from core.toyworld import from_png
+from core.data.images import from_png
+from core.models.scorer import create_scorer
+from core.toy import evaluation
+from core.toy.readers import load_readers
 
 READERS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "readers")
 

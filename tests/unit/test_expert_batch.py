@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from core import backbone as bb
-from core import toyworld as tw
 from core.config import ExpertConfig
-from core.expert import Expert
-from core.expert_batch import ExpertBatch
+from core.method.expert import Expert
+from core.method.expert_batch import ExpertBatch
+from core.models import backbone as bb
+from core.models import sampling
+from core.toy import world as tw
 
 
 def _jobs():
@@ -58,7 +59,7 @@ def test_batch_trains_the_same_experts_as_one_at_a_time(train_text_encoder):
         if train_text_encoder:
             _same_weights(batch.params["text"], backbone.text_encoder, i, cfg)
         # DDIM from the same seed draws the same images (uint8; a rounding step apart at most).
-        alone = bb.sample(backbone, prompts[i], sampler="ddim", num_inference_steps=4, guidance_scale=3.0, seed=seeds[i])
+        alone = sampling.sample(backbone, prompts[i], sampler="ddim", num_inference_steps=4, guidance_scale=3.0, seed=seeds[i])
         assert batch_images[i].shape == alone.shape
         assert np.abs(batch_images[i].astype(int) - alone.astype(int)).max() <= 1
     # And the experts did learn something different from each other.

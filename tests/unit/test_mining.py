@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from core import schema, toyworld
 from core.config import MineConfig, ScorerConfig, WorldConfig
-from core.mining import mine
-from core.scorer import train_scorer
+from core.data import schema
+from core.data.images import from_png, to_png
+from core.method.mining import mine
+from core.toy import world as toyworld
+from core.toy.scorer_training import train_scorer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_mining_keeps_clusters_purer_than_the_corpus(corpus):
 
 
 def test_mining_skips_and_counts_corrupt_images_and_drops_small_groups(corpus):
-    from core.scorer import create_scorer
+    from core.models.scorer import create_scorer
 
     _, table = corpus
     rows, summary = mine(table, create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1, min_cluster_size=7), progress=False)
@@ -40,12 +42,12 @@ def test_mining_skips_and_counts_corrupt_images_and_drops_small_groups(corpus):
 
 
 def test_mining_resizes_images_of_other_sizes_and_counts_them():
-    from core.scorer import create_scorer
+    from core.models.scorer import create_scorer
 
     rng = np.random.default_rng(0)
     subject = toyworld.all_subjects()[0]
-    big = toyworld.to_png(np.repeat(np.repeat(toyworld.render(subject, toyworld.random_scene(rng)), 2, 0), 2, 1))  # 64x64
-    rows = [{"url": "u", "image": big if i == 0 else toyworld.to_png(toyworld.render(subject, toyworld.random_scene(rng))), "caption": "a ball on sand", "truth_subject_id": None} for i in range(4)]
+    big = to_png(np.repeat(np.repeat(toyworld.render(subject, toyworld.random_scene(rng)), 2, 0), 2, 1))  # 64x64
+    rows = [{"url": "u", "image": big if i == 0 else to_png(toyworld.render(subject, toyworld.random_scene(rng))), "caption": "a ball on sand", "truth_subject_id": None} for i in range(4)]
     out, summary = mine(schema.table_from_rows(rows, schema.CORPUS_SCHEMA), create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1), progress=False)
     assert summary["images_resized"] == 1 and len(out) == 1
-    assert toyworld.from_png(out[0]["demo_images"][0]).shape == (32, 32, 3)
+    assert from_png(out[0]["demo_images"][0]).shape == (32, 32, 3)

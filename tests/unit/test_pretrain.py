@@ -1,13 +1,11 @@
 """Base pretraining: a saved state resumes where it stopped, and the EMA warms up (a fixed decay over a short run
 would keep the random initialisation, as it did in the first GPU run)."""
 
-import numpy as np
-import torch
 
-from core import toyworld as tw
-from core.backbone import create_backbone
 from core.config import PretrainConfig
-from core.pretrain import pretrain
+from core.models.backbone import create_backbone
+from core.toy import world as tw
+from core.toy.pretrain import pretrain
 
 
 def test_a_saved_state_resumes_at_its_step_with_its_weights():

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
-
 import ray.autoscaler
+import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "ray_cluster.yaml"

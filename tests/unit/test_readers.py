@@ -3,12 +3,13 @@ see its report.json for the command, seed, device and time)."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from core import readers as rd
-from core import toyworld as tw
+from core.toy import readers as rd
+from core.toy import world as tw
 
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy")
 
@@ -51,8 +52,9 @@ def test_shipped_readers_read_unseen_test_subjects():
 
 
 def test_shipped_artifacts_load_fit_the_budget_and_say_how_they_were_made():
-    from core.backbone import load_backbone, sample
-    from core.scorer import load_scorer
+    from core.models.backbone import load_backbone
+    from core.models.sampling import sample
+    from core.models.scorer import load_scorer
 
     base = load_backbone(os.path.join(ARTIFACTS, "base"))
     scorer = load_scorer(os.path.join(ARTIFACTS, "scorer"))
@@ -61,7 +63,7 @@ def test_shipped_artifacts_load_fit_the_budget_and_say_how_they_were_made():
     assert scorer.encode_images(images).shape[0] == 1
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(ARTIFACTS) for f in files)
     assert size <= 30 * 2**20, f"shipped artifacts are {size / 2**20:.1f} MiB"
-    report = json.load(open(os.path.join(ARTIFACTS, "report.json")))
+    report = json.loads(Path(os.path.join(ARTIFACTS, "report.json")).read_text())
     for stage in ("readers", "scorer", "base", "finish"):
         assert {"command", "seed", "seconds", "device", "date"} <= set(report[stage]), stage
         assert report[stage]["command"].startswith("python -m apps.toy_pretrain")

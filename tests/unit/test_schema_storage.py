@@ -3,20 +3,20 @@ import os
 import pyarrow as pa
 import pytest
 
-from core import schema, storage
+from core.data import schema, storage
 
 
 def g_row(i: int = 0) -> dict:
     return {
         "subject_id": "s1", "prompt_id": f"p{i}", "sample_index": 0, "prompt": "a ball on sand", "prompt_skill": "style",
         "image": b"png", "demo_images": [b"a", b"b", b"c"], "demo_captions": ["x", "y", "z"], "clip_score": 0.3,
-        "ref_clip_score": 0.2, "delta": 0.1, "kept": True, "base_checkpoint_hash": "b", "expert_config_hash": "e",
+        "ref_clip_score": 0.2, "delta": 0.1, "base_checkpoint_hash": "b", "expert_config_hash": "e",
         "scorer_hash": "s",
     }
 
 
 def test_g_schema_has_key_and_provenance_columns():
-    for name in (*schema.G_KEY, "delta", "kept", "base_checkpoint_hash", "expert_config_hash", "scorer_hash"):
+    for name in (*schema.G_KEY, "delta", "base_checkpoint_hash", "expert_config_hash", "scorer_hash"):
         assert name in schema.G_SCHEMA.names
     assert schema.G_SCHEMA.field("image").type == pa.binary()
 

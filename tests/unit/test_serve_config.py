@@ -9,7 +9,7 @@ def test_deploy_config_is_a_valid_serve_config_carrying_the_hydra_values(tmp_pat
     from actors.serve_app import ServeArgs
     from apps import serve_config
     from apps.config import compose
-    from core import storage
+    from core.data import storage
 
     config = compose([
         f"paths.root={tmp_path}", "serve.max_batch_size=8", "serve.port=8100",

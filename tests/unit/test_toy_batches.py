@@ -3,7 +3,7 @@
 import numpy as np
 
 from benchmarks.toy_reproduction import Examples, make_batch
-from core.backbone import create_tokenizer, tokenize
+from core.models.tokenizer import create_tokenizer, tokenize
 
 
 def test_batches_take_distinct_demos_of_the_row_itself():
@@ -40,7 +40,7 @@ def test_demo_encoder_warm_start_learns_identity_and_leaves_only_the_encoder_cha
     import torch
 
     from benchmarks.toy_reproduction import IDENTITY_HEADS, pretrain_demo_encoder
-    from core.apprentice import DemoEncoder
+    from core.method.apprentice import DemoEncoder
 
     torch.manual_seed(0)
     encoder = DemoEncoder(3, 64, 64, 4)
@@ -58,7 +58,7 @@ def test_demo_encoder_warm_start_is_made_once_per_work_folder(tmp_path):
     import torch
 
     from benchmarks.toy_reproduction import warm_encoder
-    from core.apprentice import DemoEncoder
+    from core.method.apprentice import DemoEncoder
 
     torch.manual_seed(0)
     first = DemoEncoder(3, 64, 64, 4)

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from core import toyrender as tr
-from core import toyworld as tw
-from core.pretrain import CaptionStream, toy_scenes
+from core.toy import render as tr
+from core.toy import world as tw
+from core.toy.pretrain import CaptionStream, toy_scenes
 
 
 def _scenes(n: int, seed: int = 0):
@@ -61,7 +61,7 @@ def test_pack_scenes_takes_the_property_edit():
 
 
 def test_caption_stream_yields_scenes_and_ids_for_the_device_to_draw():
-    from core.backbone import create_tokenizer, tokenize
+    from core.models.tokenizer import create_tokenizer, tokenize
 
     tokenizer = create_tokenizer(24)
     subjects = tw.all_subjects()[:50]

@@ -3,8 +3,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core import toyworld as tw
 from core.config import WorldConfig
+from core.data.images import from_png
+from core.toy import world as tw
 
 
 def test_world_has_many_subjects_and_a_disjoint_split():
@@ -86,7 +87,7 @@ def test_corpus_is_deterministic_and_noisy():
     assert len(corrupt) == cfg.corrupt_records
     for r in corrupt:
         with pytest.raises(ValueError):
-            tw.from_png(r["image"])
+            from_png(r["image"])
     by_url = {}
     for r in rows:
         if r["truth_subject_id"]:

@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image, ImageOps
 
-from core import storage
-from core.expert import seed_for
-from core.toyworld import from_png, to_png
+from core.data import storage
+from core.data.images import from_png, to_png
+from core.method.expert import seed_for
 
 PROMPTS_FILE = "prompts_and_classes.txt"
 LIVE_CLASSES = frozenset({"dog", "cat"})
@@ -236,10 +236,10 @@ def _rows(method: str, subject: Subject, prompts: list[Prompt], texts: list[str]
 def generate_apprentice(apprentice, subject: Subject, prompts: list[Prompt], demos: list[np.ndarray], images_per_prompt: int, seed: int, sampling: dict, provenance: dict) -> list[dict]:
     """DREAMBENCH rows of one subject drawn by the apprentice. demos: K uint8 (R, R, 3) at the model's resolution R.
 
-    sampling: sampler, num_inference_steps, guidance_scale, demo_guidance_scale (core.apprentice.sample's keywords).
+    sampling: sampler, num_inference_steps, guidance_scale, demo_guidance_scale (core.method.apprentice.sample's keywords).
     provenance: backbone, run_hash.
     """
-    from core.apprentice import sample
+    from core.method.apprentice import sample
 
     captions = [demo_caption(subject.class_name)] * len(demos)
     texts = [p.text("", subject.class_name) for p in prompts]
@@ -251,9 +251,9 @@ def generate_apprentice(apprentice, subject: Subject, prompts: list[Prompt], dem
 
 
 def generate_expert(expert, subject: Subject, prompts: list[Prompt], demos: list[np.ndarray], images_per_prompt: int, seed: int, identifier: str, provenance: dict) -> list[dict]:
-    """DREAMBENCH rows of one subject drawn by a per-subject expert: `expert` (a core.expert.Expert) is reset to the
+    """DREAMBENCH rows of one subject drawn by a per-subject expert: `expert` (a core.method.expert.Expert) is reset to the
     base, fine-tuned on `demos` captioned with the identifier, then samples each prompt with its own settings."""
-    from core.backbone import sample
+    from core.models.sampling import sample
 
     cfg = expert.cfg
     start = time.perf_counter()

@@ -22,40 +22,36 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
   attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
   are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
-  (`core.pipeline_suti.SuTIPipeline`).
+  (`core.pipelines.suti.SuTIPipeline`).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
 from transformers import T5EncoderModel
 
-from core.backbone import (
+from core.models.backbone import (
     Backbone,
-    create_sampler,
     encode_text,
     fit_images,
     from_model_space,
     images_to_tensor,
-    learned_variance,
     model_shape,
-    sample_loop,
     tensor_to_images,
     to_model_space,
-    tokenize,
 )
+from core.models.sampling import create_sampler, learned_variance, sample_loop
+from core.models.tokenizer import tokenize
 
 DEMO_KWARGS = ("demo_tokens", "demo_mask")
 
@@ -206,7 +202,7 @@ class DemoAdapter(ModelMixin, ConfigMixin):
         )
 
     @classmethod
-    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate") -> "DemoAdapter":
+    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate") -> DemoAdapter:
         return cls(
             in_channels=int(unet.config.in_channels),
             text_dim=int(text_encoder.config.hidden_size),
@@ -359,7 +355,7 @@ def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampl
     device = apprentice.unet.device
     counts = [r.num_images for r in requests]
     n = sum(counts)
-    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)  # noqa: E731
+    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)
     text_scale = per_image([r.guidance_scale for r in requests])
     backbone = apprentice.backbone
     cond = encode_text(backbone, [r.prompt for r, c in zip(requests, counts) for _ in range(c)])
@@ -367,13 +363,13 @@ def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampl
     copies = 3 if dual else 2
     states = torch.cat([uncond, uncond, cond] if dual else [uncond, cond])
     mask = None
-    encode = lambda: None  # noqa: E731
+    encode = lambda: None
     if k:
         size = apprentice.resolution
         imgs = torch.stack([images_to_tensor(fit_images(list(r.demo_images), size)) for r in requests]).to(device)  # (R, K, 3, H, W)
         ids = torch.stack([tokenize(apprentice.tokenizer, list(r.demo_captions)) for r in requests]).to(device)
         repeats = torch.tensor(counts, device=device)
-        encode = lambda: apprentice.encode_demos(imgs, ids).repeat_interleave(repeats, dim=0).repeat(copies, 1, 1)  # noqa: E731
+        encode = lambda: apprentice.encode_demos(imgs, ids).repeat_interleave(repeats, dim=0).repeat(copies, 1, 1)
         mask = torch.cat([torch.zeros(n), torch.ones((copies - 1) * n)]).to(device)
     cached = encode() if cache_demos else None
     demo_scale = per_image([r.demo_guidance_scale for r in requests]) if dual else None
@@ -419,23 +415,6 @@ def sample(
     Returns uint8 (N, H, W, 3); `sample_batch` with one request."""
     request = SampleRequest(prompt, list(demo_images), list(demo_captions), num_images, seed, guidance_scale, demo_guidance_scale, generator)
     return sample_batch(apprentice, [request], sampler=sampler, num_inference_steps=num_inference_steps)[0]
-
-
-def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None, sampler: str = "ddim") -> None:
-    """Write the apprentice as a diffusers pipeline folder (`SuTIPipeline`: model_index.json, one folder per
-    component, safetensors), plus `apprentice_config.json` with `extra_config` (provenance, training settings)."""
-    from core.pipeline_suti import SuTIPipeline
-
-    SuTIPipeline.from_apprentice(apprentice, sampler).save_pretrained(folder)
-    with open(os.path.join(folder, "apprentice_config.json"), "w") as f:
-        json.dump({"demo_grid": apprentice.demo_grid, **(extra_config or {})}, f, indent=1, default=str)
-
-
-def load_apprentice(folder: str) -> Apprentice:
-    """Load a folder written by `save_apprentice` (safetensors; no network)."""
-    from core.pipeline_suti import SuTIPipeline
-
-    return SuTIPipeline.from_pretrained(folder).apprentice.eval()
 
 
 def noise_schedule_of(scheduler) -> DDPMScheduler:

@@ -1,6 +1,6 @@
 """`SuTIPipeline`: the trained apprentice as a diffusers `DiffusionPipeline`, usable without Ray.
 
-    from core.pipeline_suti import SuTIPipeline
+    from core.pipelines.suti import SuTIPipeline
     pipe = SuTIPipeline.from_pretrained("outputs/demo/apprentice")
     images = pipe("a cat on a beach", demos=[(img, "a cat"), ...], num_inference_steps=25,
                   guidance_scale=3.0, demo_guidance_scale=None, generator=torch.Generator().manual_seed(0)).images
@@ -8,27 +8,30 @@
 The folder is what `save_pretrained` writes: `model_index.json`, and one folder per component: `unet/` (a plain
 diffusers UNet2DConditionModel: the apprentice's new layers are not in it), `text_encoder/`, `tokenizer/`,
 `scheduler/` (the sampler; swap it as with any diffusers pipeline: `pipe.scheduler =
-DDPMScheduler.from_config(pipe.scheduler.config)`), `demo_adapter/` (`core.apprentice.DemoAdapter`: demo encoder
+DDPMScheduler.from_config(pipe.scheduler.config)`), `demo_adapter/` (`core.method.apprentice.DemoAdapter`: demo encoder
 and gated demo-attention branches) and, for a latent base (Stable Diffusion), `vae/`. The apprentice's stages write
-this folder (`core.apprentice.save_apprentice`), so a trained run's `paths.apprentice` is the export.
+this folder (`core.pipelines.suti.save_apprentice`), so a trained run's `paths.apprentice` is the export.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
-from core.apprentice import Apprentice, DemoAdapter, SampleRequest, noise_schedule_of, sample_batch
-from core.backbone import Backbone, create_sampler, image_resolution
+from core.method.apprentice import Apprentice, DemoAdapter, SampleRequest, noise_schedule_of, sample_batch
+from core.models.backbone import Backbone, image_resolution
+from core.models.sampling import create_sampler
 
 
 class SuTIPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->demo_adapter->unet->vae"
-    _optional_components = ["vae"]
+    _optional_components = ["vae"]  # noqa: RUF012  (diffusers declares it so)
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, demo_adapter: DemoAdapter, vae=None):
         super().__init__()
@@ -40,7 +43,7 @@ class SuTIPipeline(DiffusionPipeline):
         self.apprentice = Apprentice(backbone, adapter=demo_adapter)
 
     @classmethod
-    def from_apprentice(cls, apprentice: Apprentice, sampler: str = "ddim") -> "SuTIPipeline":
+    def from_apprentice(cls, apprentice: Apprentice, sampler: str = "ddim") -> SuTIPipeline:
         """Wrap a trained apprentice; `sampler` ("ddim" or "ddpm") becomes the pipeline's scheduler."""
         return cls(
             unet=apprentice.unet, text_encoder=apprentice.text_encoder, tokenizer=apprentice.tokenizer,
@@ -72,7 +75,7 @@ class SuTIPipeline(DiffusionPipeline):
         """Draw the demonstrated subject for each prompt. `demos`: (image, caption) pairs, PIL or uint8 arrays, any
         size (resized to the model's). One guidance scale guides text and demos together (two UNet evaluations per
         step); `demo_guidance_scale` guides the demos on their own (three). `generator`: one, or one per prompt;
-        the same generator gives the same images as `core.apprentice.sample` with that seed."""
+        the same generator gives the same images as `core.method.apprentice.sample` with that seed."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         images = [self._as_array(img) for img, _ in demos]
         captions = [str(c) for _, c in demos]
@@ -88,3 +91,16 @@ class SuTIPipeline(DiffusionPipeline):
         drawn = np.concatenate(sample_batch(self.apprentice, requests, sampler=self.scheduler, num_inference_steps=num_inference_steps))
         out = [Image.fromarray(a) for a in drawn] if output_type == "pil" else drawn
         return ImagePipelineOutput(images=out) if return_dict else (out,)
+
+
+def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None, sampler: str = "ddim") -> None:
+    """Write the apprentice as a diffusers pipeline folder (`SuTIPipeline`: model_index.json, one folder per
+    component, safetensors), plus `apprentice_config.json` with `extra_config` (provenance, training settings)."""
+    SuTIPipeline.from_apprentice(apprentice, sampler).save_pretrained(folder)
+    with open(os.path.join(folder, "apprentice_config.json"), "w") as f:
+        json.dump({"demo_grid": apprentice.demo_grid, **(extra_config or {})}, f, indent=1, default=str)
+
+
+def load_apprentice(folder: str) -> Apprentice:
+    """Load a folder written by `save_apprentice` (safetensors; no network)."""
+    return SuTIPipeline.from_pretrained(folder).apprentice.eval()

@@ -13,7 +13,7 @@ independent gradients) and AdamW acts element by element, so N stacked AdamW sta
 (not LoRA) with AdamW (Adafactor factors each matrix's second moment, which stacking would change).
 
     batch = ExpertBatch(backbone, scorer, cfg, provenance)
-    for rows, stats in batch.run_subjects(records, min_delta):   # G rows, as Expert.run_subject gives them
+    for rows, stats in batch.run_subjects(records):   # G rows, as Expert.run_subject gives them
         ...
 """
 
@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from transformers import T5EncoderModel
 
-from core import backbone as bb
 from core.config import ExpertConfig
-from core.device import autocast, step_done
-from core.expert import g_rows, seed_for
-from core.scorer import Scorer
-from core.toyworld import from_png
+from core.data.images import from_png
+from core.method.expert import g_rows, seed_for
+from core.models import backbone as bb
+from core.models import sampling
+from core.models.device import autocast, step_done
+from core.models.scorer import Scorer
+from core.models.tokenizer import tokenize
 
 
 def _functional_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -122,7 +124,7 @@ class ExpertBatch:
         flat = pixels.flatten(0, 1)
         plain = bb.to_model_space(backbone, flat).unflatten(0, (n, most))
         flipped = bb.to_model_space(backbone, flat.flip(-1)).unflatten(0, (n, most))
-        ids = torch.stack([bb.tokenize(backbone.tokenizer, captions + captions[:1] * (most - len(captions))) for _, captions, _ in jobs]).to(device)
+        ids = torch.stack([tokenize(backbone.tokenizer, captions + captions[:1] * (most - len(captions))) for _, captions, _ in jobs]).to(device)
         generators = [torch.Generator().manual_seed(seed) for _, _, seed in jobs]
         channels, rows = plain.shape[2], torch.arange(n, device=device)[:, None]
         scheduler = backbone.noise_scheduler
@@ -162,13 +164,13 @@ class ExpertBatch:
     @torch.no_grad()
     def sample(self, prompts: list[list[str]], seeds: list[int]) -> list[np.ndarray]:
         """Each expert draws its own prompts (classifier-free guidance, `cfg.sampler`). Returns uint8 (B_i, H, W, 3)
-        per expert. With DDIM each expert's images are those `bb.sample` draws at its seed; DDPM draws its step
+        per expert. With DDIM each expert's images are those `sampling.sample` draws at its seed; DDPM draws its step
         noise from the first seed's generator for the whole batch."""
         cfg, backbone, device = self.cfg, self.backbone, self.backbone.device
         n, most = len(prompts), max(len(p) for p in prompts)
         padded = [p + p[:1] * (most - len(p)) for p in prompts]
-        ids = torch.stack([torch.cat([bb.tokenize(backbone.tokenizer, [""] * most), bb.tokenize(backbone.tokenizer, p)]) for p in padded]).to(device)
-        scheduler = bb.create_sampler(cfg.sampler, backbone.noise_scheduler)
+        ids = torch.stack([torch.cat([tokenize(backbone.tokenizer, [""] * most), tokenize(backbone.tokenizer, p)]) for p in padded]).to(device)
+        scheduler = sampling.create_sampler(cfg.sampler, backbone.noise_scheduler)
         scheduler.set_timesteps(cfg.num_inference_steps)
         shape = bb.model_shape(backbone, most)
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
@@ -179,7 +181,7 @@ class ExpertBatch:
                 out = self._predict(torch.cat([x, x], dim=1), t.to(device), states)
                 eps_u, eps_c = out[:, :, : shape[1]].chunk(2, dim=1)
                 eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
-                if out.shape[2] > shape[1] and bb.learned_variance(scheduler):
+                if out.shape[2] > shape[1] and sampling.learned_variance(scheduler):
                     eps = torch.cat([eps, out[:, most:, shape[1] :]], dim=2)
                 x = scheduler.step(eps.flatten(0, 1), t, x.flatten(0, 1), generator=generator).prev_sample.unflatten(0, (n, most))
                 step_done(device)
@@ -188,7 +190,7 @@ class ExpertBatch:
 
     # ------------------------------------------------------------ G rows
 
-    def run_subjects(self, records: list[dict], min_delta: float | None) -> list[tuple[list[dict], dict]]:
+    def run_subjects(self, records: list[dict]) -> list[tuple[list[dict], dict]]:
         """`Expert.run_subject` for every record at once: (G rows, stats) per record, in order."""
         cfg = self.cfg
         start = time.perf_counter()
@@ -201,7 +203,7 @@ class ExpertBatch:
         sampled = time.perf_counter()
         out = []
         for record, images, d, loss in zip(records, renders, demos, losses):
-            rows = g_rows(self.scorer, cfg, self.provenance, record, images, d, min_delta)
+            rows = g_rows(self.scorer, cfg, self.provenance, record, images, d)
             # Shared time, split evenly: what one subject cost in this batch.
             stats = {
                 "subject_id": record["subject_id"],

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import storage
 from core.config import LOCAL_DIR, DreamBenchConfig
-from core.storage import MissingInputError
+from core.data import storage
+from core.data.storage import MissingInputError
 
 
 def check_encoders(cfg: DreamBenchConfig) -> None:

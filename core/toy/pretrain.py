@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from core import backbone as bb
-from core import toyrender, toyworld
 from core.config import PretrainConfig
-from core.device import autocast as device_autocast, step_done
-from core.schedules import warmup_cosine
+from core.models import backbone as bb
+from core.models import sampling
+from core.models.device import autocast as device_autocast
+from core.models.device import step_done
+from core.models.schedules import warmup_cosine
+from core.models.tokenizer import tokenize
+from core.toy import render as toyrender
+from core.toy import world as toyworld
 
 
 def random_caption(subject: toyworld.Subject, scene: toyworld.Scene, rng: np.random.Generator) -> str:
@@ -69,7 +73,7 @@ class CaptionStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
             picked, scenes, captions = toy_scenes(self.subjects, self.batch_size, rng, self.size)
-            yield toyrender.pack_scenes(picked, scenes), bb.tokenize(self.tokenizer, captions)
+            yield toyrender.pack_scenes(picked, scenes), tokenize(self.tokenizer, captions)
 
 
 def deadline_clock(deadline: float | None):
@@ -131,7 +135,7 @@ def pretrain(
         images = toyrender.render_batch(scenes, backbone.resolution, backbone.device if backbone.device.type == "cuda" else "cpu", render_generator)
         x0 = images.to(backbone.device).div(127.5).sub(1.0)
         with autocast:
-            loss = bb.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
+            loss = sampling.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)

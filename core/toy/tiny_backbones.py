@@ -3,7 +3,7 @@
 No real weights can be downloaded on the machines this project is built and tested on, so the Stable Diffusion and
 DeepFloyd IF code paths are exercised with components of the very same classes (UNet2DConditionModel,
 AutoencoderKL, CLIPTextModel, T5EncoderModel, their tokenizers and schedulers) at toy sizes, random weights,
-written with `save_pretrained` exactly as the real checkpoints are laid out. `core.backbone.load_backbone` then
+written with `save_pretrained` exactly as the real checkpoints are laid out. `core.models.backbone.load_backbone` then
 reads them like a downloaded model. The unet configurations follow the dummy components of diffusers' own pipeline
 tests (tests/pipelines/deepfloyd_if/__init__.py and the Stable Diffusion ones).
 """
@@ -14,12 +14,12 @@ import re
 
 import torch
 
-from core import toyworld
+from core.toy import world as toyworld
 
 
 def _toy_words() -> list[str]:
     """Every word the toy world's captions and prompts use (the tiny T5 vocabulary)."""
-    words = set("a an the on in of with wearing style photo".split())
+    words = {"a", "an", "the", "on", "in", "of", "with", "wearing", "style", "photo"}
     for name in (*toyworld.CLASSES, *toyworld.PALETTE, *toyworld.PATTERNS, *toyworld.BACKGROUNDS, *toyworld.STYLES):
         words.update(re.findall(r"[a-z]+", str(name).lower()))
     for phrase in toyworld.ACCESSORY_PHRASES.values():
@@ -49,7 +49,7 @@ def save_tiny_stable_diffusion(folder: str, resolution: int = 32, seed: int = 0)
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from core.backbone import create_tokenizer
+    from core.models.tokenizer import create_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

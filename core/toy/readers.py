@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 from tqdm import tqdm
 
-from core import toyworld as tw
-from core.schedules import warmup_cosine
+from core.models.schedules import warmup_cosine
+from core.toy import world as tw
 
 HEADS: dict[str, tuple] = {
     "class_name": tw.CLASSES,
@@ -144,9 +145,8 @@ def train_readers(
     """Train (or go on training) readers on augmented fresh renders of `subjects`; `extra` (images, labels) are
     mixed into every batch (a quarter of it), e.g. renders the base model noised and denoised. `deadline` (a
     `time.monotonic()` value) ends training early."""
-    import time
 
-    from core.pretrain import deadline_clock
+    from core.toy.pretrain import deadline_clock
 
     torch.manual_seed(seed)
     reader = (reader or AttributeReader()).to(device).train()

@@ -14,11 +14,13 @@ import time
 import numpy as np
 import torch
 
-from core import backbone as bb
 from core.config import ExpertConfig
-from core.device import autocast, step_done
-from core.scorer import Scorer
-from core.toyworld import from_png, to_png
+from core.data.images import from_png, to_png
+from core.models import backbone as bb
+from core.models import sampling
+from core.models.device import autocast, step_done
+from core.models.scorer import Scorer
+from core.models.tokenizer import tokenize
 
 
 def _optimizer(params, cfg: ExpertConfig) -> torch.optim.Optimizer:
@@ -42,10 +44,10 @@ def delta_clip(scorer: Scorer, renders: list[np.ndarray], prompts: list[str], de
 
 
 def g_rows(
-    scorer: Scorer, cfg: ExpertConfig, provenance: dict, record: dict, renders: np.ndarray, demo_images: list[np.ndarray], min_delta: float | None
+    scorer: Scorer, cfg: ExpertConfig, provenance: dict, record: dict, renders: np.ndarray, demo_images: list[np.ndarray]
 ) -> list[dict]:
     """G rows of one subject: each render (`cfg.samples_per_prompt` per prompt, in prompt order) with its
-    delta-CLIP scores and whether it passes `min_delta` (None keeps every render)."""
+    delta-CLIP scores (the threshold is applied when G is read: `core.data.g`)."""
     prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
     clip, ref, delta = delta_clip(scorer, list(renders), prompts, demo_images)
     rows = []
@@ -65,7 +67,6 @@ def g_rows(
                     "clip_score": float(clip[k]),
                     "ref_clip_score": float(ref[k]),
                     "delta": float(delta[k]),
-                    "kept": bool(min_delta is None or delta[k] > min_delta),
                     **provenance,
                 }
             )
@@ -125,7 +126,7 @@ class Expert:
         # latent model encodes each demo twice, once per subject, not once per step.
         pixels = bb.images_to_tensor(bb.fit_images(demo_images, self.backbone.resolution)).to(device)
         plain, flipped = bb.to_model_space(self.backbone, pixels), bb.to_model_space(self.backbone, pixels.flip(-1))
-        ids = bb.tokenize(self.backbone.tokenizer, demo_captions).to(device)
+        ids = tokenize(self.backbone.tokenizer, demo_captions).to(device)
         generator = torch.Generator().manual_seed(seed)
         losses = []
         for _ in range(cfg.steps):
@@ -135,7 +136,7 @@ class Expert:
             with autocast(device):
                 with torch.set_grad_enabled(tune_text):
                     states = bb.encode_text(self.backbone, ids[idx])
-                loss = bb.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
+                loss = sampling.denoising_loss(unet, self.backbone.noise_scheduler, x0, states, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -152,7 +153,7 @@ class Expert:
         text_encoder.eval()
         return torch.stack(losses).float().tolist() if losses else []
 
-    def run_subject(self, record: dict, min_delta: float | None, should_stop=None) -> tuple[list[dict], dict]:
+    def run_subject(self, record: dict, should_stop=None) -> tuple[list[dict], dict]:
         """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats)."""
         cfg = self.cfg
         start = time.perf_counter()
@@ -162,7 +163,7 @@ class Expert:
         tuned = time.perf_counter()
         prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
         with autocast(self.backbone.device):
-            renders = bb.sample(
+            renders = sampling.sample(
                 self.backbone,
                 prompts,
                 sampler=cfg.sampler,
@@ -170,7 +171,7 @@ class Expert:
                 guidance_scale=cfg.guidance_scale,
                 seed=seed,
             )
-        rows = g_rows(self.scorer, cfg, self.provenance, record, renders, demo_images, min_delta)
+        rows = g_rows(self.scorer, cfg, self.provenance, record, renders, demo_images)
         stats = {
             "subject_id": record["subject_id"],
             "first_loss": losses[0] if losses else float("nan"),

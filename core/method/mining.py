@@ -15,9 +15,10 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from core import toyworld
 from core.config import MineConfig
-from core.scorer import Scorer
+from core.data.images import from_png, to_png
+from core.models.scorer import Scorer
+from core.toy import world as toyworld
 
 
 def _class_of(captions: list[str]) -> str:
@@ -86,7 +87,7 @@ def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32
     resized = 0
     for url, image, caption, truth in zip(*(corpus.column(c).to_pylist() for c in ("url", "image", "caption", "truth_subject_id"))):
         try:
-            img = toyworld.from_png(image)
+            img = from_png(image)
         except ValueError:
             corrupt += 1
             continue
@@ -112,7 +113,7 @@ def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32
             summary[DROP_COUNTERS[dropped]] += 1
             continue
         kept_truths.append({members[i][2] for i in keep})
-        rows.append(cluster_row(url, [toyworld.to_png(images[i]) for i in keep], [members[i][1] for i in keep], kept_truths[-1], cfg, rng, resolution))
+        rows.append(cluster_row(url, [to_png(images[i]) for i in keep], [members[i][1] for i in keep], kept_truths[-1], cfg, rng, resolution))
     summary["kept"] = len(rows)
     summary.update(purity([{m[2] for m in groups[u]} for u in groups], kept_truths))
     return rows, dict(summary)

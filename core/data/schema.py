@@ -3,7 +3,8 @@
 Three record kinds flow between stages:
 - corpus: a "web" corpus of (url, image, caption) rows, grouped by url into candidate subject clusters;
 - D_S: one row per mined subject cluster C_s with its unseen prompts p_s;
-- G: one row per expert render y_s, kept or rejected by the delta-CLIP filter, with its provenance.
+- G: one row per expert render y_s with its delta-CLIP scores and provenance; the filter is applied when G is read
+  (`core.data.g`).
 DreamBench evaluation adds two more: one row per generated image (DREAMBENCH) and one row of metrics per generated
 image (DREAMBENCH_SCORE).
 
@@ -56,7 +57,6 @@ G_SCHEMA = pa.schema(
         pa.field("clip_score", pa.float32(), nullable=False),  # CLIP(y_s, p_s)
         pa.field("ref_clip_score", pa.float32(), nullable=False),  # max over x in C_s of CLIP(x, p_s)
         pa.field("delta", pa.float32(), nullable=False),  # clip_score - ref_clip_score
-        pa.field("kept", pa.bool_(), nullable=False),  # delta > min_delta of the expert stage's filter config
         # Provenance: a later threshold sweep must never mix renders of different bases, experts or scorers.
         pa.field("base_checkpoint_hash", pa.string(), nullable=False),
         pa.field("expert_config_hash", pa.string(), nullable=False),

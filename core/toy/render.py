@@ -17,7 +17,7 @@ import functools
 import numpy as np
 import torch
 
-from core import toyworld as tw
+from core.toy import world as tw
 
 _COLOURS = list(tw.PALETTE)
 _BACKGROUNDS = list(tw.BACKGROUNDS)
@@ -87,7 +87,7 @@ def render_batch(
     `noise` (B, H, W, 3) is the background's pixel noise; by default N(0, 3) from `generator` (on `device`)."""
     a = {k: torch.as_tensor(np.asarray(arrays[k]) if not torch.is_tensor(arrays[k]) else arrays[k], device=device) for k in FIELDS}
     b = a["cx"].shape[0]
-    f32 = dict(device=device, dtype=torch.float32)
+    f32 = {"device": device, "dtype": torch.float32}
     palette = torch.tensor(list(tw.PALETTE.values()), **f32)
     backgrounds = torch.tensor(list(tw.BACKGROUNDS.values()), **f32)
     accessories = torch.tensor(list(tw.ACCESSORIES.values()), **f32)

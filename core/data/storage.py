@@ -7,6 +7,7 @@ reader that lists a folder never meets a half-written file (readers only ever li
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import uuid
@@ -30,8 +31,7 @@ def is_local(uri: str) -> bool:
 
 def absolute_uri(uri: str) -> str:
     """Make a local path absolute (Ray workers may run in another directory); leave remote URIs alone."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
+    uri = uri.removeprefix("file://")
     return str(Path(uri).expanduser().resolve()) if is_local(uri) else uri
 
 
@@ -72,7 +72,7 @@ def list_shards(uri: str) -> list[str]:
 
 def write_shard(table: pa.Table, folder_uri: str, schema: pa.Schema, name: str | None = None) -> str:
     """Write one parquet shard of `schema` atomically: temporary name first, then rename. Returns the shard's URI."""
-    from core.schema import validate
+    from core.data.schema import validate
 
     table = validate(table, schema, f"shard for {folder_uri}")
     fs, folder = resolve(folder_uri)
@@ -103,7 +103,7 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
 
 def read_shard(shard_uri: str, schema: pa.Schema, what: str) -> pa.Table:
     """One parquet shard, validated against `schema`."""
-    from core.schema import validate
+    from core.data.schema import validate
 
     fs, path = resolve(shard_uri)
     # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
@@ -150,7 +150,6 @@ def local_dir(uri: str) -> str:
 
 
 def sha256_files(paths: list[str]) -> str:
-    import hashlib
 
     h = hashlib.sha256()
     for p in sorted(paths):

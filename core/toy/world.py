@@ -5,20 +5,20 @@ A subject is a class word ("ball", 8 classes) plus identity the class word does 
 (upright or upside down), and optionally a property edit (the body colour), an accessory (4) or a style (3).
 Prompts follow 23 templates in the spirit of DreamBench's 25 (`TEMPLATES`). The world emits demonstrations with
 class-only captions, unseen prompts by skill and a noisy URL-grouped "web" corpus for mining; trained attribute
-readers (core/readers.py) read renders back, and `subject_fidelity` / `text_fidelity` turn what they read into
+readers (core/toy/readers.py) read renders back, and `subject_fidelity` / `text_fidelity` turn what they read into
 exact scores. Deterministic by seed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 
 import numpy as np
-from PIL import Image
+
+from core.data.images import to_png
 
 CLASSES = ("ball", "box", "cone", "kite", "cross", "egg", "tower", "bowl")
 PALETTE = {
@@ -308,22 +308,6 @@ def prompts_for(
 # ---------------------------------------------------------------- images as bytes
 
 
-def to_png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def from_png(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG bytes to uint8 (H, W, 3); raises ValueError on corrupt bytes."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except Exception as err:  # PIL raises several unrelated types for bad bytes
-        raise ValueError(f"not a decodable image ({type(err).__name__}: {err})") from err
-
-
 def demonstrations(subject: Subject, count: int, rng: np.random.Generator, size: int = 32) -> list[tuple[np.ndarray, str]]:
     """C_s: `count` renders of the subject in random plain scenes, each with a class-only caption."""
     out = []
@@ -376,7 +360,7 @@ def corpus_rows(train_subjects: list[Subject], cfg, rng: np.random.Generator) ->
 # ---------------------------------------------------------------- fidelity from read attributes
 
 # The identity attributes a render still shows under each style: grayscale removes colour, 4x4 blocks blend the
-# pattern into the body. Subject fidelity counts only these; the trained readers (core/readers.py) learn only these.
+# pattern into the body. Subject fidelity counts only these; the trained readers (core/toy/readers.py) learn only these.
 OBSERVABLE = {
     None: ("body", "pattern", "pattern_colour"),
     "negative": ("body", "pattern", "pattern_colour"),

@@ -10,19 +10,15 @@ denoising loss and a DDPM/DDIM sampler with classifier-free guidance, both in th
 
 from __future__ import annotations
 
-import functools
-import gzip
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoConfig, AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
-from core.device import step_done
+from core.models.tokenizer import create_tokenizer, tokenize
 
 PRESETS: dict[str, dict] = {
     # 32x32 pixel space, about 1 M UNet parameters: the CPU preset used by tests and the toy world.
@@ -85,7 +81,7 @@ class Backbone:
         """The trainable modules (the VAE stays frozen)."""
         return [self.unet, self.text_encoder]
 
-    def to(self, device: torch.device | str) -> "Backbone":
+    def to(self, device: torch.device | str) -> Backbone:
         self.unet.to(device)
         self.text_encoder.to(device)
         if self.vae is not None:
@@ -99,43 +95,6 @@ class Backbone:
     @property
     def device(self) -> torch.device:
         return self.unet.device
-
-
-@functools.lru_cache(maxsize=1)
-def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's BPE vocabulary and merges, read from the copy that open_clip ships (no download)."""
-    import open_clip
-
-    bpe_path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(line.split()) for line in lines]
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(vocab)}, merges
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # The byte-to-character table of GPT-2/CLIP BPE (as in open_clip.tokenizer.bytes_to_unicode).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def create_tokenizer(max_length: int) -> CLIPTokenizer:
-    vocab, merges = _clip_bpe()
-    return CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        model_max_length=max_length,
-        pad_token="<|endoftext|>",
-    )
 
 
 # Real, pretrained backbones (conf/model/*.yaml): loaded from `model.path` by `load_backbone`, never created here.
@@ -200,7 +159,7 @@ def load_backbone(folder: str) -> Backbone:
     The scheduler folder sets the noise schedule only (SD ships a PNDM config; its betas are read into a
     `DDPMScheduler` for training, and samplers are made from it by `create_sampler`)."""
     folder = resolve_model_dir(folder)
-    sub = lambda name: os.path.join(folder, name)  # noqa: E731
+    sub = lambda name: os.path.join(folder, name)
     unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
     text_class = T5EncoderModel if AutoConfig.from_pretrained(sub("text_encoder")).model_type == "t5" else CLIPTextModel
     text_encoder = text_class.from_pretrained(sub("text_encoder"), local_files_only=True)
@@ -238,12 +197,6 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
     """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
     return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    """(B,) strings -> input ids (B, L). A tokenizer without a real length limit (T5's) pads to 77, as IF does."""
-    length = tokenizer.model_max_length if tokenizer.model_max_length <= 1024 else 77
-    return tokenizer(prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt").input_ids
 
 
 def encode_text(backbone: Backbone, prompts: list[str] | torch.Tensor) -> torch.Tensor:
@@ -287,124 +240,3 @@ def model_shape(backbone: Backbone, n: int) -> tuple[int, int, int, int]:
     return (n, int(backbone.unet.config.in_channels), size, size)
 
 
-def learned_variance(sampler) -> bool:
-    """Whether `sampler.step` expects the UNet's variance channels too (IF's DDPM, variance_type learned_range)."""
-    # Only DDPM's step reads them; a DDIM made from IF's config carries the key but predicts from the noise alone.
-    return isinstance(sampler, DDPMScheduler) and sampler.config.get("variance_type") in ("learned", "learned_range")
-
-
-def denoising_loss(
-    unet: Callable[..., torch.Tensor],
-    scheduler: DDPMScheduler,
-    x0: torch.Tensor,
-    text_states: torch.Tensor,
-    generator: torch.Generator | None = None,
-    **unet_kwargs,
-) -> torch.Tensor:
-    """The plain epsilon-prediction loss. x0: (B, C, H, W) in [-1, 1]; text_states: (B, L, D)."""
-    # Drawn where the generator lives, then moved: a CPU generator cannot draw on CUDA or XLA (a CUDA generator
-    # spares a large batch the CPU draw and copy).
-    where = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=where).to(x0.device)
-    noisy = scheduler.add_noise(x0, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
-    # A UNet with learned variance (IF: 2C output channels) is fine-tuned on its noise half only, as diffusers'
-    # DreamBooth script does for IF.
-    return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
-
-
-def create_sampler(name, noise_scheduler: DDPMScheduler):
-    """A fresh inference scheduler sharing the training noise schedule (swappable, as in diffusers). `name`: "ddim",
-    "ddpm", or a diffusers scheduler instance, which is copied from its config (its own state is never stepped)."""
-    if not isinstance(name, str):
-        return type(name).from_config(name.config)
-    if name == "ddim":
-        return DDIMScheduler.from_config(noise_scheduler.config)
-    if name == "ddpm":
-        return DDPMScheduler.from_config(noise_scheduler.config)
-    raise ValueError(f"unknown sampler {name!r}; known: ddim, ddpm")
-
-
-@torch.no_grad()
-def sample_loop(
-    predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sampler,
-    shape: tuple[int, ...],
-    num_inference_steps: int,
-    generator: torch.Generator | list[torch.Generator],
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Run the reverse process. `predict_noise(x_t (B, C, H, W), t) -> guided eps`; returns x0 (B, C, H, W).
-
-    `generator` may be a list with one (CPU) generator per batch element, as diffusers' schedulers accept: batch
-    element i then draws all of its noise from generator i.
-    """
-    sampler.set_timesteps(num_inference_steps)
-    if isinstance(generator, list):
-        x = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator]).to(device)
-    else:
-        x = torch.randn(shape, generator=generator).to(device)
-    for t in sampler.timesteps:
-        eps = predict_noise(x, t)
-        x = sampler.step(eps, t, x, generator=generator).prev_sample
-        step_done(x.device)
-    return x
-
-
-@torch.no_grad()
-def sample(
-    backbone: Backbone,
-    prompts: list[str],
-    *,
-    sampler: str = "ddim",
-    num_inference_steps: int = 25,
-    guidance_scale: float = 3.0,
-    seed: int = 0,
-) -> np.ndarray:
-    """Text-to-image with classifier-free guidance. Returns uint8 (B, H, W, 3)."""
-    device = backbone.device
-    cond = encode_text(backbone, prompts)
-    uncond = encode_text(backbone, [""] * len(prompts))
-    states = torch.cat([uncond, cond])
-    scheduler = create_sampler(sampler, backbone.noise_scheduler)
-    shape = model_shape(backbone, len(prompts))
-
-    def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample
-        eps_u, eps_c = out[:, : shape[1]].chunk(2)
-        eps = eps_u + guidance_scale * (eps_c - eps_u)
-        if out.shape[1] > shape[1] and learned_variance(scheduler):  # IF: guided noise, the conditional variance
-            return torch.cat([eps, out[len(prompts) :, shape[1] :]], dim=1)
-        return eps
-
-    generator = torch.Generator().manual_seed(seed)
-    x0 = sample_loop(predict_noise, scheduler, shape, num_inference_steps, generator, device)
-    return tensor_to_images(from_model_space(backbone, x0))
-
-
-@torch.no_grad()
-def renoise(
-    backbone: Backbone,
-    images: np.ndarray,
-    prompts: list[str],
-    *,
-    strength: float,
-    num_inference_steps: int = 25,
-    guidance_scale: float = 3.0,
-    seed: int = 0,
-) -> np.ndarray:
-    """Noise uint8 `images` part-way (`strength` of the DDIM schedule, 0..1) and denoise them with the model,
-    conditioned on `prompts` (SDEdit, Meng et al. 2022). Returns uint8 (B, H, W, 3)."""
-    device = backbone.device
-    states = torch.cat([encode_text(backbone, [""] * len(prompts)), encode_text(backbone, prompts)])
-    sampler = create_sampler("ddim", backbone.noise_scheduler)
-    sampler.set_timesteps(num_inference_steps)
-    timesteps = sampler.timesteps[num_inference_steps - max(1, int(round(num_inference_steps * strength))) :]
-    generator = torch.Generator().manual_seed(seed)
-    x0 = images_to_tensor(images).to(device)
-    x = sampler.add_noise(x0, torch.randn(x0.shape, generator=generator).to(device), timesteps[:1].repeat(len(x0)).to(device))
-    for t in timesteps:
-        eps_u, eps_c = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample.chunk(2)
-        x = sampler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x, generator=generator).prev_sample
-    return tensor_to_images(x)

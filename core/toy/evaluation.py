@@ -1,5 +1,5 @@
 """Evaluation on toy subjects never seen in training: exact subject and text fidelity from the trained attribute
-readers (core/readers.py), toy-CLIP CLIP-I and CLIP-T, a table and a PNG grid.
+readers (core/toy/readers.py), toy-CLIP CLIP-I and CLIP-T, a table and a PNG grid.
 
 Methods compared: real renders of each prompt (the oracle row), the base model without demonstrations, the
 per-subject expert (fine-tuned on the demos) and the apprentice (demos in context, no fine-tuning).
@@ -13,9 +13,10 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core import toyworld
 from core.config import EvaluateConfig, WorldConfig
-from core.scorer import Scorer
+from core.data.images import from_png, to_png
+from core.models.scorer import Scorer
+from core.toy import world as toyworld
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
@@ -35,7 +36,7 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
             {
                 "subject_id": subject.subject_id,
                 "class_name": subject.class_name,
-                "demo_images": [toyworld.to_png(img) for img, _ in demos],
+                "demo_images": [to_png(img) for img, _ in demos],
                 "demo_captions": [cap for _, cap in demos],
                 "prompt_ids": [p.prompt_id for p, _ in prompts],
                 "prompts": [p.text for p, _ in prompts],
@@ -54,14 +55,14 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
 
 def score(records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer, reader) -> dict[str, dict]:
     """outputs[method][record][prompt][sample] = uint8 (H, W, 3); `reader`: trained attribute readers
-    (core.readers). Returns per-method mean metrics."""
-    from core import readers
+    (core.toy.readers). Returns per-method mean metrics."""
+    from core.toy import readers
     table = {}
     for method, per_record in outputs.items():
         subj, text, clip_i, clip_t = [], [], [], []
         for record, per_prompt in zip(records, per_record):
             subject = toyworld.subject_from_json(record["subject_truth"])
-            demos = [toyworld.from_png(b) for b in record["demo_images"]]
+            demos = [from_png(b) for b in record["demo_images"]]
             demo_emb = scorer.encode_images(demos)
             for prompt, truth_json, samples in zip(record["prompts"], record["prompt_truths"], per_prompt):
                 truth = json.loads(truth_json)
@@ -97,7 +98,7 @@ def markdown_table(table: dict[str, dict], seconds: dict[str, float] | None = No
 
 def grid(records: list[dict], outputs: dict[str, list], scale: int = 3) -> Image.Image:
     """Rows: (subject, prompt); columns: the demos, then one sample per method. Upscaled for viewing."""
-    size = toyworld.from_png(records[0]["demo_images"][0]).shape[0]
+    size = from_png(records[0]["demo_images"][0]).shape[0]
     n_demos = max(len(r["demo_images"]) for r in records)
     methods = list(outputs)
     cols = n_demos + len(methods)
@@ -112,7 +113,7 @@ def grid(records: list[dict], outputs: dict[str, list], scale: int = 3) -> Image
         record = records[ri]
         draw.text((2, y + 2), record["subject_id"], fill="black")
         draw.text((2, y + 16), record["prompts"][pi][:44], fill="black")
-        images = [toyworld.from_png(b) for b in record["demo_images"]] + [None] * (n_demos - len(record["demo_images"]))
+        images = [from_png(b) for b in record["demo_images"]] + [None] * (n_demos - len(record["demo_images"]))
         images += [outputs[m][ri][pi][0] for m in methods]
         for c, img in enumerate(images):
             if img is not None:

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.dreambench import KINDS, METHODS, Prompt, Subject
+from core.dreambench.data import KINDS, METHODS, Prompt, Subject
 
 ORACLE = "real images"
 

@@ -1,0 +1,44 @@
+"""The G contract (`core.data.g`): shard names, the key, provenance, and the threshold applied when G is read."""
+
+import pytest
+
+from core.data import g, schema, storage
+
+
+def row(subject: str, prompt: str, delta: float, scorer: str = "s") -> dict:
+    return {
+        "subject_id": subject, "prompt_id": prompt, "sample_index": 0, "prompt": "a ball on sand",
+        "prompt_skill": "style", "image": b"png", "demo_images": [b"a"], "demo_captions": ["a ball"],
+        "clip_score": 0.3, "ref_clip_score": 0.3 - delta, "delta": delta, "base_checkpoint_hash": "b",
+        "expert_config_hash": "e", "scorer_hash": scorer,
+    }
+
+
+def test_shard_names_round_trip_and_the_key_is_the_schemas():
+    assert g.KEY == schema.G_KEY and set(g.PROVENANCE) <= set(schema.G_SCHEMA.names)
+    assert "kept" not in schema.G_SCHEMA.names  # the verdict is never stored
+    uri = g.shard_uri("/tmp/g", "ball-red-dots-blue")
+    assert uri.endswith("/subject-ball-red-dots-blue.parquet") and g.subject_of(uri) == "ball-red-dots-blue"
+    assert g.subject_of("/tmp/g/notes.parquet") == "" and g.subject_of("/tmp/g/subject-x.parquet.tmp") == ""
+    assert g.row_key(row("s", "p3", 0.1)) == ("s", "p3", 0)
+
+
+def test_threshold_counts_from_delta_at_read_time(tmp_path):
+    root = str(tmp_path / "g")
+    g.write_subject([row("a", "p0", -0.05), row("a", "p1", 0.01), row("a", "p2", 0.03)], root, "a")
+    g.write_subject([row("b", "p0", 0.02)], root, "b")
+    assert g.count_kept(root, None) == 4
+    assert g.count_kept(root, 0.0) == 3
+    assert g.count_kept(root, 0.02) == 1  # strictly above lambda, as the paper keeps delta > lambda
+    assert list(g.passes([0.1, -0.1], 0.0)) == [True, False] and list(g.passes([0.1, -0.1], None)) == [True, True]
+    assert g.done_subjects(root, row("x", "p", 0.0)) == {"a", "b"}
+
+
+def test_one_provenance_per_g(tmp_path):
+    root = str(tmp_path / "g")
+    g.write_subject([row("a", "p0", 0.1)], root, "a")
+    g.write_subject([row("b", "p0", 0.1, scorer="other")], root, "b")
+    with pytest.raises(ValueError, match="mixes 2 provenances"):
+        g.check_single_provenance(storage.list_shards(root))
+    with pytest.raises(ValueError, match="its own `paths.g`"):
+        g.done_subjects(str(tmp_path / "g"), row("c", "p0", 0.1, scorer="third"))
