@@ -32,27 +32,30 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from core.config import ApprenticeConfig, ServeConfig
+
 MAX_DEMO_PIXELS = 4096 * 4096  # decoded size bound per demo image: refuses decompression bombs
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 
 app = FastAPI(title="SuTI", description="Subject-driven text-to-image from a few demonstrations, no fine-tuning.")
-_limits = {"max_body_bytes": 20 * 1024 * 1024}  # set per replica from ServeArgs
+_limits = {"max_body_bytes": ServeConfig.max_body_bytes}  # set per replica from ServeArgs
 
 
 class Demo(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image: str = Field(description="base64 PNG or JPEG", max_length=20 * 1024 * 1024)
-    caption: str = Field(max_length=300)
+    image: str = Field(description="base64 PNG or JPEG (the body is bounded by `serve.max_body_bytes`)")
+    caption: str = Field(description="at most `serve.max_prompt_chars` characters")
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1, max_length=300)
-    demos: list[Demo] = Field(min_length=1, max_length=8)
-    steps: int = Field(25, ge=1, le=200)
+    # Upper bounds are the server's `serve.*` limits (core.config.ServeConfig), checked by the ingress.
+    prompt: str = Field(min_length=1, description="at most `serve.max_prompt_chars` characters")
+    demos: list[Demo] = Field(min_length=1, description="at most `serve.max_demos`")
+    steps: int = Field(ApprenticeConfig.num_inference_steps, ge=1, description="at most `serve.max_steps`")
     guidance_scale: float = Field(3.0, ge=0.0, le=50.0)
     demo_guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
-    num_images: int = Field(1, ge=1, le=4)
+    num_images: int = Field(1, ge=1, description="at most `serve.max_images`")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
@@ -64,22 +67,14 @@ class GenerateResponse(BaseModel):
 
 
 class ServeArgs(BaseModel):
+    """The app builder's arguments: the checkpoint, the apprentice's sampling settings, and `serve.*`
+    (`core.config.ServeConfig`, the one source of the limits and their defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
     apprentice: str  # folder URI written by the train stage
-    host: str = "127.0.0.1"
-    num_replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    threads: int = 2
-    sampler: str = "ddim"
-    max_batch_size: int = 4  # requests per @serve.batch call; 1 turns batching off
-    batch_wait_timeout_s: float = 0.05
-    max_ongoing_requests: int = 16  # per apprentice replica; must be >= max_batch_size for batches to fill
-    autoscaling: dict | None = None  # Serve's autoscaling_config (min_replicas, max_replicas, ...); replaces num_replicas
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_prompt_chars: int = 300
-    max_demos: int = 8
-    max_steps: int = 200
-    max_images: int = 4
+    threads: int = ApprenticeConfig.threads
+    sampler: str = ApprenticeConfig.sampler
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 class BodyLimit:
@@ -201,16 +196,19 @@ class SuTIIngress:
         # reconfigures the apprentice replicas in place.
         self.generator = generator
         self.limits = limits
-        _limits["max_body_bytes"] = limits["max_body_bytes"]
+        _limits["max_body_bytes"] = limits.max_body_bytes
         self._resolution = None
 
     def _check_limits(self, req: GenerateRequest) -> None:
-        for field, value, limit in (
-            ("prompt", len(req.prompt), self.limits["max_prompt_chars"]),
-            ("demos", len(req.demos), self.limits["max_demos"]),
-            ("steps", req.steps, self.limits["max_steps"]),
-            ("num_images", req.num_images, self.limits["max_images"]),
-        ):
+        limits: ServeConfig = self.limits
+        checks = [
+            ("prompt", len(req.prompt), limits.max_prompt_chars),
+            ("demos", len(req.demos), limits.max_demos),
+            ("steps", req.steps, limits.max_steps),
+            ("num_images", req.num_images, limits.max_images),
+        ]
+        checks += [(f"demos[{i}].caption", len(d.caption), limits.max_prompt_chars) for i, d in enumerate(req.demos)]
+        for field, value, limit in checks:
             if value > limit:
                 raise HTTPException(422, detail=f"{field}: {value} is over this server's limit of {limit}")
 
@@ -248,12 +246,14 @@ class SuTIIngress:
 
 def build_app(args: ServeArgs) -> Application:
     """The typed app builder (`serve run actors.serve_app:build_app apprentice=...`, or a `serve deploy` file)."""
-    scaling = {"autoscaling_config": args.autoscaling} if args.autoscaling else {"num_replicas": args.num_replicas}
+    if isinstance(args, dict):  # `serve run ... key=value` and deploy files hand the builder plain arguments
+        args = ServeArgs(**args)
+    s = args.serve
+    scaling = {"autoscaling_config": dict(s.autoscaling)} if s.autoscaling else {"num_replicas": s.num_replicas}
     model = ApprenticeDeployment.options(
         **scaling,
-        max_ongoing_requests=args.max_ongoing_requests,
-        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         user_config={"apprentice": args.apprentice},
-    ).bind(args.threads, args.sampler, args.max_batch_size, args.batch_wait_timeout_s)
-    limits = args.model_dump(include={"max_body_bytes", "max_prompt_chars", "max_demos", "max_steps", "max_images"})
-    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, limits)
+    ).bind(args.threads, args.sampler, s.max_batch_size, s.batch_wait_timeout_s)
+    return SuTIIngress.options(ray_actor_options={"num_cpus": 0}).bind(model, s)

@@ -38,7 +38,7 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     if config.model.path:
         config.model.path = storage.absolute_uri(config.model.path)
     db = config.dreambench
-    db.data = storage.absolute_uri(db.data)
+    db.data = storage.absolute_uri(db.data) if db.data else None
     db.dino = storage.absolute_uri(db.dino) if db.dino else None
     db.clip_pretrained = storage.absolute_uri(db.clip_pretrained) if db.clip_pretrained else None
     if db.clip_model.startswith(LOCAL_DIR):

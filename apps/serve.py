@@ -25,14 +25,8 @@ APP_NAME = "suti"
 
 def serve_args(config: PipelineConfig) -> ServeArgs:
     """The Serve app's arguments from the Hydra config (the source of truth for `apps.serve` and `apps.serve_config`)."""
-    s = config.serve
-    return ServeArgs(
-        apprentice=config.paths.apprentice, host=s.host, num_replicas=s.num_replicas, num_cpus=s.num_cpus,
-        num_gpus=s.num_gpus, threads=config.apprentice.threads, sampler=config.apprentice.sampler, max_body_bytes=s.max_body_bytes,
-        max_prompt_chars=s.max_prompt_chars, max_demos=s.max_demos, max_steps=s.max_steps, max_images=s.max_images,
-        max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
-        max_ongoing_requests=s.max_ongoing_requests, autoscaling=dict(s.autoscaling) or None,
-    )
+    acfg = config.apprentice
+    return ServeArgs(apprentice=config.paths.apprentice, threads=acfg.threads, sampler=acfg.sampler, serve=config.serve)
 
 
 def start(config: PipelineConfig) -> str:

@@ -1,7 +1,9 @@
 """Typed configuration of every stage: one source of defaults.
 
-Hydra composes YAML onto these dataclasses (apps/ registers them); core code only ever sees the dataclasses.
-Field names match the config groups under conf/.
+The dataclasses hold every default: `python -m apps.pipeline` with no overrides runs on them. Hydra composes the
+YAML presets under conf/ onto them (apps/config.py registers them); a preset holds only what differs from here
+(a test checks). Core code only ever sees the dataclasses. A required value (a path with nothing sensible to
+default to) is None here and fails naming its key where it is used.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # a name in core.models.backbone.PRESETS
-    # Optional local folder (or URI) of a pretrained base written by the pretrain stage or save_pretrained.
+    # A name in core.models.backbone.PRESETS: "tiny" (32x32 pixels, about 1 M UNet parameters, a 2-layer CLIP text
+    # encoder) is created and pretrained here; sd15, sd21 and if_stage1 are loaded from `path` (conf/model/).
+    preset: str = "tiny"
+    # A local folder (or URI) of a pretrained base; None: the pretrain stage's output (paths.base).
     path: str | None = None
 
 
@@ -48,8 +52,8 @@ class ScorerConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 200
-    batch_size: int = 32
+    steps: int = 400
+    batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     threads: int = 2
@@ -57,7 +61,9 @@ class PretrainConfig:
 
 @dataclass
 class MineConfig:
-    min_image_image: float = 0.88  # keep an image when its mean similarity to the rest of its group passes this
+    # Keep an image when its mean similarity to the rest of its group passes this: same-subject groups sit above
+    # about 0.9 with the 400-step toy scorer.
+    min_image_image: float = 0.88
     min_image_text: float = 0.0  # keep a cluster when its mean image-caption similarity passes this
     min_cluster_size: int = 3
     max_demos: int = 5
@@ -72,15 +78,17 @@ class MineConfig:
 
 @dataclass
 class ExpertConfig:
+    # One actor per CPU slot here; on a GPU cluster num_gpus: 1 (or resources: {TPU: 1}) per actor
+    # (conf/expert/paper.yaml has the paper's settings for real backbones).
     num_actors: int = 2
     num_cpus: float = 1.0  # per actor
     num_gpus: float = 0.0  # per actor
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"TPU": 1}
     threads: int = 1  # torch threads per actor
-    max_tasks_in_flight: int = 4  # per actor
+    max_tasks_in_flight: int = 2  # per actor
     max_subjects: int | None = None  # None: every subject of D_S
-    steps: int = 100
-    batch_size: int = 16
+    steps: int = 60
+    batch_size: int = 8
     lr: float = 5e-4
     optimizer: str = "adamw"  # adamw | adafactor (the paper's; conf/expert/paper.yaml)
     train_text_encoder: bool = True  # full fine-tuning only; LoRA tunes the UNet's attention alone
@@ -89,14 +97,14 @@ class ExpertConfig:
     samples_per_prompt: int = 1
     sampler: str = "ddim"  # ddim | ddpm
     num_inference_steps: int = 25
-    guidance_scale: float = 3.0
+    guidance_scale: float = 3.0  # the tiny model's samples collapse well above 3; the paper uses 30 on Imagen
     seed: int = 0
     max_retries: int = 2
 
 
 @dataclass
 class FilterConfig:
-    min_delta: float | None = 0.0  # the paper's lambda; None keeps every render
+    min_delta: float | None = 0.0  # the paper's lambda (0.02 there); None keeps every render
 
 
 @dataclass
@@ -105,8 +113,8 @@ class ApprenticeConfig:
     num_cpus_per_worker: float = 1.0
     use_gpu: bool = False
     threads: int = 2  # torch threads per worker
-    steps: int = 200
-    batch_size: int = 16
+    steps: int = 300
+    batch_size: int = 8
     lr: float = 5e-4
     num_demos: int = 3  # demonstrations per training example (paper: 3)
     demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
@@ -134,7 +142,7 @@ class ApprenticeConfig:
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # Serve's HTTP port stays on loopback unless configured otherwise
     port: int = 8000
     keep_serving: bool = False  # the pipeline asks once and shuts down unless this is set
     num_replicas: int = 1
@@ -145,7 +153,9 @@ class ServeConfig:
     max_steps: int = 200
     max_demos: int = 8
     max_prompt_chars: int = 300
-    # Request batching on the apprentice replicas (@serve.batch); max_batch_size 1 turns it off.
+    # Request limits: over one, a request gets a 4xx naming the field.
+    # Request batching on the apprentice replicas (@serve.batch): up to max_batch_size requests share one reverse
+    # process; 1 turns batching off.
     max_batch_size: int = 4
     batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 16  # per apprentice replica; at least max_batch_size, or batches never fill
@@ -156,7 +166,7 @@ class ServeConfig:
 
 @dataclass
 class EvaluateConfig:
-    num_subjects: int = 8  # test subjects, never seen in training
+    num_subjects: int = 6  # test subjects, never seen in training
     prompts_per_subject: int = 4
     num_demos: int = 3
     samples_per_prompt: int = 1
@@ -172,14 +182,15 @@ class DreamBenchConfig:
     and `expert.*`, so one sweep over, say, `apprentice.guidance_scale` moves training-time and benchmark sampling
     alike."""
 
-    # The `dataset/` folder of a google/dreambooth clone (subject folders and prompts_and_classes.txt).
-    data: str = "../shared/data/dreambench/dataset"
+    # The `dataset/` folder of a google/dreambooth clone (subject folders and prompts_and_classes.txt): required.
+    # Relative paths resolve against the working directory.
+    data: str | None = None
     # Metric encoders, local only: a folder holding a transformers ViTModel (facebook/dino-vits16 saved with
     # save_pretrained), and an open_clip model name with a local weights file, or "local-dir:<folder>" holding
     # open_clip_config.json and the weights (the layout of open_clip's hub repositories).
-    dino: str | None = None
+    dino: str | None = None  # required
     clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = None
+    clip_pretrained: str | None = None  # required unless clip_model is local-dir:
     methods: list[str] = field(default_factory=lambda: ["apprentice", "expert"])
     images_per_prompt: int = 4
     max_demos: int = 4  # subject images shown to the apprentice and fine-tuned on by the expert
@@ -200,14 +211,16 @@ class DreamBenchConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str | None = None  # None starts a local cluster; "auto" joins a running one
+    # None starts a local cluster; "auto" (or ray://host:10001) joins a running one, e.g. after `ray up`.
+    address: str | None = None
     num_cpus: int = 4  # logical CPUs of a local cluster; Ray Data needs room beside Train workers
     object_store_memory_mb: int = 512
 
 
 @dataclass
 class PathsConfig:
-    root: str = "outputs/default"
+    # Every stage path is a URI read through pyarrow.fs: a local path here, s3://... or gs://... on a cluster.
+    root: str = "outputs/${experiment_name}"
     # Outputs that depend on a run's settings. A single run writes them under `root`; in a Hydra multirun each job
     # gets `root/runs/<its overrides>` (apps/config.py), while the shared inputs (corpus, D_S, G, base) stay put.
     run: str = "${paths.root}"
@@ -220,7 +233,9 @@ class PathsConfig:
     train_storage: str = "${paths.root}/ray_train"  # Ray Train runs are named by their inputs: shared is safe
     eval: str = "${paths.run}/eval"
     dreambench: str = "${paths.run}/dreambench"
-    readers: str = "artifacts/toy/readers"  # trained attribute readers, shipped (apps.toy_pretrain makes them)
+    # Trained attribute readers for exact fidelity, shipped in the repo (apps.toy_pretrain makes them); a relative
+    # path is taken from the project's root, not the working directory.
+    readers: str = "artifacts/toy/readers"
 
 
 @dataclass
@@ -252,16 +267,3 @@ def config_hash(cfg: Any) -> str:
     """A short stable hash of a config dataclass (or dict), for provenance columns."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def from_dict(cls: type, data: dict) -> Any:
-    """Rebuild a (nested) config dataclass from `to_dict` output, e.g. a config saved beside a checkpoint."""
-    kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in hints:
-            continue
-        ftype = hints[key].type
-        sub = globals().get(ftype) if isinstance(ftype, str) else ftype
-        kwargs[key] = from_dict(sub, value) if dataclasses.is_dataclass(sub) and isinstance(value, dict) else value
-    return cls(**kwargs)

@@ -157,8 +157,10 @@ def read_image(uri: str) -> np.ndarray:
     return from_png(storage.read_bytes(uri))
 
 
-def load(data_uri: str, config_key: str = "dreambench.data") -> DreamBench:
+def load(data_uri: str | None, config_key: str = "dreambench.data") -> DreamBench:
     """Read a DreamBench folder (local path or URI). Raises only when the prompt file is absent or unusable."""
+    if not data_uri:
+        raise storage.MissingInputError(f"no DreamBench folder given: set config key `{config_key}` (the dataset/ folder of a google/dreambooth clone)")
     prompt_uri = storage.join(data_uri, PROMPTS_FILE)
     storage.require(prompt_uri, config_key, "DreamBench prompt file")
     classes, lists, problems = parse_prompt_file(storage.read_bytes(prompt_uri).decode("utf-8", errors="replace"))

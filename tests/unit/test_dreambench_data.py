@@ -65,6 +65,11 @@ def test_a_broken_copy_is_reported_not_raised(tmp_path):
 
 
 def test_a_missing_or_unusable_prompt_file_fails_naming_the_key(tmp_path):
+    from apps.config import compose
+
+    assert compose([]).dreambench.data is None  # required: no default folder
+    with pytest.raises(MissingInputError, match=r"`dreambench.data`"):
+        dreambench.load(None)
     with pytest.raises(MissingInputError, match=r"prompts_and_classes.txt.*`dreambench.data`"):
         dreambench.load(str(tmp_path))
     text = (DATA / dreambench.PROMPTS_FILE).read_text()

@@ -22,5 +22,5 @@ def test_deploy_config_is_a_valid_serve_config_carrying_the_hydra_values(tmp_pat
     (app,) = schema.applications
     assert app.import_path == "actors.serve_app:build_app"
     args = ServeArgs(**app.args)
-    assert args.apprentice == config.paths.apprentice and args.max_batch_size == 8
-    assert args.autoscaling == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
+    assert args.apprentice == config.paths.apprentice and args.serve.max_batch_size == 8
+    assert args.serve.autoscaling == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
