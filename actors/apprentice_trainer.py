@@ -16,21 +16,33 @@ it continues at and a fingerprint of the optimizer state it restored.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import ray
 import ray.train
 import torch
+from diffusers.training_utils import EMAModel
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file, save_file
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from core.config import ApprenticeConfig, from_dict
+from actors.g_dataset import read_g
+from core.config import ApprenticeConfig
 from core.data import storage
+from core.data.g import count_kept
+from core.method.apprentice import Apprentice, training_loss
+from core.models.backbone import load_backbone
+from core.models.device import step_done
+from core.models.schedules import warmup_cosine
+from core.pipelines.suti import load_apprentice, save_apprentice
 
 
 class ApprenticeLoss(torch.nn.Module):
@@ -42,8 +54,6 @@ class ApprenticeLoss(torch.nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        from core.method.apprentice import training_loss
-
         return training_loss(self.apprentice, batch, self.cfg.text_dropout, self.cfg.demo_dropout, generator)
 
 
@@ -68,149 +78,189 @@ def epoch_passes(cfg: ApprenticeConfig, remaining_steps: int, world: int, rows: 
     return max(1, min(cap, math.ceil(remaining_steps * cfg.batch_size / max(1, rows / world))))
 
 
-def train_loop_per_worker(config: dict) -> None:
-    from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file, save_file
-    from tensorboardX import SummaryWriter
+@dataclass
+class WorkerConfig:
+    """Everything a training worker needs, typed: the apprentice's settings and where its inputs live."""
 
-    from actors.g_dataset import read_g
-    from core.data.g import count_kept
-    from core.method.apprentice import Apprentice
-    from core.models.backbone import load_backbone
-    from core.models.device import step_done
-    from core.models.schedules import warmup_cosine
-    from core.pipelines.suti import load_apprentice, save_apprentice
+    apprentice: ApprenticeConfig
+    base_uri: str
+    g_uri: str
+    min_delta: float | None
+    tensorboard_dir: str
+    resolved: dict = field(default_factory=dict)  # the whole resolved pipeline config, saved beside the weights
 
-    cfg: ApprenticeConfig = from_dict(ApprenticeConfig, config["apprentice"])
-    torch.set_num_threads(cfg.threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
-    apprentice = Apprentice(load_backbone(storage.local_dir(config["base_uri"])), cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
-    initial_gates = apprentice.gates().detach().clone()
-    apprentice.to(device)  # before the optimizer state is loaded, so that state lands on the same device
-    params = named_trainable(apprentice)
-    opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
-    schedule = warmup_cosine(opt, cfg.steps, warmup_fraction=cfg.warmup_fraction)
-    ema = EMAModel(params.values(), decay=cfg.ema_decay)
-    state = {"step": 0, "losses": [], "epochs": [], "resumes": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+
+class WorkerRun:
+    """One Ray Train worker's training: model, optimizer, EMA and state, built or restored from a checkpoint."""
+
+    def __init__(self, job: WorkerConfig):
+        self.job, self.cfg = job, job.apprentice
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.manual_seed(cfg.seed)
+        self.device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
+        backbone = load_backbone(storage.local_dir(job.base_uri))
+        self.apprentice = Apprentice(backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
+        self.initial_gates = self.apprentice.gates().detach().clone()
+        self.apprentice.to(self.device)  # before the optimizer state is loaded, so that state lands on the same device
+        self.params = named_trainable(self.apprentice)
+        self.opt = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=0.0)
+        self.schedule = warmup_cosine(self.opt, cfg.steps, warmup_fraction=cfg.warmup_fraction)
+        self.ema = EMAModel(self.params.values(), decay=cfg.ema_decay)
+        self.state = {"step": 0, "losses": [], "epochs": [], "resumes": []}
+        if checkpoint := ray.train.get_checkpoint():
+            self.restore(checkpoint)
+        self.model = ray.train.torch.prepare_model(ApprenticeLoss(self.apprentice, cfg), move_to_device=False)
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + self.state["step"])
+        tb = os.path.join(job.tensorboard_dir, f"rank{self.rank}")
+        self.writer = SummaryWriter(tb) if self.rank == 0 else None
+        self.tokenizer_uri = storage.join(job.base_uri, "tokenizer")
+        self.window_start, self.window_samples, self.metrics = time.perf_counter(), 0, {}
+
+    def restore(self, checkpoint: Checkpoint) -> None:
         with checkpoint.as_directory() as folder:
-            apprentice.load_state_dict(load_apprentice(folder).state_dict())
-            saved = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True, map_location=device)
-            opt.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["lr_schedule"])
+            self.apprentice.load_state_dict(load_apprentice(folder).state_dict())
+            saved = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True, map_location=self.device)
+            self.opt.load_state_dict(saved["optimizer"])
+            self.schedule.load_state_dict(saved["lr_schedule"])
             shadow = load_file(os.path.join(folder, "ema.safetensors"))
-            ema.shadow_params = [shadow[n].to(device) for n in params]
+            self.ema.shadow_params = [shadow[n].to(self.device) for n in self.params]
             with open(os.path.join(folder, "train_state.json")) as f:
-                state = json.load(f)
-            ema.optimization_step = state["step"]
-        state["resumes"].append(
+                self.state = json.load(f)
+            self.ema.optimization_step = self.state["step"]
+        self.state["resumes"].append(
             {
-                "checkpoint_step": state["step"],
-                "optimizer_fingerprint_saved": state.pop("optimizer_fingerprint"),
-                "optimizer_fingerprint_loaded": optimizer_fingerprint(opt),
+                "checkpoint_step": self.state["step"],
+                "optimizer_fingerprint_saved": self.state.pop("optimizer_fingerprint"),
+                "optimizer_fingerprint_loaded": optimizer_fingerprint(self.opt),
                 "first_step": None,
             }
         )
         for key in ("initial_gates", "gates", "resolved_config"):
-            state.pop(key, None)
-    model = ray.train.torch.prepare_model(ApprenticeLoss(apprentice, cfg), move_to_device=False)
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + state["step"])
-    writer = SummaryWriter(os.path.join(config["tensorboard_dir"], f"rank{rank}")) if rank == 0 else None
-    tokenizer_uri = storage.join(config["base_uri"], "tokenizer")
+            self.state.pop(key, None)
 
-    def report(final: bool, metrics: dict) -> None:
-        metrics = {**metrics, "step": state["step"], "final": final}
-        if rank != 0 or not (final or state["step"] % cfg.checkpoint_every == 0):
+    def report(self, final: bool) -> None:
+        """Metrics to Ray Train; with a checkpoint from rank 0 every `checkpoint_every` steps and at the end."""
+        step = self.state["step"]
+        metrics = {**self.metrics, "step": step, "final": final}
+        if self.rank != 0 or not (final or step % self.cfg.checkpoint_every == 0):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_apprentice(apprentice, folder, {"config": config}, sampler=cfg.sampler)
-            torch.save({"optimizer": opt.state_dict(), "lr_schedule": schedule.state_dict()}, os.path.join(folder, "optimizer.pt"))
-            save_file(ema_state(ema, list(params)), os.path.join(folder, "ema.safetensors"))
+            save_apprentice(self.apprentice, folder, {"config": dataclasses.asdict(self.job)}, sampler=self.cfg.sampler)
+            optimizer = {"optimizer": self.opt.state_dict(), "lr_schedule": self.schedule.state_dict()}
+            torch.save(optimizer, os.path.join(folder, "optimizer.pt"))
+            save_file(ema_state(self.ema, list(self.params)), os.path.join(folder, "ema.safetensors"))
+            state = {
+                **self.state,
+                "optimizer_fingerprint": optimizer_fingerprint(self.opt),
+                "initial_gates": self.initial_gates.tolist(),
+                "gates": self.apprentice.gates().detach().tolist(),
+                "resolved_config": self.job.resolved,
+            }
             with open(os.path.join(folder, "train_state.json"), "w") as f:
-                json.dump(
-                    {
-                        **state,
-                        "optimizer_fingerprint": optimizer_fingerprint(opt),
-                        "initial_gates": initial_gates.tolist(),
-                        "gates": apprentice.gates().detach().tolist(),
-                        "resolved_config": config["resolved"],
-                    },
-                    f,
-                )
+                json.dump(state, f)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc="apprentice", disable=rank != 0, mininterval=5)
-    window_start, window_samples, metrics = time.perf_counter(), 0, {}
-    waited = 0.0
-    while state["step"] < cfg.steps:
-        shards = storage.list_shards(config["g_uri"])
-        rows = count_kept(config["g_uri"], config["min_delta"], shards)  # the very shards this epoch reads
-        if rows == 0:
-            if waited < cfg.g_wait_s:
-                time.sleep(2.0)
-                waited += 2.0
-                continue
-            raise RuntimeError(f"no G row under {config['g_uri']} passes filter.min_delta={config['min_delta']}: nothing to train on")
-        passes = epoch_passes(cfg, cfg.steps - state["step"], world, rows)
-        dataset = read_g(config["g_uri"], config["min_delta"], tokenizer_uri, cfg.num_demos, cfg.seed + len(state["epochs"]), passes, shard=(rank, world), shards=shards)
-        seen_rows = 0
+    def epoch_rows(self, shards: list[str], waited: float) -> int:
+        """Rows of this epoch's shards passing the threshold; 0 means wait (up to `g_wait_s`) for G's first rows."""
+        rows = count_kept(self.job.g_uri, self.job.min_delta, shards)  # the very shards this epoch reads
+        if rows == 0 and waited >= self.cfg.g_wait_s:
+            raise RuntimeError(
+                f"no G row under {self.job.g_uri} passes filter.min_delta={self.job.min_delta}: nothing to train on"
+            )
+        return rows
+
+    def step(self, batch: dict) -> None:
+        loss = self.model(batch, self.generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params.values(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.schedule.step()
+        self.ema.step(self.params.values())
+        step_done(self.device)
+        state = self.state
+        state["step"] += 1
+        state["losses"].append(float(loss.detach()))
+        if state["resumes"] and state["resumes"][-1]["first_step"] is None:
+            state["resumes"][-1]["first_step"] = state["step"]
+        self.window_samples += len(batch["image"]) * self.world
+
+    def log(self) -> None:
+        """TensorBoard every step; metrics (and checkpoints) every `log_every` / `checkpoint_every` steps."""
+        step, cfg = self.state["step"], self.cfg
+        lr = self.schedule.get_last_lr()[0]
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", self.state["losses"][-1], step)
+            self.writer.add_scalar("train/lr", lr, step)
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step >= cfg.steps:
+            now = time.perf_counter()
+            speed = self.window_samples / max(now - self.window_start, 1e-9)
+            self.metrics = {"loss": self.state["losses"][-1], "lr": lr, "samples_per_s": speed}
+            if self.writer is not None:
+                self.writer.add_scalar("train/samples_per_s", speed, step)
+                self.writer.flush()
+            self.window_start, self.window_samples = now, 0
+            if step < cfg.steps:
+                self.report(False)
+
+    def train_epoch(self, shards: list[str], rows: int) -> None:
+        """One pass over this worker's share of `shards`, ending early when the step budget is spent."""
+        cfg, state = self.cfg, self.state
+        passes = epoch_passes(cfg, cfg.steps - state["step"], self.world, rows)
+        seed = cfg.seed + len(state["epochs"])
+        share = (self.rank, self.world)
+        dataset = read_g(
+            self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, share, shards
+        )
         # Closed when the step budget ends the epoch early, so this epoch's Ray Data pipeline stops decoding rows
         # nobody will read (it would otherwise run on beside the next stage).
-        batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=device))
+        batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=self.device))
+        seen_rows = 0
         for batch in batches:
-            loss = model(batch, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-            opt.step()
-            schedule.step()
-            ema.step(params.values())
-            step_done(device)
-            state["step"] += 1
-            n = len(batch["image"])
-            seen_rows += n
-            window_samples += n * world
-            state["losses"].append(float(loss.detach()))
-            if state["resumes"] and state["resumes"][-1]["first_step"] is None:
-                state["resumes"][-1]["first_step"] = state["step"]
-            bar.update(1)
-            if writer is not None:
-                writer.add_scalar("train/loss", state["losses"][-1], state["step"])
-                writer.add_scalar("train/lr", schedule.get_last_lr()[0], state["step"])
-            if state["step"] % cfg.log_every == 0 or state["step"] % cfg.checkpoint_every == 0 or state["step"] >= cfg.steps:
-                now = time.perf_counter()
-                metrics = {"loss": state["losses"][-1], "lr": schedule.get_last_lr()[0], "samples_per_s": window_samples / max(now - window_start, 1e-9)}
-                if writer is not None:
-                    writer.add_scalar("train/samples_per_s", metrics["samples_per_s"], state["step"])
-                    writer.flush()
-                window_start, window_samples = now, 0
-                if state["step"] < cfg.steps:
-                    report(False, metrics)
+            self.step(batch)
+            seen_rows += len(batch["image"])
+            self.bar.update(1)
+            self.log()
             if state["step"] >= cfg.steps:
                 break
         if hasattr(batches, "close"):
             batches.close()
         state["epochs"].append({"shards": len(shards), "kept_rows": rows, "passes": passes, "rows_read": seen_rows})
         if seen_rows == 0:
-            raise RuntimeError(f"worker {rank} of {world} read no G rows in an epoch ({rows} kept rows in {len(shards)} shards)")
-    bar.close()
-    if writer is not None:
-        writer.close()
-    report(True, metrics)
+            raise RuntimeError(
+                f"worker {self.rank} of {self.world} read no G rows in an epoch ({rows} kept rows in {len(shards)} shards)"
+            )
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.bar = tqdm(total=cfg.steps, initial=self.state["step"], desc="apprentice", disable=self.rank != 0, mininterval=5)
+        waited = 0.0
+        while self.state["step"] < cfg.steps:
+            shards = storage.list_shards(self.job.g_uri)
+            rows = self.epoch_rows(shards, waited)
+            if rows == 0:
+                time.sleep(2.0)
+                waited += 2.0
+                continue
+            self.train_epoch(shards, rows)
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self.report(True)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point on every worker: `loop_config["job"]` is the typed `WorkerConfig`."""
+    WorkerRun(loop_config["job"]).run()
 
 
 def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
     """Write the trained apprentice to `out_uri` as a `SuTIPipeline` folder, with the EMA weights when `use_ema`,
     plus the checkpoint's train_state.json. Returns the train state."""
-    from safetensors.torch import load_file
-
-    from core.pipelines.suti import load_apprentice, save_apprentice
-
     apprentice = load_apprentice(checkpoint_dir)
     if use_ema:
         shadow = load_file(os.path.join(checkpoint_dir, "ema.safetensors"))
@@ -237,14 +287,19 @@ def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
 def fit(cfg: ApprenticeConfig, g_uri: str, min_delta: float | None, base_uri: str, storage_uri: str, run_name: str, config_dict: dict):
     """Train the apprentice; returns the final `ray.train.Checkpoint`."""
     fs, path = storage.resolve(storage_uri)
+    # TensorBoard writes local files: beside the checkpoints for local storage, else on the rank-0 node.
+    tb_root = storage.absolute_uri(storage_uri) if storage.is_local(storage_uri) else tempfile.gettempdir()
+    job = WorkerConfig(
+        apprentice=cfg,
+        base_uri=base_uri,
+        g_uri=storage.absolute_uri(g_uri),
+        min_delta=min_delta,
+        tensorboard_dir=os.path.join(tb_root, run_name, "tensorboard"),
+        resolved=config_dict,
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "apprentice": config_dict["apprentice"], "base_uri": base_uri, "g_uri": storage.absolute_uri(g_uri),
-            "min_delta": min_delta, "resolved": config_dict,
-            # TensorBoard writes local files: beside the checkpoints for local storage, else on the rank-0 node.
-            "tensorboard_dir": os.path.join(storage.absolute_uri(storage_uri) if storage.is_local(storage_uri) else tempfile.gettempdir(), run_name, "tensorboard"),
-        },
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.num_cpus_per_worker}
         ),
