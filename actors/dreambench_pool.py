@@ -16,6 +16,7 @@ from core.data import g, schema, storage
 from core.dreambench import data as dreambench
 from core.dreambench.data import Prompt, Subject
 
+
 def shard_uri(out_uri: str, subject: str) -> str:
     return g.shard_uri(out_uri, subject)  # named as G's per-subject shards
 

@@ -10,7 +10,7 @@ reader accuracy on clean and on renoised renders of *test* subjects, and the bas
 its captions. A stage whose output folder exists is skipped (delete it to redo it), so an interrupted run resumes
 at the stage it was in (the base stage also resumes inside itself, from a state saved every 200 steps). `identity`
 (not part of `all`) only measures the base's identity accuracy with the current readers. Steps are upper bounds; `--budget-s` ends a stage on time (its lr schedule follows the
-clock), which is how a time-boxed run on a lent GPU fits. The device is picked by `core.models.device` (CUDA when there).
+clock), which is how a run fits a fixed time slot on an accelerator. The device is picked by `core.models.device` (CUDA when there).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ prediction; an apprentice that ignores its demos gives 0. Reported per apprentic
 interval over batches.
 
     python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16] [--text-reference artifacts/toy/base]
+        [--out benchmarks/results/demo_use.json]
 
 The scale to read a gap against (`--text-reference BASE`): the same paired loss for a base model told the identity in
 words. Each row is a test subject in a random scene, captioned once with its own identity spelled out and once with

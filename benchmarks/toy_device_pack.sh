@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Pack what a toy_device_run.sh run has made into at most 7 files of at most 15 MiB in DEST (the device tool brings
-# back 8 files of 16 MiB): artifacts (split), the SuTI and raw apprentices in fp16 (split), results with logs.
+# Pack what a toy_device_run.sh run has made into at most 7 files of at most 15 MiB in DEST (for a transfer that
+# carries at most 8 files of 16 MiB): artifacts (split), the SuTI and raw apprentices in fp16 (split), results with logs.
 #   benchmarks/toy_device_pack.sh RUN_DIR WORK_DIR DEST
 set -u
 RUN=${1:?}; WORK=${2:?}; DEST=${3:?}

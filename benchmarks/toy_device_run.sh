@@ -8,7 +8,7 @@
 #   FROM=artifacts/toy benchmarks/toy_device_run.sh OUT_DIR   # the benchmark only, from the shipped artifacts
 #   FROM=artifacts/toy INIT=artifacts/toy/base BASE_S=120 benchmarks/toy_device_run.sh OUT_DIR
 #       # the shipped base trained BASE_S seconds more (then its identity measured), and the benchmark from it
-# Phase 4 (evaluation) took over 2 minutes on the H200 (2026-11-26): leave it that much of a call's 10 minutes.
+# Phase 4 (evaluation) takes over 2 minutes on a GPU: when the run must fit a fixed time slot, leave it that much.
 #
 # Writes OUT_DIR/artifacts (base, scorer, readers, report.json), OUT_DIR/results (table, JSON, grid),
 # OUT_DIR/work (G shards, expert runs, apprentices; or $WORK) and OUT_DIR/logs. With PACK_TO=DIR, packs the outputs
@@ -18,8 +18,8 @@ OUT=${1:?usage: toy_device_run.sh OUT_DIR}
 A=$OUT/artifacts; W=${WORK:-$OUT/work}; R=$OUT/results; L=$OUT/logs
 mkdir -p "$A" "$W" "$R" "$L"
 PY=${PYTHON:-python3}
-# Up to 10 processes share 16 cores: torch's default of one CPU thread per core in each of them oversubscribed the
-# machine in the first run (2026-11-26), so each process gets 2 (DataLoader workers run with 1).
+# Up to 10 processes share the machine's cores: torch's default of one CPU thread per core in each of them would
+# oversubscribe it, so each process gets 2 (DataLoader workers run with 1).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 if [ -n "${QUICK:-}" ]; then
   F=0.05; PRE="--reader-batch 16 --scorer-batch 8 --base-batch 8 --renoise-n 16 --eval-n 16 --reader-finetune-steps 2"; BENCH="--quick"
@@ -42,19 +42,20 @@ wait
 stamp "phase 2: reader fine-tune and report; G experts; test-subject experts"
 run finish $PY -m apps.toy_pretrain --out "$A" --stage finish --budget-s "$(b 35)" --workers 2 $PRE &
 if [ -n "${INIT:-}" ]; then run identity $PY -m apps.toy_pretrain --out "$A" --stage identity --eval-n "$(b 512)" & fi
-# Experts run EB at a time as one vmapped model (core.method.expert_batch): the first run's nine one-subject processes
-# managed about 20 s per subject between them.
+# Experts run EB at a time as one vmapped model (core.method.expert_batch): one subject per process leaves a GPU
+# launch-bound.
 EB=${EXPERT_BATCH:-32}
 for i in 0 1; do
   run g$i $PY -m benchmarks.toy_reproduction $BENCH --stage g --shard $i --num-shards 2 --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
 done
 run experts0 $PY -m benchmarks.toy_reproduction $BENCH --stage experts --expert-batch "$EB" --budget-s "$(b 85)" --artifacts "$A" --work "$W" &
-# Demo branches start with a zero output projection (ZERO_INIT=out), not a zero gate: on the CPU a zero-gated
-# apprentice had not begun to use its demos after 562 steps (README, 2026-11-27).
+# Demo branches start with a zero output projection (ZERO_INIT=out), not a zero gate: a zero-gated apprentice had not
+# begun to use its demos after 562 steps (docs/toy_study.md).
 ZI=${ZERO_INIT:-out}
 # ATTENTION=joint puts the demo tokens in each layer's own cross-attention instead (core.method.apprentice; DEMO_GRID: tokens
 # per demo side). ENCODER_STEPS warm-starts the demo encoder as an identity recogniser on train subjects first: on the
-# CPU that multiplied the apprentice's use of its demos by about 30 (README, 2026-11-27; ENCODER_STEPS=0 for none).
+# CPU that multiplied the apprentice's use of its demos by about 30 (benchmarks/results/demo_use.json, docs/toy_study.md;
+# ENCODER_STEPS=0 for none).
 ES=${ENCODER_STEPS:-$(b 400)}
 APP="--zero-init $ZI --attention ${ATTENTION:-separate} --demo-grid ${DEMO_GRID:-8} --encoder-steps $ES"
 # The warm start is made once, here beside the experts, and the apprentice processes of phase 3 load it from $W.

@@ -1,6 +1,6 @@
-"""Base pretraining's data path: drawing a batch of 1,024 toy images one at a time in numpy (`toyworld.render`, what
-the loader workers did) against all at once in torch (`toyrender.render_batch`, what the training device does now),
-and what a loader worker still does per batch (scenes, captions, tokens).
+"""Base pretraining's data path: drawing a batch of 1,024 toy images one at a time in numpy (`toyworld.render`, as a
+loader worker would) against all at once in torch (`toyrender.render_batch`, what the training device does), and
+what a loader worker still does per batch (scenes, captions, tokens).
 
     python -m benchmarks.toy_render_speed            # on the CPU; with a GPU, render_batch is also timed there
 """

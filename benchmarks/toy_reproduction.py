@@ -279,8 +279,8 @@ def raw_examples(work: str, s: Settings, subjects: str = "g") -> list[dict]:
 
 class Examples:
     """Training examples decoded and tokenized once, as arrays a step only indexes: images uint8 (M, H, W, 3),
-    prompt ids (M, L), demos uint8 (M, D, H, W, 3) and their caption ids (M, D, L). Decoding and tokenizing per
-    step in Python had the apprentices on the lent H200 at about 4.5 steps/s (2026-11-26)."""
+    prompt ids (M, L), demos uint8 (M, D, H, W, 3) and their caption ids (M, D, L). Decoding and tokenizing every
+    row at every step in Python would bound a GPU's apprentice training by the CPU."""
 
     def __init__(self, examples: list[dict], tokenizer):
         from core.models.tokenizer import tokenize

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The XLA check of issue 4: its own environment (torch 2.9 + torch-xla 2.9; the main one pins torch 2.14.1), then
+# The XLA check: its own environment (torch 2.9 + torch-xla 2.9; the main one pins torch 2.14.1), then
 # one expert subject on the XLA device with PJRT_DEVICE=CPU. Usage: bash benchmarks/xla_check.sh [VENV_DIR]
 # About 3 GB of downloads the first time (torch 2.9.0's CUDA build from PyPI, torch-xla 2.9.0).
 set -euo pipefail

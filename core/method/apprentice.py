@@ -12,13 +12,13 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
   zero-initialised scalar gate and added to the layer's output, so at initialisation the apprentice computes
   exactly the base model (a test checks), and a batch element without demos does too.
 - `attention="joint"` (an option; the default is the branch above): no new attention at all. The demo tokens join
-  the text tokens in each cross-attention layer's own keys, values and softmax, as the pre-code probe did
-  (FINDINGS.md: it copied body colour from demos within 541 CPU steps). The layer's trained key and value projections
-  already turn text states into what the UNet reads, so the demo encoder only has to learn to speak that language.
-  On the toy world it did not help (537 CPU steps, no use of the demos, and the demos cost text fidelity; README):
-  what made the apprentice use its demos there was a warm-started demo encoder. A batch element without demos still
-  computes exactly the base (its demo tokens are masked out), but one with demos does not at initialisation: they
-  take a share of the softmax from the start. Standard cross-attention only (Stable Diffusion, the toy models), not IF's added-KV layers.
+  the text tokens in each cross-attention layer's own keys, values and softmax. The layer's trained key and value
+  projections already turn text states into what the UNet reads, so the demo encoder only has to learn to speak
+  that language. On the toy world it did not make the apprentice use its demos, and the demos took softmax mass from
+  the text (docs/toy_study.md); what made the apprentice use its demos there was a warm-started demo encoder. A
+  batch element without demos still computes exactly the base (its demo tokens are masked out), but one with demos
+  does not at initialisation: they take a share of the softmax from the start. Standard cross-attention only
+  (Stable Diffusion, the toy models), not IF's added-KV layers.
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
   attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
   are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
@@ -83,9 +83,10 @@ class DemoBranch(nn.Module):
         self.to_v = nn.Linear(cross_dim, inner_dim, bias=False)
         self.to_out = nn.Linear(inner_dim, out_dim)
         # Either way the branch adds nothing at initialisation. "gate": the gate starts at 0, so nothing behind it
-        # gets a gradient until the gate has moved, and the gate's own gradient is noise until they have (a CPU
-        # run left the gates under 0.007 after 562 steps, 2026-11-27). "out": the output projection starts at 0 and
-        # the gate at 1, as ControlNet's zero convolutions and LoRA's B do, so the projection learns from step one.
+        # gets a gradient until the gate has moved, and the gate's own gradient is noise until they have (on the toy
+        # world the gates stayed near 0 for hundreds of steps: docs/toy_study.md). "out": the output projection starts
+        # at 0 and the gate at 1, as ControlNet's zero convolutions and LoRA's B do, so the projection learns from
+        # step one.
         if zero_init not in ("gate", "out"):
             raise ValueError(f"zero_init must be 'gate' or 'out', not {zero_init!r}")
         self.gate = nn.Parameter(torch.zeros(()) if zero_init == "gate" else torch.ones(()))

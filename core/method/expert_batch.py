@@ -1,10 +1,9 @@
 """Many per-subject experts at once: N fine-tunes of the base as one vmapped model (torch.func).
 
-Why: the toy models are far too small to fill a GPU one subject at a time. On the lent H200 (2026-11-26) nine
-processes, each running one `Expert`, shared the GPU at about 20 s per subject, so a 10-minute call put only 24
-subjects into G (README, issue 3). Here the weights of N experts are stacked along a new first dimension and one
+Why: the toy models are far too small to fill a GPU one subject at a time; one `Expert` per process is bound by
+kernel launches, not arithmetic. Here the weights of N experts are stacked along a new first dimension and one
 `torch.func.vmap` call runs all N forward and backward passes, so a step of N experts costs about the kernel
-launches of one.
+launches of one. On a CPU there is nothing to gain (`python -m benchmarks.expert_batch_speed`).
 
 The maths is `Expert`'s, subject by subject: each subject draws its batches, noise and timesteps from its own
 generator in the same order `Expert.fine_tune` does, its loss is its own (the sum of independent losses has

@@ -39,8 +39,8 @@ PRESETS: dict[str, dict] = {
         "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
         "max_length": 24,
     },
-    # 32x32 pixel space, about 1.8 M UNet parameters, cross-attention at 16x16 and 8x8 (the size the pre-code probe in
-    # ../shared/FINDINGS.md trained on 2 CPU cores): the toy world's shipped base, pretrained by apps.toy_pretrain.
+    # 32x32 pixel space, about 1.8 M UNet parameters, cross-attention at 16x16 and 8x8 (small enough to train on a
+    # few CPU cores): a toy-world base, pretrained by apps.toy_pretrain.
     "toy": {
         "resolution": 32,
         "unet": {

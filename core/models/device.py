@@ -21,7 +21,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 def autocast(device: torch.device):
     """bf16 autocast where the device supports it (CUDA with bf16, XLA/TPU); a disabled context on the CPU, where
-    bf16 gave nothing on this project's machines (../shared/FINDINGS.md)."""
+    bf16 autocast does not speed up these models."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_bf16_supported())
     if device.type == "xla":

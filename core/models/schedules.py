@@ -15,7 +15,8 @@ def warmup_cosine(
 
     Progress is the share of `total_steps` done or, with `clock` (the share of a time budget used, 0..1), whichever of
     the two is further along: a time-boxed run whose step bound it will never reach still warms up and decays on
-    time (the first GPU run, 2026-11-26, warmed up over 5% of 40,000 steps and stopped at 725, still warming up)."""
+    time (without the clock, a run given 40,000 steps and stopped by its budget after a few hundred would never leave
+    its warm-up)."""
 
     def factor(step: int) -> float:
         progress = step / max(1, total_steps)

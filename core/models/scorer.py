@@ -1,7 +1,7 @@
 """The toy scorer: a tiny open_clip model (custom config, no pretrained weights) trained contrastively on toy
 image-caption pairs. It plays CLIP's roles in the method: the mining filters, delta-CLIP, CLIP-I and CLIP-T.
 
-Real CLIP weights cannot be downloaded here; on a cluster with weights, `load_scorer` is the seam to replace.
+The code never downloads real CLIP weights; on a cluster with weights, `load_scorer` is the seam to replace.
 """
 
 from __future__ import annotations

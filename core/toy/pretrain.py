@@ -3,7 +3,7 @@
 Captions come in the forms the base must know: identity spelled out (with and without the background), the
 class-and-scene form of the unseen prompts, and empty (for classifier-free guidance). Batches are rendered by
 DataLoader workers (`workers`) so an accelerator is not starved; `deadline` (a `time.monotonic()` value) ends
-training early, so a time-boxed run on a lent GPU still saves its weights.
+training early, so a time-boxed run still saves its weights.
 """
 
 from __future__ import annotations
@@ -60,10 +60,9 @@ def toy_scenes(subjects: list[toyworld.Subject], batch_size: int, rng: np.random
 
 class CaptionStream(torch.utils.data.IterableDataset):
     """Endless (scenes packed by `toyrender.pack_scenes`, input ids (B, L)) batches; each worker draws from its
-    own seed. The images are drawn from the scenes on the training device (`toyrender.render_batch`): drawing
-    them here, one at a time in numpy, bound pretraining on the lent H200 at about 7 steps/s with 14 workers
-    (2026-11-26). The captions are tokenized here: the BPE tokenizer took 0.06-0.3 s per 1,024 captions in the
-    training process, as long as a GPU step."""
+    own seed. The images are drawn from the scenes on the training device (`toyrender.render_batch`): drawn here,
+    one at a time in numpy, they would bound a GPU's pretraining by the CPU workers. The captions are tokenized
+    here: in the training process the BPE tokenizer costs about as long as a GPU step."""
 
     def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer):
         self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = subjects, batch_size, seed, size, tokenizer

@@ -2,9 +2,9 @@
 
 The readers turn a generated image into the attributes it shows (class, body colour, pattern, pattern colour,
 background, accessory, style), so subject and text fidelity are exact counts (`toyworld.subject_fidelity`).
-Readers trained on clean renders misread generated images (`../shared/FINDINGS.md`), so training renders are
-augmented with noise, colour casts and blur, and `finetune_on` adds renders that the base model has noised and
-denoised part-way (their labels are still known). Identity heads learn only from train subjects, and only the
+Readers trained on clean renders misread generated images, so training renders are augmented with noise, colour
+casts and blur, and `finetune_on` adds renders that the base model has noised and denoised part-way (their labels
+are still known). Identity heads learn only from train subjects, and only the
 attributes a style leaves visible (`toyworld.OBSERVABLE`).
 """
 

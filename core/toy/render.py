@@ -1,10 +1,11 @@
 """The toy world's renderer for whole batches, in torch, on the training device.
 
-`toyworld.render` draws one image in numpy. Base pretraining on a GPU was bound by it: the lent H200's 16 cores
-fed about 7 steps/s at batch 1,024 with 14 render workers (2026-11-26, README), far below what the GPU could
-train. Here the same drawing runs on tensors for a whole batch, so the workers only pick scenes and tokenize
-captions, and the device draws. `render_batch` reproduces `toyworld.render` pixel for pixel given the same
-background noise (tests/unit/test_toyrender.py); the noise itself comes from a torch generator.
+`toyworld.render` draws one image in numpy. Fed by CPU workers drawing that way, base pretraining on a GPU is
+bound by rendering, not by the GPU (the steps per second of the shipped base's runs are in
+`artifacts/toy/report.json`). Here the same drawing runs on tensors for a whole batch, so the workers only pick
+scenes and tokenize captions, and the device draws (`python -m benchmarks.toy_render_speed` times both ways).
+`render_batch` reproduces `toyworld.render` pixel for pixel given the same background noise
+(tests/unit/test_toyrender.py); the noise itself comes from a torch generator.
 
     arrays = pack_scenes(subjects, scenes)          # numpy int arrays, cheap to send between processes
     images = render_batch(arrays, device=device)    # float (B, 3, H, W) in [0, 255], on `device`

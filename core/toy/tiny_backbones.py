@@ -1,6 +1,6 @@
 """Tiny random stand-ins for the real backbones, saved as real diffusers pipeline folders.
 
-No real weights can be downloaded on the machines this project is built and tested on, so the Stable Diffusion and
+Tests never download weights (and need to run where none can be downloaded), so the Stable Diffusion and
 DeepFloyd IF code paths are exercised with components of the very same classes (UNet2DConditionModel,
 AutoencoderKL, CLIPTextModel, T5EncoderModel, their tokenizers and schedulers) at toy sizes, random weights,
 written with `save_pretrained` exactly as the real checkpoints are laid out. `core.models.backbone.load_backbone` then
