@@ -59,7 +59,14 @@ class ApprenticeLoss(torch.nn.Module):
 
 def optimizer_fingerprint(opt: torch.optim.Optimizer) -> float:
     """Sum of every floating tensor in the optimizer state: equal before saving and after loading, 0 when fresh."""
-    return float(sum(v.double().sum() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()))
+    return float(
+        sum(
+            v.double().sum()
+            for s in opt.state.values()
+            for v in s.values()
+            if torch.is_tensor(v) and v.is_floating_point()
+        )
+    )
 
 
 def named_trainable(apprentice) -> dict[str, torch.nn.Parameter]:
@@ -149,7 +156,9 @@ class WorkerRun:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_apprentice(self.apprentice, folder, {"config": dataclasses.asdict(self.job)}, sampler=self.cfg.sampler)
+            save_apprentice(
+                self.apprentice, folder, {"config": dataclasses.asdict(self.job)}, sampler=self.cfg.sampler
+            )
             optimizer = {"optimizer": self.opt.state_dict(), "lr_schedule": self.schedule.state_dict()}
             torch.save(optimizer, os.path.join(folder, "optimizer.pt"))
             save_file(ema_state(self.ema, list(self.params)), os.path.join(folder, "ema.safetensors"))
@@ -237,7 +246,9 @@ class WorkerRun:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.bar = tqdm(total=cfg.steps, initial=self.state["step"], desc="apprentice", disable=self.rank != 0, mininterval=5)
+        self.bar = tqdm(
+            total=cfg.steps, initial=self.state["step"], desc="apprentice", disable=self.rank != 0, mininterval=5
+        )
         waited = 0.0
         while self.state["step"] < cfg.steps:
             shards = storage.list_shards(self.job.g_uri)
@@ -272,7 +283,12 @@ def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
     with open(os.path.join(checkpoint_dir, "apprentice_config.json")) as f:
         meta = json.load(f)
     folder = storage.local_dir(out_uri) if storage.is_local(out_uri) else tempfile.mkdtemp(prefix="suti-export-")
-    save_apprentice(apprentice.eval(), folder, {**{k: v for k, v in meta.items() if k != "demo_grid"}, "weights": "ema" if use_ema else "raw"}, sampler=state["resolved_config"]["apprentice"]["sampler"])
+    save_apprentice(
+        apprentice.eval(),
+        folder,
+        {**{k: v for k, v in meta.items() if k != "demo_grid"}, "weights": "ema" if use_ema else "raw"},
+        sampler=state["resolved_config"]["apprentice"]["sampler"],
+    )
     with open(os.path.join(folder, "train_state.json"), "w") as f:
         json.dump(state, f)
     if not storage.is_local(out_uri):
@@ -284,7 +300,15 @@ def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
     return state
 
 
-def fit(cfg: ApprenticeConfig, g_uri: str, min_delta: float | None, base_uri: str, storage_uri: str, run_name: str, config_dict: dict):
+def fit(
+    cfg: ApprenticeConfig,
+    g_uri: str,
+    min_delta: float | None,
+    base_uri: str,
+    storage_uri: str,
+    run_name: str,
+    config_dict: dict,
+):
     """Train the apprentice; returns the final `ray.train.Checkpoint`."""
     fs, path = storage.resolve(storage_uri)
     # TensorBoard writes local files: beside the checkpoints for local storage, else on the rank-0 node.

@@ -47,16 +47,32 @@ class DreamBenchActor:
     def run(self, subject: Subject, prompts: list[Prompt], out_uri: str, provenance: dict) -> dict:
 
         db = self.config.dreambench
-        demos = [dreambench.square(dreambench.read_image(uri), self.resolution) for uri in subject.images[: db.max_demos]]
+        demos = [
+            dreambench.square(dreambench.read_image(uri), self.resolution) for uri in subject.images[: db.max_demos]
+        ]
         if self.method == "apprentice":
             acfg = self.config.apprentice
-            sampling = {"sampler": acfg.sampler, "num_inference_steps": acfg.num_inference_steps, "guidance_scale": acfg.guidance_scale, "demo_guidance_scale": acfg.demo_guidance_scale}
-            rows = dreambench.generate_apprentice(self.model, subject, prompts, demos, db.images_per_prompt, db.seed, sampling, provenance)
+            sampling = {
+                "sampler": acfg.sampler,
+                "num_inference_steps": acfg.num_inference_steps,
+                "guidance_scale": acfg.guidance_scale,
+                "demo_guidance_scale": acfg.demo_guidance_scale,
+            }
+            rows = dreambench.generate_apprentice(
+                self.model, subject, prompts, demos, db.images_per_prompt, db.seed, sampling, provenance
+            )
         else:
-            rows = dreambench.generate_expert(self.model, subject, prompts, demos, db.images_per_prompt, db.seed, db.identifier, provenance)
+            rows = dreambench.generate_expert(
+                self.model, subject, prompts, demos, db.images_per_prompt, db.seed, db.identifier, provenance
+            )
         table = schema.table_from_rows(rows, schema.DREAMBENCH_SCHEMA, "DreamBench")
         storage.write_shard(table, out_uri, schema.DREAMBENCH_SCHEMA, name=g.shard_name(subject.name))
-        return {"subject": subject.name, "status": "done", "images": len(rows), "seconds": rows[0]["fine_tune_s"] + rows[0]["sample_s"]}
+        return {
+            "subject": subject.name,
+            "status": "done",
+            "images": len(rows),
+            "seconds": rows[0]["fine_tune_s"] + rows[0]["sample_s"],
+        }
 
 
 @dataclass

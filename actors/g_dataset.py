@@ -45,7 +45,9 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
             images.append(image)
             prompts.append(str(batch["prompt"][i]))
             key = (seed, *(batch[k][i] for k in g.KEY), p)
-            pick = np.random.default_rng(seed_for(*key)).choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
+            pick = np.random.default_rng(seed_for(*key)).choice(
+                len(demos), size=num_demos, replace=len(demos) < num_demos
+            )
             demo_imgs.append(np.stack([demos[j] for j in pick]))
             demo_caps.extend(caps[j] for j in pick)
     b = len(images)

@@ -90,14 +90,29 @@ def mine_with_ray_data(
 
     shards = storage.list_shards(corpus_uri)
     if not shards:
-        raise storage.MissingInputError(f"corpus: no complete parquet shards under '{corpus_uri}' (config key `paths.corpus`)")
+        raise storage.MissingInputError(
+            f"corpus: no complete parquet shards under '{corpus_uri}' (config key `paths.corpus`)"
+        )
     fs, paths = storage.shard_paths(corpus_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.CORPUS_SCHEMA)
-    ds = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"scorer_uri": scorer_uri}, concurrency=num_actors, batch_size=batch_size, batch_format="numpy")
-    groups = sorted(ds.groupby("url").map_groups(select_group, fn_kwargs={"cfg": cfg}, batch_format="numpy").iter_rows(), key=lambda g: g["url"])
+    ds = ds.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={"scorer_uri": scorer_uri},
+        concurrency=num_actors,
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
+    groups = sorted(
+        ds.groupby("url").map_groups(select_group, fn_kwargs={"cfg": cfg}, batch_format="numpy").iter_rows(),
+        key=lambda g: g["url"],
+    )
 
-    summary = Counter(groups=len(groups), images=sum(int(g["images"]) for g in groups), corrupt_images_skipped=sum(int(g["corrupt"]) for g in groups))
+    summary = Counter(
+        groups=len(groups),
+        images=sum(int(g["images"]) for g in groups),
+        corrupt_images_skipped=sum(int(g["corrupt"]) for g in groups),
+    )
     rng = np.random.default_rng(cfg.seed)
     rows, kept_truths = [], []
     for g in groups:
@@ -106,7 +121,11 @@ def mine_with_ray_data(
             summary[DROP_COUNTERS[str(g["reason"])]] += 1
             continue
         kept_truths.append(set(json.loads(g["truths"])))
-        rows.append(cluster_row(str(g["url"]), list(g["demo_images"]), list(g["demo_captions"]), kept_truths[-1], cfg, rng, resolution))
+        rows.append(
+            cluster_row(
+                str(g["url"]), list(g["demo_images"]), list(g["demo_captions"]), kept_truths[-1], cfg, rng, resolution
+            )
+        )
     summary["kept"] = len(rows)
     summary.update(purity([set(json.loads(g["all_truths"])) for g in groups], kept_truths))
     return rows, dict(summary)

@@ -14,7 +14,6 @@ Built by the typed builder `build_app(ServeArgs)`, so `serve run actors.serve_ap
 as well as `python -m apps.serve`. Client mistakes get a 4xx naming the field; the replica never dies of one.
 """
 
-
 # No `from __future__ import annotations` here: FastAPI must see the request model types, not strings.
 import asyncio
 import base64
@@ -170,7 +169,15 @@ class ApprenticeDeployment:
 
         groups = defaultdict(list)
         for i, r in enumerate(requests):
-            req = SampleRequest(r["prompt"], r["demo_images"], r["captions"], r["num_images"], r["seed"], r["guidance_scale"], r["demo_guidance_scale"])
+            req = SampleRequest(
+                r["prompt"],
+                r["demo_images"],
+                r["captions"],
+                r["num_images"],
+                r["seed"],
+                r["guidance_scale"],
+                r["demo_guidance_scale"],
+            )
             groups[(req.batch_key(), r["steps"])].append((i, req))
         results: list[dict] = [{}] * len(requests)
         model, digest = self.model, self.model_digest  # a swap mid-batch does not mix checkpoints
@@ -230,9 +237,14 @@ class SuTIIngress:
         decoded = time.perf_counter()
         drawn = await self.generator.generate.remote(
             {
-                "prompt": req.prompt, "demo_images": demos, "captions": [d.caption for d in req.demos], "steps": req.steps,
-                "guidance_scale": req.guidance_scale, "demo_guidance_scale": req.demo_guidance_scale,
-                "num_images": req.num_images, "seed": req.seed,
+                "prompt": req.prompt,
+                "demo_images": demos,
+                "captions": [d.caption for d in req.demos],
+                "steps": req.steps,
+                "guidance_scale": req.guidance_scale,
+                "demo_guidance_scale": req.demo_guidance_scale,
+                "num_images": req.num_images,
+                "seed": req.seed,
             }
         )
         done = time.perf_counter()

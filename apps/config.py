@@ -54,10 +54,29 @@ def compose(overrides: list[str] | None = None) -> PipelineConfig:
 
 
 # Overrides that say where things are or how the cluster looks, not what a run computes: they name no folder.
-RUN_NAME_EXCLUDES = ("experiment", "stages", "paths.", "cluster.", "hydra.", "hydra/", "serve.", "dreambench.data", "dreambench.dino", "dreambench.clip_model", "dreambench.clip_pretrained")
+RUN_NAME_EXCLUDES = (
+    "experiment",
+    "stages",
+    "paths.",
+    "cluster.",
+    "hydra.",
+    "hydra/",
+    "serve.",
+    "dreambench.data",
+    "dreambench.dino",
+    "dreambench.clip_model",
+    "dreambench.clip_pretrained",
+)
 # Overrides that change only how a trained apprentice is evaluated: they name a folder below eval/ and dreambench/,
 # so an evaluation sweep reads the apprentice that the training overrides (or their absence) point at.
-EVAL_ONLY = ("dreambench.", "evaluate.", "apprentice.sampler", "apprentice.num_inference_steps", "apprentice.guidance_scale", "apprentice.demo_guidance_scale")
+EVAL_ONLY = (
+    "dreambench.",
+    "evaluate.",
+    "apprentice.sampler",
+    "apprentice.num_inference_steps",
+    "apprentice.guidance_scale",
+    "apprentice.demo_guidance_scale",
+)
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -77,7 +96,9 @@ def run_names(overrides: list[str]) -> tuple[str, str]:
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if not _matches(key, RUN_NAME_EXCLUDES):
-            (evaluation if _matches(key, EVAL_ONLY) else train).append(f"{key}={value.replace('/', '_').replace('$', '_')}")
+            (evaluation if _matches(key, EVAL_ONLY) else train).append(
+                f"{key}={value.replace('/', '_').replace('$', '_')}"
+            )
     return _name(train), _name(evaluation)
 
 
@@ -101,7 +122,12 @@ def sweep_job(cfg: DictConfig) -> dict | None:
     for key in ("eval", "dreambench"):
         if evaluation and f"paths.{key}" not in given:
             cfg.paths[key] = f"${{paths.run}}/{key}/{evaluation}"
-    return {"job_num": hydra_cfg.job.num, "overrides": overrides, "sweep_dir": hydra_cfg.sweep.dir, "app": hydra_cfg.job.name}
+    return {
+        "job_num": hydra_cfg.job.num,
+        "overrides": overrides,
+        "sweep_dir": hydra_cfg.sweep.dir,
+        "app": hydra_cfg.job.name,
+    }
 
 
 def stage_main(run):

@@ -45,9 +45,22 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
             start = time.perf_counter()
             per_prompt = []
             for p, prompt in enumerate(record["prompts"]):
-                kwargs = {"sampler": acfg.sampler, "num_inference_steps": acfg.num_inference_steps, "guidance_scale": acfg.guidance_scale, "seed": config.evaluate.seed + 100 * r + p}
+                kwargs = {
+                    "sampler": acfg.sampler,
+                    "num_inference_steps": acfg.num_inference_steps,
+                    "guidance_scale": acfg.guidance_scale,
+                    "seed": config.evaluate.seed + 100 * r + p,
+                }
                 if method == "apprentice":
-                    imgs = ap.sample(apprentice, prompt, demos, record["demo_captions"], num_images=n, demo_guidance_scale=acfg.demo_guidance_scale, **kwargs)
+                    imgs = ap.sample(
+                        apprentice,
+                        prompt,
+                        demos,
+                        record["demo_captions"],
+                        num_images=n,
+                        demo_guidance_scale=acfg.demo_guidance_scale,
+                        **kwargs,
+                    )
                 else:
                     imgs = sample(base, [prompt] * n, **kwargs)
                 per_prompt.append(list(imgs))
@@ -65,10 +78,14 @@ def run(config: PipelineConfig) -> dict:
     storage.require(config.paths.readers, "paths.readers", "toy attribute readers (shipped in artifacts/toy/readers)")
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
-    expert_cfg = dataclasses.replace(config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None)
+    expert_cfg = dataclasses.replace(
+        config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None
+    )
     with ray_cluster(config.cluster):
         sampled = remote_call(sample_apprentice_and_base, config, plain, num_cpus=1, num_gpus=config.serve.num_gpus)
-        expert_results, _ = run_pool(plain, base_uri(config), config.paths.scorer, expert_cfg, provenance(config), None, config.filter)
+        expert_results, _ = run_pool(
+            plain, base_uri(config), config.paths.scorer, expert_cfg, provenance(config), None, config.filter
+        )
     by_subject = {res["subject_id"]: res for res in expert_results}
     expert_outputs, expert_seconds = [], []
     for record in plain:
@@ -76,15 +93,36 @@ def run(config: PipelineConfig) -> dict:
         if res["status"] != "done":
             raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
         rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in res["rows"]}
-        expert_outputs.append([[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]])
+        expert_outputs.append(
+            [[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]]
+        )
         expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
-    outputs = {"oracle": [r["oracle"] for r in records], "base": sampled["base"], "expert": expert_outputs, "apprentice": sampled["apprentice"]}
-    seconds = {"base": float(np.mean(sampled["seconds"]["base"])), "expert": float(np.mean(expert_seconds)), "apprentice": float(np.mean(sampled["seconds"]["apprentice"]))}
+    outputs = {
+        "oracle": [r["oracle"] for r in records],
+        "base": sampled["base"],
+        "expert": expert_outputs,
+        "apprentice": sampled["apprentice"],
+    }
+    seconds = {
+        "base": float(np.mean(sampled["seconds"]["base"])),
+        "expert": float(np.mean(expert_seconds)),
+        "apprentice": float(np.mean(sampled["seconds"]["apprentice"])),
+    }
     from core.toy.readers import load_readers
 
-    table = evaluation.score(records, outputs, load_scorer(storage.local_dir(config.paths.scorer)), load_readers(storage.local_dir(config.paths.readers)))
+    table = evaluation.score(
+        records,
+        outputs,
+        load_scorer(storage.local_dir(config.paths.scorer)),
+        load_readers(storage.local_dir(config.paths.readers)),
+    )
     markdown = evaluation.markdown_table(table, seconds)
-    storage.write_bytes(storage.join(config.paths.eval, "metrics.json"), json.dumps({"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}, indent=1).encode())
+    storage.write_bytes(
+        storage.join(config.paths.eval, "metrics.json"),
+        json.dumps(
+            {"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}, indent=1
+        ).encode(),
+    )
     storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), (markdown + "\n").encode())
     buf = io.BytesIO()
     evaluation.grid(records, outputs).save(buf, format="PNG")

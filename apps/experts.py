@@ -35,7 +35,13 @@ def run(config: PipelineConfig) -> dict:
     records = ds.to_pylist()[: config.expert.max_subjects]
     with ray_cluster(config.cluster):
         results, summary = run_pool(
-            records, base_uri(config), config.paths.scorer, config.expert, provenance(config), config.paths.g, config.filter
+            records,
+            base_uri(config),
+            config.paths.scorer,
+            config.expert,
+            provenance(config),
+            config.paths.g,
+            config.filter,
         )
     failures = [r for r in results if r["status"] == "failed"]
     if failures:
@@ -43,7 +49,12 @@ def run(config: PipelineConfig) -> dict:
         storage.write_bytes(storage.join(config.paths.g, "_reports", f"experts-{int(time.time())}.json"), report)
     if failures and not summary.get("done") and not summary.get("skipped_already_in_g"):
         raise RuntimeError(f"every expert subject failed; first reason: {failures[0].get('reason')}")
-    return {"stage": "experts", **summary, "failures": [f"{r['subject_id']}: {r.get('reason')}" for r in failures][:10], "out": config.paths.g}
+    return {
+        "stage": "experts",
+        **summary,
+        "failures": [f"{r['subject_id']}: {r.get('reason')}" for r in failures][:10],
+        "out": config.paths.g,
+    }
 
 
 main = stage_main(run)

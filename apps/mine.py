@@ -1,6 +1,6 @@
 """Stage `mine`: group the corpus by URL, keep coherent clusters, write D_S (DS_SCHEMA parquet) to `paths.ds`.
 
-    python -m apps.mine experiment=smoke
+python -m apps.mine experiment=smoke
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ def run(config: PipelineConfig) -> dict:
         from actors.mining_pool import mine_with_ray_data
 
         rows, summary = mine_with_ray_data(
-            config.paths.corpus, config.paths.scorer, config.mine, config.world.resolution, config.mine.num_actors, config.mine.batch_size
+            config.paths.corpus,
+            config.paths.scorer,
+            config.mine,
+            config.world.resolution,
+            config.mine.num_actors,
+            config.mine.batch_size,
         )
     elif config.mine.engine == "local":
         corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
@@ -30,7 +35,9 @@ def run(config: PipelineConfig) -> dict:
         raise ValueError(f"mine.engine must be local or ray_data, not {config.mine.engine!r}")
     if not rows:
         raise RuntimeError(f"mining kept no cluster ({summary}); lower mine.min_image_image / mine.min_image_text")
-    storage.write_shard(schema.table_from_rows(rows, schema.DS_SCHEMA, "D_S"), config.paths.ds, schema.DS_SCHEMA, name="ds")
+    storage.write_shard(
+        schema.table_from_rows(rows, schema.DS_SCHEMA, "D_S"), config.paths.ds, schema.DS_SCHEMA, name="ds"
+    )
     return {"stage": "mine", **summary, "out": config.paths.ds}
 
 

@@ -40,7 +40,10 @@ def run(config: PipelineConfig) -> dict:
             start = time.perf_counter()
             summaries[name] = STAGES[name](config)
             summaries[name]["seconds"] = round(time.perf_counter() - start, 1)
-            print(f"[pipeline] {name} done in {summaries[name]['seconds']} s: {json.dumps(summaries[name], default=str)[:300]}", flush=True)
+            print(
+                f"[pipeline] {name} done in {summaries[name]['seconds']} s: {json.dumps(summaries[name], default=str)[:300]}",
+                flush=True,
+            )
     return summaries
 
 

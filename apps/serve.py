@@ -26,7 +26,9 @@ APP_NAME = "suti"
 def serve_args(config: PipelineConfig) -> ServeArgs:
     """The Serve app's arguments from the Hydra config (the source of truth for `apps.serve` and `apps.serve_config`)."""
     acfg = config.apprentice
-    return ServeArgs(apprentice=config.paths.apprentice, threads=acfg.threads, sampler=acfg.sampler, serve=config.serve)
+    return ServeArgs(
+        apprentice=config.paths.apprentice, threads=acfg.threads, sampler=acfg.sampler, serve=config.serve
+    )
 
 
 def start(config: PipelineConfig) -> str:
@@ -42,7 +44,10 @@ def example_request(config: PipelineConfig) -> dict:
     record = evaluation.eval_set(config.world, config.evaluate)[0]
     return {
         "prompt": record["prompts"][0],
-        "demos": [{"image": base64.b64encode(b).decode(), "caption": c} for b, c in zip(record["demo_images"], record["demo_captions"])],
+        "demos": [
+            {"image": base64.b64encode(b).decode(), "caption": c}
+            for b, c in zip(record["demo_images"], record["demo_captions"])
+        ],
         "steps": config.apprentice.num_inference_steps,
         "guidance_scale": config.apprentice.guidance_scale,
         "num_images": 1,
@@ -61,14 +66,22 @@ def run(config: PipelineConfig) -> dict:
             if reply.status_code != 200:
                 raise RuntimeError(f"the endpoint answered {reply.status_code}: {reply.text[:500]}")
             latency = time.perf_counter() - start_t
-            storage.write_bytes(storage.join(config.paths.eval, "serve_sample.png"), base64.b64decode(reply.json()["images"][0]))
+            storage.write_bytes(
+                storage.join(config.paths.eval, "serve_sample.png"), base64.b64decode(reply.json()["images"][0])
+            )
             if config.serve.keep_serving:
                 print(f"serving on {url} (POST /v1/generate, docs at {url}/docs); Ctrl-C to stop")
                 while True:
                     time.sleep(3600)
         finally:
             serve.shutdown()
-    return {"stage": "serve", "url": url, "prompt": body["prompt"], "latency_s": round(latency, 3), "out": storage.join(config.paths.eval, "serve_sample.png")}
+    return {
+        "stage": "serve",
+        "url": url,
+        "prompt": body["prompt"],
+        "latency_s": round(latency, 3),
+        "out": storage.join(config.paths.eval, "serve_sample.png"),
+    }
 
 
 main = stage_main(run)

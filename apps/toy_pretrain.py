@@ -50,7 +50,9 @@ def _save_fp16(folder: str) -> None:
         for name in names:
             if name.endswith(".safetensors"):
                 path = os.path.join(root, name)
-                tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(path).items()}
+                tensors = {
+                    k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(path).items()
+                }
                 save_file(tensors, path, metadata={"format": "pt"})
 
 
@@ -63,7 +65,15 @@ def _publish(tmp: str, final: str) -> None:
 def stage_readers(args, device) -> dict:
     train, _ = split()
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
-    reader, losses = rd.train_readers(train, args.reader_steps, args.reader_batch, device=device, workers=args.workers, deadline=deadline, seed=args.seed)
+    reader, losses = rd.train_readers(
+        train,
+        args.reader_steps,
+        args.reader_batch,
+        device=device,
+        workers=args.workers,
+        deadline=deadline,
+        seed=args.seed,
+    )
     tmp = os.path.join(args.out, "readers.tmp")
     rd.save_readers(reader, tmp, dtype=torch.float32)
     _publish(tmp, os.path.join(args.out, "readers"))
@@ -91,7 +101,9 @@ def stage_base(args, device) -> dict:
     train, _ = split()
     # --init continues from a saved base (e.g. one pretrained on a GPU, then trained on here).
     backbone = (load_backbone(args.init) if args.init else create_backbone(args.preset, seed=args.seed)).to(device)
-    cfg = PretrainConfig(steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr, seed=args.seed, threads=args.threads)
+    cfg = PretrainConfig(
+        steps=args.base_steps, batch_size=args.base_batch, lr=args.base_lr, seed=args.seed, threads=args.threads
+    )
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     # A killed run resumes from its last state (weights, EMA, optimizer, step), saved atomically every 200 steps.
     state_path = os.path.join(args.out, "base.state.pt")
@@ -104,8 +116,15 @@ def stage_base(args, device) -> dict:
         os.replace(state_path + ".tmp", state_path)
 
     losses = pretrain(
-        backbone, train, cfg, workers=args.workers, deadline=deadline, ema_decay=0.999 if args.base_steps > 2000 else None,
-        resume=resume, save_state=save_state, save_every=200,
+        backbone,
+        train,
+        cfg,
+        workers=args.workers,
+        deadline=deadline,
+        ema_decay=0.999 if args.base_steps > 2000 else None,
+        resume=resume,
+        save_state=save_state,
+        save_every=200,
     )
     tmp = os.path.join(args.out, "base.tmp")
     save_backbone(backbone.to("cpu"), tmp)
@@ -113,7 +132,13 @@ def stage_base(args, device) -> dict:
     _publish(tmp, os.path.join(args.out, "base"))
     if os.path.exists(state_path):
         os.remove(state_path)
-    return {"steps": len(losses) + (int(resume["step"]) if resume is not None else 0), "preset": f"from {args.init}" if args.init else args.preset, "batch_size": cfg.batch_size, "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:]))}
+    return {
+        "steps": len(losses) + (int(resume["step"]) if resume is not None else 0),
+        "preset": f"from {args.init}" if args.init else args.preset,
+        "batch_size": cfg.batch_size,
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-50:])),
+    }
 
 
 def labelled_scenes(subjects: list[tw.Subject], n: int, rng: np.random.Generator, styled: bool = True):
@@ -122,7 +147,6 @@ def labelled_scenes(subjects: list[tw.Subject], n: int, rng: np.random.Generator
     for i in rng.choice(len(subjects), size=n):
         scene = rd.random_scene_for_readers(rng, 32)
         if not styled:
-
             scene = replace(scene, style=None)
         pairs.append((subjects[int(i)], scene))
     return pairs
@@ -167,19 +191,32 @@ def stage_finish(args, device) -> dict:
     # Fine-tune data: train subjects renoised at several strengths.
     extra_imgs, extra_labels = [], []
     for k, strength in enumerate((0.2, 0.35, 0.5)):
-        imgs, labels, _ = renoised_set(base, labelled_scenes(train, args.renoise_n, rng), strength, rng, args.seed + 100 * k)
+        imgs, labels, _ = renoised_set(
+            base, labelled_scenes(train, args.renoise_n, rng), strength, rng, args.seed + 100 * k
+        )
         extra_imgs.append(imgs)
         extra_labels.append(labels)
     extra = (np.concatenate(extra_imgs), np.concatenate(extra_labels))
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     reader, losses = rd.train_readers(
-        train, args.reader_finetune_steps, args.reader_batch, lr=5e-4, device=device, workers=args.workers, reader=reader, extra=extra, deadline=deadline, seed=args.seed + 1
+        train,
+        args.reader_finetune_steps,
+        args.reader_batch,
+        lr=5e-4,
+        device=device,
+        workers=args.workers,
+        reader=reader,
+        extra=extra,
+        deadline=deadline,
+        seed=args.seed + 1,
     )
     report["readers_finetune_steps"] = len(losses)
     # Report on test subjects only: clean renders, and renders renoised at two strengths.
     after = {"clean_test": rd.accuracy(reader, clean_imgs, clean_labels)}
     for k, strength in enumerate((0.25, 0.5)):
-        imgs, labels, _ = renoised_set(base, labelled_scenes(test, args.eval_n, rng), strength, rng, args.seed + 1000 + k)
+        imgs, labels, _ = renoised_set(
+            base, labelled_scenes(test, args.eval_n, rng), strength, rng, args.seed + 1000 + k
+        )
         after[f"renoised_{strength}_test"] = rd.accuracy(reader, imgs, labels)
     report["readers"] = {k: {h: round(v, 4) for h, v in acc.items()} for k, acc in after.items()}
     for guidance in (3.0, 5.0):
@@ -189,8 +226,12 @@ def stage_finish(args, device) -> dict:
             if name == "test" and guidance == 3.0:
                 from PIL import Image
 
-                grid = np.concatenate([np.concatenate(list(images[r * 8 : (r + 1) * 8]), 1) for r in range(len(images) // 8)], 0)
-                Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(os.path.join(args.out, "base_samples.png"))
+                grid = np.concatenate(
+                    [np.concatenate(list(images[r * 8 : (r + 1) * 8]), 1) for r in range(len(images) // 8)], 0
+                )
+                Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(
+                    os.path.join(args.out, "base_samples.png")
+                )
     tmp = os.path.join(args.out, "readers.tmp")
     rd.save_readers(reader.to("cpu"), tmp)
     _publish(tmp, os.path.join(args.out, "readers"))
@@ -207,16 +248,28 @@ def stage_identity(args, device) -> dict:
     reader = rd.load_readers(os.path.join(args.out, "readers")).to(device)
     report = {}
     for guidance in (3.0, 5.0):
-        acc, images = base_identity(base, reader, test, args.eval_n, np.random.default_rng(args.seed + 3), args.seed + 2000, guidance)
+        acc, images = base_identity(
+            base, reader, test, args.eval_n, np.random.default_rng(args.seed + 3), args.seed + 2000, guidance
+        )
         report[f"base_own_captions_test_g{guidance:g}"] = acc
         if guidance == 3.0:
-            grid = np.concatenate([np.concatenate(list(images[r * 8 : (r + 1) * 8]), 1) for r in range(len(images) // 8)], 0)
-            Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(os.path.join(args.out, "base_samples.png"))
+            grid = np.concatenate(
+                [np.concatenate(list(images[r * 8 : (r + 1) * 8]), 1) for r in range(len(images) // 8)], 0
+            )
+            Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(
+                os.path.join(args.out, "base_samples.png")
+            )
     report["images_per_row"] = args.eval_n
     return report
 
 
-STAGES = {"readers": stage_readers, "scorer": stage_scorer, "base": stage_base, "finish": stage_finish, "identity": stage_identity}
+STAGES = {
+    "readers": stage_readers,
+    "scorer": stage_scorer,
+    "base": stage_base,
+    "finish": stage_finish,
+    "identity": stage_identity,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -247,7 +300,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     report_path = os.path.join(args.out, "report.json")
     report = json.loads(Path(report_path).read_text()) if os.path.exists(report_path) else {}
-    done_marker = {"readers": "readers/readers.json", "scorer": "scorer/open_clip_config.json", "base": "base/unet/config.json", "finish": "base_samples.png", "identity": "-"}
+    done_marker = {
+        "readers": "readers/readers.json",
+        "scorer": "scorer/open_clip_config.json",
+        "base": "base/unet/config.json",
+        "finish": "base_samples.png",
+        "identity": "-",
+    }
     for name in [n for n in STAGES if n != "identity"] if args.stage == "all" else [args.stage]:
         if not args.force and os.path.exists(os.path.join(args.out, done_marker[name])) and name in report:
             print(f"[toy_pretrain] {name}: done already, skipped")

@@ -21,14 +21,25 @@ def run(config: PipelineConfig) -> dict:
     if acfg.g_wait_s <= 0:
         storage.require(config.paths.g, "paths.g", "G (expert renders)")
         if g.count_kept(config.paths.g, config.filter.min_delta) == 0:
-            raise RuntimeError(f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on")
+            raise RuntimeError(
+                f"no G row passes filter.min_delta={config.filter.min_delta} in {config.paths.g}: nothing to train on"
+            )
     # A Ray Train run resumes from the latest checkpoint of a run of the same name: name the run by everything that
     # shapes it (apprentice config, threshold, base, where G lives), so a sweep never picks up another run's weights
     # while a killed run, or one whose G grew, resumes. (Not the shard list: G may grow while training runs.)
-    identity = config_hash({"apprentice": to_dict(acfg), "min_delta": config.filter.min_delta, "base": base, "g": storage.absolute_uri(config.paths.g)})
+    identity = config_hash(
+        {
+            "apprentice": to_dict(acfg),
+            "min_delta": config.filter.min_delta,
+            "base": base,
+            "g": storage.absolute_uri(config.paths.g),
+        }
+    )
     run_name = f"apprentice-{config.experiment_name}-{identity}"
     with ray_cluster(config.cluster):
-        result = fit(acfg, config.paths.g, config.filter.min_delta, base, config.paths.train_storage, run_name, to_dict(config))
+        result = fit(
+            acfg, config.paths.g, config.filter.min_delta, base, config.paths.train_storage, run_name, to_dict(config)
+        )
     with result.checkpoint.as_directory() as folder:
         state = export(folder, config.paths.apprentice, acfg.export_ema)
     losses = state["losses"]

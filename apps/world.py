@@ -1,6 +1,6 @@
 """Stage `world`: write the toy world's noisy URL-grouped corpus (CORPUS_SCHEMA parquet) to `paths.corpus`.
 
-    python -m apps.world experiment=smoke
+python -m apps.world experiment=smoke
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ def run(config: PipelineConfig) -> dict:
     rows = toyworld.corpus_rows(train, world, np.random.default_rng(world.seed))
     table = schema.table_from_rows(rows, schema.CORPUS_SCHEMA)
     storage.write_shard(table, config.paths.corpus, schema.CORPUS_SCHEMA, name="corpus")
-    return {"stage": "world", "rows": table.num_rows, "train_subjects": len(train), "test_subjects": len(test), "out": config.paths.corpus}
+    return {
+        "stage": "world",
+        "rows": table.num_rows,
+        "train_subjects": len(train),
+        "test_subjects": len(test),
+        "out": config.paths.corpus,
+    }
 
 
 main = stage_main(run)

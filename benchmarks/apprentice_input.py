@@ -30,7 +30,11 @@ import torch
 from core.data.images import to_png
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-PROVENANCE = {"base_checkpoint_hash": "bench-base", "expert_config_hash": "bench-expert", "scorer_hash": "bench-scorer"}
+PROVENANCE = {
+    "base_checkpoint_hash": "bench-base",
+    "expert_config_hash": "bench-expert",
+    "scorer_hash": "bench-scorer",
+}
 
 
 def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> None:
@@ -45,13 +49,25 @@ def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> No
         rows = []
         for i in range(rows_per_shard):
             scene = tw.random_scene(rng, size)
-            rows.append({
-                "subject_id": f"s{s}", "prompt_id": f"p{i}", "sample_index": 0, "prompt": tw.prompt_text(subject.class_name, scene),
-                "prompt_skill": "recontextualization", "image": to_png(tw.render(subject, scene, size, rng)),
-                "demo_images": [to_png(d) for d, _ in demos], "demo_captions": [c for _, c in demos],
-                "clip_score": 0.3, "ref_clip_score": 0.25, "delta": 0.05, **PROVENANCE,
-            })
-        storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA, "G"), folder, schema.G_SCHEMA, name=f"subject-s{s}")
+            rows.append(
+                {
+                    "subject_id": f"s{s}",
+                    "prompt_id": f"p{i}",
+                    "sample_index": 0,
+                    "prompt": tw.prompt_text(subject.class_name, scene),
+                    "prompt_skill": "recontextualization",
+                    "image": to_png(tw.render(subject, scene, size, rng)),
+                    "demo_images": [to_png(d) for d, _ in demos],
+                    "demo_captions": [c for _, c in demos],
+                    "clip_score": 0.3,
+                    "ref_clip_score": 0.25,
+                    "delta": 0.05,
+                    **PROVENANCE,
+                }
+            )
+        storage.write_shard(
+            schema.table_from_rows(rows, schema.G_SCHEMA, "G"), folder, schema.G_SCHEMA, name=f"subject-s{s}"
+        )
 
 
 def spread(values: list[float]) -> dict:
@@ -88,14 +104,17 @@ def main() -> None:
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
+
         def dataset(seed: int):
-            return read_g(g, 0.0, tok, num_demos=3, seed=seed, passes=4).iter_torch_batches(batch_size=batch_size, drop_last=True)
+            return read_g(g, 0.0, tok, num_demos=3, seed=seed, passes=4).iter_torch_batches(
+                batch_size=batch_size, drop_last=True
+            )
 
         # The in-memory side's batches: one Ray Data pass, kept.
         memory = [b for _, b in zip(range(steps + warmup), dataset(0))]
         timings = {"ray_data": [], "memory": [], "ray_data_first_batch_s": []}
         for r in range(repeats):
-            for side in (("ray_data", "memory") if r % 2 == 0 else ("memory", "ray_data")):
+            for side in ("ray_data", "memory") if r % 2 == 0 else ("memory", "ray_data"):
                 if side == "memory":
                     batches = iter(memory)
                 else:
@@ -119,7 +138,15 @@ def main() -> None:
         "command": "python -m benchmarks.apprentice_input" + (" --quick" if args.quick else ""),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads",
-        "setup": {"model": "tiny preset", "batch_size": batch_size, "num_demos": 3, "timed_steps": steps, "warmup_steps": warmup, "repeats": repeats, "g": "8 shards x 32 rows"},
+        "setup": {
+            "model": "tiny preset",
+            "batch_size": batch_size,
+            "num_demos": 3,
+            "timed_steps": steps,
+            "warmup_steps": warmup,
+            "repeats": repeats,
+            "g": "8 shards x 32 rows",
+        },
         "step_s": {k: spread(v) for k, v in timings.items()},
         "ratio_ray_data_over_memory": spread(ratios),
         "target": "at most 1.05",

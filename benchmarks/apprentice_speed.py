@@ -36,14 +36,40 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 # Full-size configurations (the values of the model repos' unet/config.json and text_encoder/config.json).
 SD15_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280),
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
     "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 768, "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
 }
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77, "vocab_size": 49408}
-SD21_UNET = {**SD15_UNET, "sample_size": 96, "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True}
-SD21_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16, "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu"}
+SD15_TEXT = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+}
+SD21_UNET = {
+    **SD15_UNET,
+    "sample_size": 96,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+}
+SD21_TEXT = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 23,
+    "num_attention_heads": 16,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "hidden_act": "gelu",
+}
 
 
 def overhead_full_size(unet_cfg: dict, text_cfg: dict) -> dict:
@@ -58,7 +84,14 @@ def overhead_full_size(unet_cfg: dict, text_cfg: dict) -> dict:
         adapter = DemoAdapter.for_unet(unet, text, demo_grid=4)
     n = lambda m: sum(p.numel() for p in m.parameters())
     new, u, t = n(adapter), n(unet), n(text)
-    return {"new": new, "unet": u, "base": u + t, "of_unet": new / u, "of_base": new / (u + t), "layers": len(adapter.branches)}
+    return {
+        "new": new,
+        "unet": u,
+        "base": u + t,
+        "of_unet": new / u,
+        "of_base": new / (u + t),
+        "layers": len(adapter.branches),
+    }
 
 
 def overheads() -> dict:
@@ -85,7 +118,9 @@ def spread(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--base", default="artifacts/toy/base", help="base model folder (default: the shipped toy base)")
+    parser.add_argument(
+        "--base", default="artifacts/toy/base", help="base model folder (default: the shipped toy base)"
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -110,7 +145,10 @@ def main() -> None:
     t = torch.tensor([500, 500])
     states = bb.encode_text(base, [prompt, ""])
     with torch.no_grad():
-        tokens = apprentice.encode_demos(bb.images_to_tensor(images).unsqueeze(0).repeat(2, 1, 1, 1, 1), tokenize(base.tokenizer, captions).unsqueeze(0).repeat(2, 1, 1))
+        tokens = apprentice.encode_demos(
+            bb.images_to_tensor(images).unsqueeze(0).repeat(2, 1, 1, 1, 1),
+            tokenize(base.tokenizer, captions).unsqueeze(0).repeat(2, 1, 1),
+        )
     mask = torch.ones(2)
     evals = 10 if args.quick else 40
 
@@ -135,29 +173,59 @@ def main() -> None:
     # Whole samples: one image, 25 DDIM steps.
     steps = 10 if args.quick else 25
     modes = {
-        "base (text guidance, 2 evals/step)": lambda: ap.sample(apprentice, prompt, [], [], num_inference_steps=steps, seed=1),
-        "apprentice, one scale (2 evals/step), cached": lambda: ap.sample(apprentice, prompt, images, captions, num_inference_steps=steps, seed=1),
-        "apprentice, dual guidance (3 evals/step), cached": lambda: ap.sample(apprentice, prompt, images, captions, num_inference_steps=steps, seed=1, demo_guidance_scale=2.0),
-        "apprentice, one scale, recomputed every step": lambda: ap.sample_batch(apprentice, [ap.SampleRequest(prompt, images, captions, seed=1)], num_inference_steps=steps, cache_demos=False),
-        "apprentice, dual guidance, recomputed every step": lambda: ap.sample_batch(apprentice, [ap.SampleRequest(prompt, images, captions, seed=1, demo_guidance_scale=2.0)], num_inference_steps=steps, cache_demos=False),
+        "base (text guidance, 2 evals/step)": lambda: ap.sample(
+            apprentice, prompt, [], [], num_inference_steps=steps, seed=1
+        ),
+        "apprentice, one scale (2 evals/step), cached": lambda: ap.sample(
+            apprentice, prompt, images, captions, num_inference_steps=steps, seed=1
+        ),
+        "apprentice, dual guidance (3 evals/step), cached": lambda: ap.sample(
+            apprentice, prompt, images, captions, num_inference_steps=steps, seed=1, demo_guidance_scale=2.0
+        ),
+        "apprentice, one scale, recomputed every step": lambda: ap.sample_batch(
+            apprentice,
+            [ap.SampleRequest(prompt, images, captions, seed=1)],
+            num_inference_steps=steps,
+            cache_demos=False,
+        ),
+        "apprentice, dual guidance, recomputed every step": lambda: ap.sample_batch(
+            apprentice,
+            [ap.SampleRequest(prompt, images, captions, seed=1, demo_guidance_scale=2.0)],
+            num_inference_steps=steps,
+            cache_demos=False,
+        ),
     }
     whole = {name: [] for name in modes}
     for fn in modes.values():
         fn()  # warm-up
     for r in range(repeats):
-        for name in (list(modes) if r % 2 == 0 else list(reversed(modes))):
+        for name in list(modes) if r % 2 == 0 else list(reversed(modes)):
             start = time.perf_counter()
             modes[name]()
             whole[name].append(time.perf_counter() - start)
     cache_speedup = {
-        "one scale": [b / a for a, b in zip(whole["apprentice, one scale (2 evals/step), cached"], whole["apprentice, one scale, recomputed every step"])],
-        "dual": [b / a for a, b in zip(whole["apprentice, dual guidance (3 evals/step), cached"], whole["apprentice, dual guidance, recomputed every step"])],
+        "one scale": [
+            b / a
+            for a, b in zip(
+                whole["apprentice, one scale (2 evals/step), cached"],
+                whole["apprentice, one scale, recomputed every step"],
+            )
+        ],
+        "dual": [
+            b / a
+            for a, b in zip(
+                whole["apprentice, dual guidance (3 evals/step), cached"],
+                whole["apprentice, dual guidance, recomputed every step"],
+            )
+        ],
     }
     result = {
         "command": "python -m benchmarks.apprentice_speed" + (" --quick" if args.quick else ""),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads",
-        "model": "tiny preset (random)" if args.quick else f"{args.base} ({apprentice.resolution}x{apprentice.resolution} pixels)",
+        "model": "tiny preset (random)"
+        if args.quick
+        else f"{args.base} ({apprentice.resolution}x{apprentice.resolution} pixels)",
         "demos": 4,
         "unet_eval_s": {k: spread(v) for k, v in unet.items()},
         "unet_eval_ratio_apprentice_over_base": spread(ratios),
@@ -175,7 +243,9 @@ def main() -> None:
     for name, s in result["whole_sample_s"].items():
         print(f"{name:55s} {s['median']:.3f} s  [{s['min']:.3f}, {s['max']:.3f}]")
     for name, o in result["parameter_overhead"].items():
-        print(f"overhead {name:18s} {o['new'] / 1e6:8.2f} M new on {o['base'] / 1e6:8.1f} M ({100 * o['of_base']:.1f}% of UNet + text encoder, {100 * o['of_unet']:.1f}% of the UNet)")
+        print(
+            f"overhead {name:18s} {o['new'] / 1e6:8.2f} M new on {o['base'] / 1e6:8.1f} M ({100 * o['of_base']:.1f}% of UNet + text encoder, {100 * o['of_unet']:.1f}% of the UNet)"
+        )
     print(f"wrote {path}")
 
 

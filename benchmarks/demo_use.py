@@ -30,7 +30,13 @@ def paired_gap(own: list[float], other: list[float]) -> dict:
     """Mean losses and their paired gap (other minus own), with a bootstrap 95% interval over batches."""
     gaps = np.array(other) - np.array(own)
     boot = np.random.default_rng(0).choice(gaps, size=(2000, len(gaps))).mean(1)
-    return {"loss_own": float(np.mean(own)), "loss_other": float(np.mean(other)), "gap": float(gaps.mean()), "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "batches": len(gaps)}
+    return {
+        "loss_own": float(np.mean(own)),
+        "loss_other": float(np.mean(other)),
+        "gap": float(gaps.mean()),
+        "gap_95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "batches": len(gaps),
+    }
 
 
 def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32, k: int = 3, seed: int = 0) -> dict:
@@ -74,11 +80,26 @@ def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed:
             x0 = images_to_tensor(np.stack([tr.tw.render(s, sc, 32, rng) for s, sc in zip(picks, scenes)]))
             swaps = []
             for s in picks:
-                same = [o for o in subjects if o.class_name == s.class_name and (o.body, o.pattern, o.pattern_colour) != (s.body, s.pattern, s.pattern_colour)]
+                same = [
+                    o
+                    for o in subjects
+                    if o.class_name == s.class_name
+                    and (o.body, o.pattern, o.pattern_colour) != (s.body, s.pattern, s.pattern_colour)
+                ]
                 swaps.append(same[int(rng.integers(len(same)))])
             for out, who in ((own, picks), (other, swaps)):
                 states = encode_text(backbone, [tr.tw.full_caption(w, sc) for w, sc in zip(who, scenes)])
-                out.append(float(denoising_loss(backbone.unet, backbone.noise_scheduler, x0, states, torch.Generator().manual_seed(seed + b))))
+                out.append(
+                    float(
+                        denoising_loss(
+                            backbone.unet,
+                            backbone.noise_scheduler,
+                            x0,
+                            states,
+                            torch.Generator().manual_seed(seed + b),
+                        )
+                    )
+                )
     return paired_gap(own, other)
 
 
@@ -88,7 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--subjects", type=int, default=32)
     p.add_argument("--batches", type=int, default=16)
     p.add_argument("--out", default=None, help="write the results here as JSON")
-    p.add_argument("--text-reference", default=None, metavar="BASE", help="a base model folder: the gap identity in words gives it (the scale)")
+    p.add_argument(
+        "--text-reference",
+        default=None,
+        metavar="BASE",
+        help="a base model folder: the gap identity in words gives it (the scale)",
+    )
     args = p.parse_args(argv)
     from core.pipelines.suti import load_apprentice
 
@@ -103,16 +129,22 @@ def main(argv: list[str] | None = None) -> dict:
             "max_abs_gate": float(gates.abs().max()) if gates.numel() else None,
         }
         r = result[folder]
-        print(f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.3g} "
-              f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}", flush=True)
+        print(
+            f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.3g} "
+            f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}",
+            flush=True,
+        )
     if args.text_reference:
         from apps.toy_pretrain import split
         from core.models.backbone import load_backbone
 
         r = text_gap(load_backbone(args.text_reference), split()[1], args.batches)
         result[f"text reference: {args.text_reference}"] = r
-        print(f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, "
-              f"gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]", flush=True)
+        print(
+            f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, "
+            f"gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]",
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

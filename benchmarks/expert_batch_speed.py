@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     expert.run_subject(records[0])
     single = float(np.median([timed(lambda r=r: expert.run_subject(r)) for r in records[:3]]))
     expert.reset()
-    result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else device), "steps": steps, "single_s_per_subject": round(single, 3), "batches": {}}
+    result = {
+        "device": str(torch.cuda.get_device_name() if device.type == "cuda" else device),
+        "steps": steps,
+        "single_s_per_subject": round(single, 3),
+        "batches": {},
+    }
     print(f"[expert_batch_speed] one at a time: {single:.2f} s per subject on {result['device']}")
     for n in sizes:
         batch = ExpertBatch(base, scorer, cfg, {})
@@ -64,9 +69,18 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = timed(lambda batch=batch, n=n: batch.run_subjects(records[:n]))
         per = seconds / n
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-        result["batches"][n] = {"s_per_subject": round(per, 3), "speedup": round(single / per, 2), "peak_mib": peak and round(peak)}
-        print(f"[expert_batch_speed] N={n}: {per:.2f} s per subject, {single / per:.2f}x one at a time" + (f", peak {peak:.0f} MiB" if peak else ""))
-    name = "expert_batch_speed" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
+        result["batches"][n] = {
+            "s_per_subject": round(per, 3),
+            "speedup": round(single / per, 2),
+            "peak_mib": peak and round(peak),
+        }
+        print(
+            f"[expert_batch_speed] N={n}: {per:.2f} s per subject, {single / per:.2f}x one at a time"
+            + (f", peak {peak:.0f} MiB" if peak else "")
+        )
+    name = (
+        "expert_batch_speed" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -34,7 +34,11 @@ from core.data.images import to_png
 from core.toy import world as tw
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-PROVENANCE = {"base_checkpoint_hash": "bench-base", "expert_config_hash": "bench-expert", "scorer_hash": "bench-scorer"}
+PROVENANCE = {
+    "base_checkpoint_hash": "bench-base",
+    "expert_config_hash": "bench-expert",
+    "scorer_hash": "bench-scorer",
+}
 
 _EXPERT = None  # the plain worker's Expert, loaded once per process
 
@@ -77,15 +81,28 @@ def records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def run_ray(work: list[dict], base_dir: str, scorer_dir: str, cfg: ExpertConfig, workers: int, g_uri: str) -> tuple[float, list[dict]]:
+def run_ray(
+    work: list[dict], base_dir: str, scorer_dir: str, cfg: ExpertConfig, workers: int, g_uri: str
+) -> tuple[float, list[dict]]:
     start = time.perf_counter()
-    results, summary = run_pool(work, base_dir, scorer_dir, dataclasses.replace(cfg, num_actors=workers), PROVENANCE, g_uri, FilterConfig(), progress=False)
+    results, summary = run_pool(
+        work,
+        base_dir,
+        scorer_dir,
+        dataclasses.replace(cfg, num_actors=workers),
+        PROVENANCE,
+        g_uri,
+        FilterConfig(),
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     assert summary.get("done") == len(work), summary
     return seconds, results
 
 
-def run_plain(work: list[dict], base_dir: str, scorer_dir: str, cfg: ExpertConfig, workers: int, g_uri: str) -> tuple[float, list[dict]]:
+def run_plain(
+    work: list[dict], base_dir: str, scorer_dir: str, cfg: ExpertConfig, workers: int, g_uri: str
+) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(workers, initializer=_init_plain, initargs=(base_dir, scorer_dir, cfg)) as pool:
         results = list(pool.imap_unordered(_run_plain, [(r, g_uri, 0.0) for r in work], chunksize=1))
@@ -124,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     base_dir, scorer_dir = os.path.join(tmp, "base"), os.path.join(tmp, "scorer")
     save_backbone(create_backbone("tiny", seed=0), base_dir)
     save_scorer(create_scorer(ScorerConfig()), scorer_dir)
-    cfg = ExpertConfig(steps=steps, batch_size=8, threads=1, num_cpus=1, max_tasks_in_flight=1, num_inference_steps=10, max_retries=0)
+    cfg = ExpertConfig(
+        steps=steps, batch_size=8, threads=1, num_cpus=1, max_tasks_in_flight=1, num_inference_steps=10, max_retries=0
+    )
     work = records(n)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
@@ -133,10 +152,23 @@ def main(argv: list[str] | None = None) -> dict:
     for rep in range(repeats):
         for side, workers in order if rep % 2 == 0 else order[::-1]:
             g_uri = os.path.join(tmp, f"g-{side}-{workers}-{rep}")
-            seconds, results = (run_ray if side == "ray" else run_plain)(work, base_dir, scorer_dir, cfg, workers, g_uri)
-            runs.append({"side": side, "workers": workers, "repeat": rep, "seconds": round(seconds, 2),
-                         "subjects_per_hour": round(len(work) / seconds * 3600, 1), "peak_rss_mb_per_worker": peak_per_worker(results)})
-            print(f"[expert_throughput] repeat {rep} {side} x{workers}: {seconds:.1f} s, {runs[-1]['subjects_per_hour']:.0f} subjects/h", flush=True)
+            seconds, results = (run_ray if side == "ray" else run_plain)(
+                work, base_dir, scorer_dir, cfg, workers, g_uri
+            )
+            runs.append(
+                {
+                    "side": side,
+                    "workers": workers,
+                    "repeat": rep,
+                    "seconds": round(seconds, 2),
+                    "subjects_per_hour": round(len(work) / seconds * 3600, 1),
+                    "peak_rss_mb_per_worker": peak_per_worker(results),
+                }
+            )
+            print(
+                f"[expert_throughput] repeat {rep} {side} x{workers}: {seconds:.1f} s, {runs[-1]['subjects_per_hour']:.0f} subjects/h",
+                flush=True,
+            )
     ray.shutdown()
 
     summary = {}
@@ -144,8 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
         row = {}
         for side in ("ray", "plain"):
             rates = [r["subjects_per_hour"] for r in runs if r["side"] == side and r["workers"] == workers]
-            peaks = [m for r in runs if r["side"] == side and r["workers"] == workers for m in r["peak_rss_mb_per_worker"]]
-            row[side] = {"median_subjects_per_hour": statistics.median(rates), "min": min(rates), "max": max(rates), "peak_rss_mb_max": max(peaks)}
+            peaks = [
+                m for r in runs if r["side"] == side and r["workers"] == workers for m in r["peak_rss_mb_per_worker"]
+            ]
+            row[side] = {
+                "median_subjects_per_hour": statistics.median(rates),
+                "min": min(rates),
+                "max": max(rates),
+                "peak_rss_mb_max": max(peaks),
+            }
         ratios = [
             ray_run["subjects_per_hour"] / plain_run["subjects_per_hour"]
             for ray_run, plain_run in zip(
@@ -162,8 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python -m benchmarks.expert_throughput", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, ray {ray.__version__}",
-        "work": {"subjects": n, "fine_tune_steps": steps, "batch_size": cfg.batch_size, "prompts_per_subject": 4,
-                 "sampler_steps": cfg.num_inference_steps, "threads_per_worker": cfg.threads, "model": "tiny"},
+        "work": {
+            "subjects": n,
+            "fine_tune_steps": steps,
+            "batch_size": cfg.batch_size,
+            "prompts_per_subject": 4,
+            "sampler_steps": cfg.num_inference_steps,
+            "threads_per_worker": cfg.threads,
+            "model": "tiny",
+        },
         "repeats": repeats,
         "target": "ratio (Ray / plain) at least 0.95",
         "summary": summary,

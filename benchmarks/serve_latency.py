@@ -43,11 +43,16 @@ def _request_body(num_demos: int, steps: int, num_images: int, seed: int) -> dic
     _, test = toyworld.split_subjects(0, 0.2)
     subject = test[seed % len(test)]
     demos = toyworld.demonstrations(subject, num_demos, rng, 32)
-    prompt, _ = toyworld.prompts_for(subject.class_name, 1, rng, 32, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id)[0]
+    prompt, _ = toyworld.prompts_for(
+        subject.class_name, 1, rng, 32, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id
+    )[0]
     return {
         "prompt": prompt.text,
         "demos": [{"image": base64.b64encode(to_png(img)).decode(), "caption": cap} for img, cap in demos],
-        "steps": steps, "guidance_scale": 3.0, "num_images": num_images, "seed": seed,
+        "steps": steps,
+        "guidance_scale": 3.0,
+        "num_images": num_images,
+        "seed": seed,
     }
 
 
@@ -86,7 +91,14 @@ def _expert_seconds(backbone_dir: str, body: dict, steps: int, threads: int, cfg
     demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     start = time.perf_counter()
     expert.fine_tune(demos, [d["caption"] for d in body["demos"]], seed=0)
-    sampling.sample(backbone, [body["prompt"]] * body["num_images"], sampler=cfg.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0)
+    sampling.sample(
+        backbone,
+        [body["prompt"]] * body["num_images"],
+        sampler=cfg.sampler,
+        num_inference_steps=body["steps"],
+        guidance_scale=body["guidance_scale"],
+        seed=0,
+    )
     return time.perf_counter() - start
 
 
@@ -121,8 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
     steps, num_demos = config.apprentice.num_inference_steps, 3
     port = 8765
     report = {
-        "benchmark": "serve_latency", "quick": args.quick, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-        "model": config.model.preset, "steps": steps, "num_demos": num_demos, "threads_per_replica": config.apprentice.threads,
+        "benchmark": "serve_latency",
+        "quick": args.quick,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+        "model": config.model.preset,
+        "steps": steps,
+        "num_demos": num_demos,
+        "threads_per_replica": config.apprentice.threads,
         "settings": [],
     }
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -135,7 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
             _load(url, [_request_body(num_demos, steps, 1, 999)] * 2, 1)  # warm-up
             for concurrency in (1, 4):
                 bodies = [_request_body(num_demos, steps, 1, i) for i in range(n)]
-                row = {"batching": batching, "max_batch_size": max_batch, "concurrency": concurrency, **_load(url, bodies, concurrency)}
+                row = {
+                    "batching": batching,
+                    "max_batch_size": max_batch,
+                    "concurrency": concurrency,
+                    **_load(url, bodies, concurrency),
+                }
                 report["settings"].append(row)
                 print(json.dumps(row))
         # A new subject through the endpoint: one request, 4 images (batching on, alone on the server).
@@ -145,9 +167,14 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
     expert_steps = config.expert.steps
-    expert = [_expert_seconds(os.path.join(work, "base"), body, expert_steps, config.apprentice.threads, config.expert) for _ in range(1 if args.quick else 2)]
+    expert = [
+        _expert_seconds(os.path.join(work, "base"), body, expert_steps, config.apprentice.threads, config.expert)
+        for _ in range(1 if args.quick else 2)
+    ]
     report["new_subject"] = {
-        "images": body["num_images"], "sampler": config.expert.sampler, "steps": steps,
+        "images": body["num_images"],
+        "sampler": config.expert.sampler,
+        "steps": steps,
         "endpoint_s": round(statistics.median(endpoint), 3),
         "expert_steps": expert_steps,
         "expert_fine_tune_and_sample_s": round(statistics.median(expert), 3),

@@ -40,9 +40,12 @@ def main() -> dict:
     out = {
         "numpy_one_at_a_time_s": median_s(lambda: [toyworld.render(s, sc, 32, rng) for s, sc in zip(picked, scenes)]),
         "torch_batch_cpu_s": median_s(lambda: toyrender.render_batch(arrays)),
-        "worker_scenes_captions_tokens_s": median_s(lambda: tokenize(tokenizer, toy_scenes(subjects, 1024, rng, 32)[2])),
+        "worker_scenes_captions_tokens_s": median_s(
+            lambda: tokenize(tokenizer, toy_scenes(subjects, 1024, rng, 32)[2])
+        ),
     }
     if torch.cuda.is_available():
+
         def on_gpu():
             toyrender.render_batch(arrays, device="cuda")
             torch.cuda.synchronize()

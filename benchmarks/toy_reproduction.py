@@ -88,14 +88,24 @@ def load_artifacts(folder: str, device):
 
     for part in ("base", "scorer", "readers"):
         if not os.path.isdir(os.path.join(folder, part)):
-            raise FileNotFoundError(f"{folder}/{part} is missing: make it with `python -m apps.toy_pretrain --out {folder}`")
+            raise FileNotFoundError(
+                f"{folder}/{part} is missing: make it with `python -m apps.toy_pretrain --out {folder}`"
+            )
     base = load_backbone(os.path.join(folder, "base")).to(device)
-    return base, load_scorer(os.path.join(folder, "scorer")), rd.load_readers(os.path.join(folder, "readers")).to(device)
+    return (
+        base,
+        load_scorer(os.path.join(folder, "scorer")),
+        rd.load_readers(os.path.join(folder, "readers")).to(device),
+    )
 
 
-def subject_record(subject: tw.Subject, n_demos: int, n_prompts: int, rng: np.random.Generator, with_oracle: bool) -> dict:
+def subject_record(
+    subject: tw.Subject, n_demos: int, n_prompts: int, rng: np.random.Generator, with_oracle: bool
+) -> dict:
     demos = tw.demonstrations(subject, n_demos, rng)
-    prompts = tw.prompts_for(subject.class_name, n_prompts, rng, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id)
+    prompts = tw.prompts_for(
+        subject.class_name, n_prompts, rng, keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id
+    )
     record = {
         "subject_id": subject.subject_id,
         "class_name": subject.class_name,
@@ -133,7 +143,9 @@ def g_subjects(s: Settings, seed: int = 0) -> list[tw.Subject]:
 def expert_config(s: Settings, steps: int, seed: int = 0):
     from core.config import ExpertConfig
 
-    return ExpertConfig(steps=steps, batch_size=16, lr=5e-4, num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed)
+    return ExpertConfig(
+        steps=steps, batch_size=16, lr=5e-4, num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed
+    )
 
 
 # ---------------------------------------------------------------- stage g: the expert farm over train subjects
@@ -148,8 +160,16 @@ def stage_g(args, s: Settings, device) -> dict:
     folder = os.path.join(args.work, "g")
     os.makedirs(folder, exist_ok=True)
     cfg = expert_config(s, s.expert_steps)
-    provenance = {"base_checkpoint_hash": "toy", "expert_config_hash": f"steps{cfg.steps}", "scorer_hash": scorer.digest}
-    subjects = [x for x in g_subjects(s)[args.shard :: args.num_shards] if not os.path.exists(os.path.join(folder, f"{x.subject_id}.parquet"))]
+    provenance = {
+        "base_checkpoint_hash": "toy",
+        "expert_config_hash": f"steps{cfg.steps}",
+        "scorer_hash": scorer.digest,
+    }
+    subjects = [
+        x
+        for x in g_subjects(s)[args.shard :: args.num_shards]
+        if not os.path.exists(os.path.join(folder, f"{x.subject_id}.parquet"))
+    ]
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
     # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.method.expert_batch): on a GPU these tiny
     # models are bound by kernel launches, so N experts cost about one. On a CPU one at a time is faster.
@@ -159,10 +179,15 @@ def stage_g(args, s: Settings, device) -> dict:
     done = 0
     bar = tqdm(total=len(subjects), desc=f"g {args.shard}/{args.num_shards}", mininterval=10)
     for first in range(0, len(subjects), group):
-        records = [subject_record(x, 5, s.g_prompts, np.random.default_rng(seed_for("g", x.subject_id)), False) for x in subjects[first : first + group]]
+        records = [
+            subject_record(x, 5, s.g_prompts, np.random.default_rng(seed_for("g", x.subject_id)), False)
+            for x in subjects[first : first + group]
+        ]
         results = expert.run_subjects(records) if group > 1 else [expert.run_subject(records[0])]
         for record, (rows, _) in zip(records, results):
-            storage.write_shard(schema.table_from_rows(rows, schema.G_SCHEMA), folder, schema.G_SCHEMA, name=record["subject_id"])
+            storage.write_shard(
+                schema.table_from_rows(rows, schema.G_SCHEMA), folder, schema.G_SCHEMA, name=record["subject_id"]
+            )
         done += len(records)
         bar.update(len(records))
         if deadline is not None and time.monotonic() > deadline:
@@ -181,7 +206,11 @@ def stage_experts(args, s: Settings, device) -> dict:
     base, scorer, _ = load_artifacts(args.artifacts, device)
     folder = os.path.join(args.work, "experts")
     os.makedirs(folder, exist_ok=True)
-    records = [r for r in eval_records(s)[args.shard :: args.num_shards] if not os.path.exists(os.path.join(folder, f"{r['subject_id']}.npz"))]
+    records = [
+        r
+        for r in eval_records(s)[args.shard :: args.num_shards]
+        if not os.path.exists(os.path.join(folder, f"{r['subject_id']}.npz"))
+    ]
     cfg = expert_config(s, max(s.expert_checkpoints))
     group = max(1, args.expert_batch)
     expert = Expert(base, scorer, cfg, {}) if group == 1 else ExpertBatch(base, scorer, cfg, {})
@@ -189,7 +218,14 @@ def stage_experts(args, s: Settings, device) -> dict:
     bar = tqdm(total=len(records), desc=f"experts {args.shard}/{args.num_shards}", mininterval=10)
     for first in range(0, len(records), group):
         chunk = records[first : first + group]
-        jobs = [([from_png(b) for b in r["demo_images"][: s.demos]], r["demo_captions"][: s.demos], seed_for(0, r["subject_id"])) for r in chunk]
+        jobs = [
+            (
+                [from_png(b) for b in r["demo_images"][: s.demos]],
+                r["demo_captions"][: s.demos],
+                seed_for(0, r["subject_id"]),
+            )
+            for r in chunk
+        ]
         images, tune_s, sample_s = {}, {}, {}
         clock = {"start": 0.0, "paused": 0.0}
 
@@ -201,7 +237,15 @@ def stage_experts(args, s: Settings, device) -> dict:
             t0 = time.perf_counter()
             seeds = [seed_for(1, r["subject_id"]) for r in chunk]
             if group == 1:
-                images[step] = [sampling.sample(base, chunk[0]["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seeds[0])]
+                images[step] = [
+                    sampling.sample(
+                        base,
+                        chunk[0]["prompts"],
+                        num_inference_steps=s.steps,
+                        guidance_scale=s.guidance,
+                        seed=seeds[0],
+                    )
+                ]
             else:
                 images[step] = expert.sample([r["prompts"] for r in chunk], seeds)
             sync(device)
@@ -273,7 +317,9 @@ def raw_examples(work: str, s: Settings, subjects: str = "g") -> list[dict]:
         cluster = tw.demonstrations(subject, 5 + s.g_prompts, rng)
         demos, targets = cluster[:5], cluster[5:]
         for img, caption in targets:
-            out.append({"image": img, "prompt": caption, "demos": [d for d, _ in demos], "captions": [c for _, c in demos]})
+            out.append(
+                {"image": img, "prompt": caption, "demos": [d for d, _ in demos], "captions": [c for _, c in demos]}
+            )
     return out
 
 
@@ -304,7 +350,9 @@ def oracle_examples(s: Settings) -> list[dict]:
 
     out = []
     for subject in g_subjects(s):
-        record = subject_record(subject, 5, s.g_prompts, np.random.default_rng(seed_for("g", subject.subject_id)), True)
+        record = subject_record(
+            subject, 5, s.g_prompts, np.random.default_rng(seed_for("g", subject.subject_id)), True
+        )
         demos = [from_png(b) for b in record["demo_images"]]
         for prompt, image in zip(record["prompts"], record["oracle"]):
             out.append({"image": image, "prompt": prompt, "demos": demos, "captions": record["demo_captions"]})
@@ -317,7 +365,9 @@ def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Gener
 
     idx = rng.choice(len(examples), size=batch_size)
     # k distinct demos per row: the first k of a random order of the row's own demos.
-    keys = rng.random((batch_size, examples.demos.shape[1])) + (np.arange(examples.demos.shape[1]) >= examples.counts[idx][:, None])
+    keys = rng.random((batch_size, examples.demos.shape[1])) + (
+        np.arange(examples.demos.shape[1]) >= examples.counts[idx][:, None]
+    )
     picks = np.argsort(keys, axis=1)[:, :k]
     flip = rng.random(batch_size) < 0.5
     image = examples.image[idx]
@@ -326,12 +376,16 @@ def make_batch(examples: Examples, batch_size: int, k: int, rng: np.random.Gener
     return {
         "image": images_to_tensor(image).to(device),
         "input_ids": examples.ids[idx].to(device),
-        "demo_images": images_to_tensor(demos.reshape(-1, *demos.shape[2:])).reshape(batch_size, k, 3, *demos.shape[2:4]).to(device),
+        "demo_images": images_to_tensor(demos.reshape(-1, *demos.shape[2:]))
+        .reshape(batch_size, k, 3, *demos.shape[2:4])
+        .to(device),
         "demo_ids": examples.demo_ids[torch.from_numpy(idx[:, None]), torch.from_numpy(picks)].to(device),
     }
 
 
-IDENTITY_HEADS = {k: rd.HEADS[k] for k in ("class_name", "body", "pattern", "pattern_colour")}  # the readers' vocabularies
+IDENTITY_HEADS = {
+    k: rd.HEADS[k] for k in ("class_name", "body", "pattern", "pattern_colour")
+}  # the readers' vocabularies
 
 
 def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, seed: int = 0) -> dict:
@@ -349,13 +403,17 @@ def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, se
     rng = np.random.default_rng(seed + 33)
     g = encoder.grid
     dim = encoder.conv[-1].out_channels
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(g * g * dim, len(v)) for k, v in IDENTITY_HEADS.items()}).to(device)
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(g * g * dim, len(v)) for k, v in IDENTITY_HEADS.items()}).to(
+        device
+    )
     opt = torch.optim.AdamW([*encoder.conv.parameters(), *heads.parameters()], lr=2e-3, weight_decay=0.0)
 
     def batch(subjects):
         picks = [subjects[int(i)] for i in rng.integers(len(subjects), size=batch_size)]
         x = images_to_tensor(np.stack([tw.demonstrations(p, 1, rng)[0][0] for p in picks])).to(device)
-        y = {k: torch.tensor([v.index(getattr(p, k)) for p in picks], device=device) for k, v in IDENTITY_HEADS.items()}
+        y = {
+            k: torch.tensor([v.index(getattr(p, k)) for p in picks], device=device) for k, v in IDENTITY_HEADS.items()
+        }
         return x, y
 
     def logits(x):
@@ -375,7 +433,12 @@ def pretrain_demo_encoder(encoder, steps: int, device, batch_size: int = 128, se
         x, y = batch(test)
         out = logits(x)
         accuracy = {k: float((out[k].argmax(1) == y[k]).float().mean()) for k in heads}
-    return {"steps": steps, "seconds": round(time.monotonic() - start, 1), "last_loss": float(np.mean(losses[-20:])), "test_accuracy": accuracy}
+    return {
+        "steps": steps,
+        "seconds": round(time.monotonic() - start, 1),
+        "last_loss": float(np.mean(losses[-20:])),
+        "test_accuracy": accuracy,
+    }
 
 
 def warm_encoder(encoder, steps: int, work: str, device) -> dict:
@@ -394,7 +457,9 @@ def warm_encoder(encoder, steps: int, work: str, device) -> dict:
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     with open(stem + ".json.tmp", "w") as f:
         json.dump(result, f, indent=1)
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.conv.state_dict().items()}, stem + ".safetensors.tmp")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in encoder.conv.state_dict().items()}, stem + ".safetensors.tmp"
+    )
     os.replace(stem + ".json.tmp", stem + ".json")
     os.replace(stem + ".safetensors.tmp", stem + ".safetensors")  # last: its presence means the warm start is whole
     return result
@@ -431,21 +496,27 @@ def stage_train(args, s: Settings, device) -> dict:
     else:
         raise ValueError(f"unknown variant {variant!r}: suti, raw, oracle or sweep-<none|lam>")
     if not examples:
-        print(f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained")
+        print(
+            f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained"
+        )
         return {"variant": variant, "examples": 0, "skipped": True}
     torch.manual_seed(0)
     continued_from = encoder_warm_start = None
     if args.init_apprentice:
         # Continue a saved apprentice (its own grid, attention and demo encoder); the schedule starts again.
         if args.encoder_steps:
-            raise ValueError("--init-apprentice continues a trained apprentice: its demo encoder is not warm-started again (drop --encoder-steps)")
+            raise ValueError(
+                "--init-apprentice continues a trained apprentice: its demo encoder is not warm-started again (drop --encoder-steps)"
+            )
         apprentice = load_apprentice(args.init_apprentice).to(device).train()
         with open(os.path.join(args.init_apprentice, "apprentice_config.json")) as f:
             continued_from = {"folder": args.init_apprentice, **json.load(f)}
         encoder_warm_start = continued_from.get("encoder_warm_start")
     else:
         base, _, _ = load_artifacts(args.artifacts, device)
-        apprentice = Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
+        apprentice = (
+            Apprentice(base, args.demo_grid, zero_init=args.zero_init, attention=args.attention).to(device).train()
+        )
     if args.encoder_steps:
         encoder_warm_start = warm_encoder(apprentice.adapter.encoder, args.encoder_steps, args.work, device)
         print(f"[toy_reproduction] demo encoder warm start: {encoder_warm_start}", flush=True)
@@ -484,15 +555,30 @@ def stage_train(args, s: Settings, device) -> dict:
         for e, p in zip(ema, apprentice.parameters()):
             p.copy_(e)
     cfg = apprentice.adapter.config  # the settings of the apprentice itself (a continued one keeps its own)
-    settings = {"attention": cfg.attention, "demo_grid": apprentice.demo_grid, "zero_init": cfg.zero_init, "encoder_warm_start": encoder_warm_start}
+    settings = {
+        "attention": cfg.attention,
+        "demo_grid": apprentice.demo_grid,
+        "zero_init": cfg.zero_init,
+        "encoder_warm_start": encoder_warm_start,
+    }
     if variant == "raw":
         settings["raw_subjects"] = args.raw_subjects
     if continued_from:
         settings["continued_from"] = continued_from
         settings["total_steps"] = int(continued_from.get("total_steps", continued_from.get("steps", 0))) + len(losses)
-    save_apprentice(apprentice.eval().to("cpu"), os.path.join(args.work, "apprentices", variant), {"examples": len(examples), "steps": len(losses), **settings})
+    save_apprentice(
+        apprentice.eval().to("cpu"),
+        os.path.join(args.work, "apprentices", variant),
+        {"examples": len(examples), "steps": len(losses), **settings},
+    )
     losses = torch.stack(losses).float().tolist()
-    return {"variant": variant, "examples": len(examples), "steps": len(losses), "last_loss": float(np.mean(losses[-50:])), **settings}
+    return {
+        "variant": variant,
+        "examples": len(examples),
+        "steps": len(losses),
+        "last_loss": float(np.mean(losses[-50:])),
+        **settings,
+    }
 
 
 # ---------------------------------------------------------------- stage eval
@@ -509,7 +595,9 @@ IDENTITY_METRICS = {attr: f"identity_{attr}" for attr in ("body", "pattern", "pa
 
 def score_images(records, images_per_record: list[np.ndarray], k_demos: int, scorer, reader) -> dict[str, np.ndarray]:
     """Per-subject means of each metric. images_per_record[i]: uint8 (P, H, W, 3), one image per prompt."""
-    per_subject = {m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino", *IDENTITY_METRICS.values())}
+    per_subject = {
+        m: [] for m in ("subject_fidelity", "text_fidelity", "clip_i", "clip_t", "dino", *IDENTITY_METRICS.values())
+    }
     for record, images in zip(records, images_per_record):
         demos = np.stack([from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
         reads = rd.read(reader, images)
@@ -540,7 +628,9 @@ def bootstrap(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, 
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def apprentice_images(apprentice, records, k: int, s: Settings, seed: int = 0, timed: int = 4) -> tuple[list[np.ndarray], float]:
+def apprentice_images(
+    apprentice, records, k: int, s: Settings, seed: int = 0, timed: int = 4
+) -> tuple[list[np.ndarray], float]:
     """One image per prompt per subject with `k` demos, every subject's requests drawn in large batches; returns
     (images per record, seconds per subject). The seconds are timed apart: `timed` subjects sampled one at a time
     (all of a subject's prompts in one batch, as a user's request would be), median taken."""
@@ -552,7 +642,12 @@ def apprentice_images(apprentice, records, k: int, s: Settings, seed: int = 0, t
     for record in records:
         demos = [from_png(b) for b in record["demo_images"][:k]]
         requests.append(
-            [SampleRequest(p, demos, record["demo_captions"][:k], 1, seed_for(1, record["subject_id"], i), s.guidance) for i, p in enumerate(record["prompts"])]
+            [
+                SampleRequest(
+                    p, demos, record["demo_captions"][:k], 1, seed_for(1, record["subject_id"], i), s.guidance
+                )
+                for i, p in enumerate(record["prompts"])
+            ]
         )
     flat = [r for per in requests for r in per]
     images = []
@@ -584,7 +679,13 @@ def time_experts(base, scorer, records, steps: int, s: Settings, device) -> floa
         sync(device)
         t0 = time.perf_counter()
         expert.fine_tune(demos, record["demo_captions"][: s.demos], seed_for(0, record["subject_id"]))
-        sampling.sample(base, record["prompts"], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=seed_for(1, record["subject_id"]))
+        sampling.sample(
+            base,
+            record["prompts"],
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            seed=seed_for(1, record["subject_id"]),
+        )
         sync(device)
         seconds.append(time.perf_counter() - t0)
     expert.reset()
@@ -663,7 +764,12 @@ def stage_eval(args, s: Settings, device) -> dict:
     # Base without demos: the prompt alone.
 
     prompts = [p for r in records for p in r["prompts"]]
-    flat = np.concatenate([sampling.sample(base, prompts[i : i + 512], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=i) for i in range(0, len(prompts), 512)])
+    flat = np.concatenate(
+        [
+            sampling.sample(base, prompts[i : i + 512], num_inference_steps=s.steps, guidance_scale=s.guidance, seed=i)
+            for i in range(0, len(prompts), 512)
+        ]
+    )
     images["base"] = np.split(flat, np.cumsum([len(r["prompts"]) for r in records])[:-1])
     # Experts: the checkpoint curve, the plateau, then the row at the plateau.
     expert_runs = {}
@@ -677,13 +783,24 @@ def stage_eval(args, s: Settings, device) -> dict:
         steps_list = [int(v) for v in expert_runs[expert_records[0]["subject_id"]]["steps"]]
         curve, text_curve = {}, {}
         for j, st in enumerate(steps_list):
-            per = score_images(expert_records, [expert_runs[r["subject_id"]]["images"][j] for r in expert_records], k, scorer, reader)
+            per = score_images(
+                expert_records, [expert_runs[r["subject_id"]]["images"][j] for r in expert_records], k, scorer, reader
+            )
             curve[st] = float(np.nanmean(per["subject_fidelity"]))
-            text_curve[st] = float(np.mean(per["text_fidelity"]))  # a fine-tune forgets the prompt as it learns the subject
+            text_curve[st] = float(
+                np.mean(per["text_fidelity"])
+            )  # a fine-tune forgets the prompt as it learns the subject
         plateau = plateau_step(curve)
         j = steps_list.index(plateau)
-        result["expert_curve"] = {"subject_fidelity_by_steps": curve, "text_fidelity_by_steps": text_curve, "plateau_steps": plateau, "subjects": len(expert_records)}
-        images["expert"] = [expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records]
+        result["expert_curve"] = {
+            "subject_fidelity_by_steps": curve,
+            "text_fidelity_by_steps": text_curve,
+            "plateau_steps": plateau,
+            "subjects": len(expert_records),
+        }
+        images["expert"] = [
+            expert_runs[r["subject_id"]]["images"][j] if r["subject_id"] in expert_runs else None for r in records
+        ]
         seconds["expert"] = time_experts(base, scorer, expert_records[:2], plateau, s, device)
     apprentices = {}
     for name, variant in VARIANTS:
@@ -691,13 +808,18 @@ def stage_eval(args, s: Settings, device) -> dict:
         if os.path.isdir(folder):
             apprentices[variant] = load_apprentice(folder).to(device)
             images[name], seconds[name] = apprentice_images(apprentices[variant], records, k, s)
-            result.setdefault("training", {})[variant] = json.loads(Path(os.path.join(folder, "apprentice_config.json")).read_text())
+            result.setdefault("training", {})[variant] = json.loads(
+                Path(os.path.join(folder, "apprentice_config.json")).read_text()
+            )
     for name in ROWS:
         if name not in images:
             continue
         keep = [i for i, im in enumerate(images[name]) if im is not None]
         per = score_images([records[i] for i in keep], [images[name][i] for i in keep], k, scorer, reader)
-        result["rows"][name] = {m: bootstrap(v) for m, v in per.items()} | {"seconds_per_subject": seconds.get(name), "subjects": len(keep)}
+        result["rows"][name] = {m: bootstrap(v) for m, v in per.items()} | {
+            "seconds_per_subject": seconds.get(name),
+            "subjects": len(keep),
+        }
     for variant, key in (("suti", "demos"), ("raw", "demos_raw"), ("oracle", "demos_oracle_g")):
         if variant not in apprentices:
             continue
@@ -713,7 +835,10 @@ def stage_eval(args, s: Settings, device) -> dict:
             ims, _ = apprentice_images(app, records, k, s, timed=0)
             per = score_images(records, ims, k, scorer, reader)
             meta = json.loads(Path(os.path.join(folder, "apprentice_config.json")).read_text())
-            result["sweep"][lam_name(lam)] = {m: bootstrap(v) for m, v in per.items()} | {"examples": meta.get("examples"), "steps": meta.get("steps")}
+            result["sweep"][lam_name(lam)] = {m: bootstrap(v) for m, v in per.items()} | {
+                "examples": meta.get("examples"),
+                "steps": meta.get("steps"),
+            }
     result["mine"] = mine_report(scorer)
     os.makedirs(args.out, exist_ok=True)
     tag = "toy_reproduction_quick" if args.quick else "toy_reproduction"
@@ -722,7 +847,11 @@ def stage_eval(args, s: Settings, device) -> dict:
     md = markdown(result)
     with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
         f.write(md)
-    grid_png(records, {m: images[m] for m in ROWS if m in images and all(x is not None for x in images[m][:6])}, os.path.join(args.out, f"{tag}_grid.png"))
+    grid_png(
+        records,
+        {m: images[m] for m in ROWS if m in images and all(x is not None for x in images[m][:6])},
+        os.path.join(args.out, f"{tag}_grid.png"),
+    )
     print(md)
     return {"out": args.out}
 
@@ -735,33 +864,73 @@ def markdown(result: dict) -> str:
     ]
     for name, row in result["rows"].items():
         secs = row.get("seconds_per_subject")
-        lines.append(f"| {name} | " + " | ".join(fmt(*row[c]) for c in cols) + f" | {'' if secs is None else f'{secs:.2f}'} |")
+        lines.append(
+            f"| {name} | " + " | ".join(fmt(*row[c]) for c in cols) + f" | {'' if secs is None else f'{secs:.2f}'} |"
+        )
     if any(m in row for row in result["rows"].values() for m in IDENTITY_METRICS.values()):
-        lines += ["", "| method | subject fidelity by attribute: body | pattern | pattern colour |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| method | subject fidelity by attribute: body | pattern | pattern colour |",
+            "|---|---|---|---|",
+        ]
         for name, row in result["rows"].items():
-            lines.append(f"| {name} | " + " | ".join(fmt(*row[m]) if m in row else "-" for m in IDENTITY_METRICS.values()) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(fmt(*row[m]) if m in row else "-" for m in IDENTITY_METRICS.values())
+                + " |"
+            )
     if result.get("expert_curve"):
         c = result["expert_curve"]
-        lines += ["", f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
-                  + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items()) + f"; plateau at {c['plateau_steps']} steps."]
+        lines += [
+            "",
+            f"Expert subject fidelity by fine-tune steps ({c['subjects']} subjects): "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in c["subject_fidelity_by_steps"].items())
+            + f"; plateau at {c['plateau_steps']} steps.",
+        ]
         if c.get("text_fidelity_by_steps"):
-            lines += ["", "Expert text fidelity by fine-tune steps: " + ", ".join(f"{k}: {v:.3f}" for k, v in c["text_fidelity_by_steps"].items()) + "."]
-    for key, title in (("demos", "SuTI apprentice"), ("demos_raw", "raw apprentice"), ("demos_oracle_g", "oracle-G apprentice")):
+            lines += [
+                "",
+                "Expert text fidelity by fine-tune steps: "
+                + ", ".join(f"{k}: {v:.3f}" for k, v in c["text_fidelity_by_steps"].items())
+                + ".",
+            ]
+    for key, title in (
+        ("demos", "SuTI apprentice"),
+        ("demos_raw", "raw apprentice"),
+        ("demos_oracle_g", "oracle-G apprentice"),
+    ):
         if not result.get(key):
             continue
-        lines += ["", f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like | body / pattern / pattern colour |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like | body / pattern / pattern colour |",
+            "|---|---|---|---|---|---|",
+        ]
         for kd, row in result[key].items():
             parts = " / ".join(f"{row[m][0]:.2f}" if m in row else "-" for m in IDENTITY_METRICS.values())
-            lines.append(f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} | {parts} |")
+            lines.append(
+                f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} | {parts} |"
+            )
     if result["sweep"]:
-        lines += ["", "| threshold (lambda) | G rows kept | steps | subject fidelity | text fidelity |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| threshold (lambda) | G rows kept | steps | subject fidelity | text fidelity |",
+            "|---|---|---|---|---|",
+        ]
         for lam, row in result["sweep"].items():
-            lines.append(f"| {lam} | {row['examples']} | {row['steps']} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |")
+            lines.append(
+                f"| {lam} | {row['examples']} | {row['steps']} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |"
+            )
     m = result.get("mine")
     if m:
-        lines += ["", (f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
-                  f"precision {m['precision']:.3f} (kept clusters holding one subject), recall {m['recall']:.3f} (clean groups kept); "
-                  f"{m['corrupt_images_skipped']} corrupt images skipped.")]
+        lines += [
+            "",
+            (
+                f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
+                f"precision {m['precision']:.3f} (kept clusters holding one subject), recall {m['recall']:.3f} (clean groups kept); "
+                f"{m['corrupt_images_skipped']} corrupt images skipped."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -781,23 +950,58 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     p.add_argument("--variant", default="suti")
     p.add_argument("--lam", type=float, default=0.0, help="the delta-CLIP threshold of the SuTI apprentice's G")
     p.add_argument("--artifacts", default="artifacts/toy")
-    p.add_argument("--work", default=None, help="G, expert runs and apprentices (default outputs/toy_reproduction[_quick])")
+    p.add_argument(
+        "--work", default=None, help="G, expert runs and apprentices (default outputs/toy_reproduction[_quick])"
+    )
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--zero-init", default="gate", choices=("gate", "out"), help="what starts at 0 in each demo branch (core.method.apprentice.DemoBranch)")
-    p.add_argument("--attention", default="separate", choices=("separate", "joint"), help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.method.apprentice)")
+    p.add_argument(
+        "--zero-init",
+        default="gate",
+        choices=("gate", "out"),
+        help="what starts at 0 in each demo branch (core.method.apprentice.DemoBranch)",
+    )
+    p.add_argument(
+        "--attention",
+        default="separate",
+        choices=("separate", "joint"),
+        help="demo tokens in a new gated branch, or in each layer's own cross-attention (core.method.apprentice)",
+    )
     p.add_argument("--demo-grid", type=int, default=4, help="demo tokens per image: grid x grid (+ 1 for the caption)")
-    p.add_argument("--encoder-steps", type=int, default=0, help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)")
-    p.add_argument("--init-apprentice", default=None, help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)")
-    p.add_argument("--raw-subjects", default="g", choices=("g", "all"), help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)")
-    p.add_argument("--expert-batch", type=int, default=1, help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)")
+    p.add_argument(
+        "--encoder-steps",
+        type=int,
+        default=0,
+        help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)",
+    )
+    p.add_argument(
+        "--init-apprentice",
+        default=None,
+        help="train on from this saved apprentice folder (stage train; its own grid, attention and demo encoder)",
+    )
+    p.add_argument(
+        "--raw-subjects",
+        default="g",
+        choices=("g", "all"),
+        help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)",
+    )
+    p.add_argument(
+        "--expert-batch",
+        type=int,
+        default=1,
+        help="experts fine-tuned at once as one vmapped model (a GPU: 16-64; a CPU: 1)",
+    )
     for field in INT_SETTING_FLAGS:
         p.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"override Settings.{field}")
-    p.add_argument("--expert-checkpoints", type=lambda v: tuple(sorted({int(x) for x in v.split(",")})), default=None,
-                   help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)")
+    p.add_argument(
+        "--expert-checkpoints",
+        type=lambda v: tuple(sorted({int(x) for x in v.split(",")})),
+        default=None,
+        help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)",
+    )
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
     s = Settings(**{**s.__dict__, **{k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}})
@@ -814,7 +1018,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     start = time.time()
     if args.stage != "all":
-        out = {"g": stage_g, "experts": stage_experts, "encoder": stage_encoder, "train": stage_train, "eval": stage_eval}[args.stage](args, s, device)
+        out = {
+            "g": stage_g,
+            "experts": stage_experts,
+            "encoder": stage_encoder,
+            "train": stage_train,
+            "eval": stage_eval,
+        }[args.stage](args, s, device)
         print(f"[toy_reproduction] {args.stage}: {out} in {time.time() - start:.0f} s", flush=True)
         return
     timings = {}

@@ -59,7 +59,12 @@ def main() -> None:
     backbone = create_backbone("tiny", seed=0).to(device)
     cfg = ExpertConfig(steps=args.steps, batch_size=4, num_inference_steps=4, samples_per_prompt=1, threads=2)
     torch.set_num_threads(cfg.threads)
-    expert = Expert(backbone, create_scorer(ScorerConfig()), cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"})
+    expert = Expert(
+        backbone,
+        create_scorer(ScorerConfig()),
+        cfg,
+        {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"},
+    )
     with tempfile.TemporaryDirectory() as g:
         start = time.perf_counter()
         out = run_subject(expert, record(), g, None)
@@ -68,13 +73,26 @@ def main() -> None:
     param = next(backbone.unet.parameters())
     import torch_xla
 
-    print(json.dumps({
-        "torch": torch.__version__, "torch_xla": torch_xla.__version__, "PJRT_DEVICE": os.environ["PJRT_DEVICE"],
-        "device": str(device), "unet_param_device": str(param.device), "status": out["status"],
-        "first_loss": round(out["first_loss"], 4), "last_loss": round(out["last_loss"], 4),
-        "fine_tune_s": round(out["fine_tune_s"], 1), "sample_s": round(out["sample_s"], 1), "total_s": round(seconds, 1),
-        "g_rows": table.num_rows, "deltas": [round(d, 4) for d in table.column("delta").to_pylist()],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "torch_xla": torch_xla.__version__,
+                "PJRT_DEVICE": os.environ["PJRT_DEVICE"],
+                "device": str(device),
+                "unet_param_device": str(param.device),
+                "status": out["status"],
+                "first_loss": round(out["first_loss"], 4),
+                "last_loss": round(out["last_loss"], 4),
+                "fine_tune_s": round(out["fine_tune_s"], 1),
+                "sample_s": round(out["sample_s"], 1),
+                "total_s": round(seconds, 1),
+                "g_rows": table.num_rows,
+                "deltas": [round(d, 4) for d in table.column("delta").to_pylist()],
+            },
+            indent=1,
+        )
+    )
     if out["status"] != "done" or table.num_rows != 2 or param.device.type != "xla":
         raise SystemExit("XLA check failed")
 

@@ -92,7 +92,9 @@ class ExpertConfig:
     lr: float = 5e-4
     optimizer: str = "adamw"  # adamw | adafactor (the paper's; conf/expert/paper.yaml)
     train_text_encoder: bool = True  # full fine-tuning only; LoRA tunes the UNet's attention alone
-    lora_rank: int = 0  # 0: full fine-tuning (the paper); > 0: a LoRA adapter (peft) of this rank on the UNet's attention
+    lora_rank: int = (
+        0  # 0: full fine-tuning (the paper); > 0: a LoRA adapter (peft) of this rank on the UNet's attention
+    )
     lora_alpha: float | None = None  # None: the rank (scale 1)
     samples_per_prompt: int = 1
     sampler: str = "ddim"  # ddim | ddpm
@@ -118,7 +120,9 @@ class ApprenticeConfig:
     lr: float = 5e-4
     num_demos: int = 3  # demonstrations per training example (paper: 3)
     demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
-    attention: str = "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens
+    attention: str = (
+        "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens
+    )
     zero_init: str = "gate"  # separate branches: "gate" (gate at 0) or "out" (output projection at 0, gate at 1)
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
@@ -129,7 +133,9 @@ class ApprenticeConfig:
     ema_decay: float = 0.999  # diffusers' EMAModel (its decay warms up as (1 + step) / (10 + step))
     export_ema: bool = True  # paths.apprentice gets the EMA weights; checkpoints keep both
     # G is listed again every epoch, so shards written while training runs are read at the next epoch.
-    passes_per_epoch: int | None = None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
+    passes_per_epoch: int | None = (
+        None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
+    )
     g_wait_s: float = 0.0  # how long a worker waits for G's first rows (the expert stage still writing) before failing
     max_failures: int = 2  # Ray Train restarts from the latest checkpoint after a lost worker, this many times
     seed: int = 0

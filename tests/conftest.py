@@ -19,7 +19,13 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir, log_to_driver=False)
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        object_store_memory=512 * 1024 * 1024,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+    )
     try:
         yield ray
     finally:

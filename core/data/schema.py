@@ -79,7 +79,9 @@ DREAMBENCH_SCHEMA = pa.schema(
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),  # PNG bytes at the model's resolution
-        pa.field("num_demos", pa.int32(), nullable=False),  # subject images shown (apprentice) or fine-tuned on (expert)
+        pa.field(
+            "num_demos", pa.int32(), nullable=False
+        ),  # subject images shown (apprentice) or fine-tuned on (expert)
         pa.field("fine_tune_s", pa.float32(), nullable=False),  # per subject; 0 for the apprentice
         pa.field("sample_s", pa.float32(), nullable=False),  # per subject: every prompt and sample
         pa.field("backbone", pa.string(), nullable=False),
@@ -95,7 +97,9 @@ DREAMBENCH_SCORE_SCHEMA = pa.schema(
         pa.field("prompt_index", pa.int32(), nullable=False),
         pa.field("prompt_kind", pa.string(), nullable=False),
         pa.field("sample_index", pa.int32(), nullable=False),
-        pa.field("dino", pa.float32(), nullable=False),  # mean cosine to the subject's real images, DINO CLS embeddings
+        pa.field(
+            "dino", pa.float32(), nullable=False
+        ),  # mean cosine to the subject's real images, DINO CLS embeddings
         pa.field("clip_i", pa.float32(), nullable=False),  # the same with CLIP image embeddings
         pa.field("clip_t", pa.float32(), nullable=False),  # cosine of the image and its eval_prompt, CLIP
     ]
@@ -123,7 +127,9 @@ def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 def check_non_null(table: pa.Table, schema: pa.Schema, what: str) -> None:
     """Raise SchemaError when a column the schema marks non-nullable holds a null."""
-    bad = [f.name for f in schema if not f.nullable and f.name in table.column_names and table.column(f.name).null_count]
+    bad = [
+        f.name for f in schema if not f.nullable and f.name in table.column_names and table.column(f.name).null_count
+    ]
     if bad:
         raise SchemaError(f"{what}: nulls in non-nullable columns {bad}")
 

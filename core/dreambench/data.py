@@ -106,7 +106,9 @@ def parse_prompt_file(text: str) -> tuple[dict[str, str], dict[str, list[str]], 
     lists: dict[str, list[str]] = {}
     problems: list[str] = []
     lines = text.splitlines()
-    header = next((i for i, line in enumerate(lines) if line.strip().replace(" ", "").lower() == "subject_name,class"), None)
+    header = next(
+        (i for i, line in enumerate(lines) if line.strip().replace(" ", "").lower() == "subject_name,class"), None
+    )
     if header is not None:
         for line in lines[header + 1 :]:
             if not line.strip():
@@ -125,7 +127,13 @@ def parse_prompt_file(text: str) -> tuple[dict[str, str], dict[str, list[str]], 
         if block is None:
             if stripped.replace(" ", "").startswith("prompt_list=["):
                 # Which list this is: the heading above it says ("Object Prompts", "Live Subject Prompts"), else order.
-                kind = "live" if "live" in heading.lower() else "object" if "object" in heading.lower() else ("live" if "object" in lists else "object")
+                kind = (
+                    "live"
+                    if "live" in heading.lower()
+                    else "object"
+                    if "object" in heading.lower()
+                    else ("live" if "object" in lists else "object")
+                )
                 block = []
                 if kind in lists:
                     problems.append(f"line {number}: a second {kind} prompt list; ignored")
@@ -141,7 +149,9 @@ def parse_prompt_file(text: str) -> tuple[dict[str, str], dict[str, list[str]], 
             continue
         template = _template(line)
         if template is None:
-            problems.append(f"line {number}: not a '...{{0}} {{1}}...'.format(unique_token, class_token) template: {stripped[:80]!r}; skipped")
+            problems.append(
+                f"line {number}: not a '...{{0}} {{1}}...'.format(unique_token, class_token) template: {stripped[:80]!r}; skipped"
+            )
             continue
         block.append(template)
     return classes, lists, problems
@@ -160,7 +170,9 @@ def read_image(uri: str) -> np.ndarray:
 def load(data_uri: str | None, config_key: str = "dreambench.data") -> DreamBench:
     """Read a DreamBench folder (local path or URI). Raises only when the prompt file is absent or unusable."""
     if not data_uri:
-        raise storage.MissingInputError(f"no DreamBench folder given: set config key `{config_key}` (the dataset/ folder of a google/dreambooth clone)")
+        raise storage.MissingInputError(
+            f"no DreamBench folder given: set config key `{config_key}` (the dataset/ folder of a google/dreambooth clone)"
+        )
     prompt_uri = storage.join(data_uri, PROMPTS_FILE)
     storage.require(prompt_uri, config_key, "DreamBench prompt file")
     classes, lists, problems = parse_prompt_file(storage.read_bytes(prompt_uri).decode("utf-8", errors="replace"))
@@ -168,13 +180,17 @@ def load(data_uri: str | None, config_key: str = "dreambench.data") -> DreamBenc
         raise DreamBenchError(f"{prompt_uri}: no 'subject_name,class' rows found (set by config key `{config_key}`)")
     missing = [k for k in ("object", "live") if not lists.get(k)]
     if missing:
-        raise DreamBenchError(f"{prompt_uri}: no {' or '.join(missing)} prompt list found (set by config key `{config_key}`)")
+        raise DreamBenchError(
+            f"{prompt_uri}: no {' or '.join(missing)} prompt list found (set by config key `{config_key}`)"
+        )
     object_prompts = [Prompt(i, t, prompt_kind(i, False)) for i, t in enumerate(lists["object"])]
     live_prompts = [Prompt(i, t, prompt_kind(i, True)) for i, t in enumerate(lists["live"])]
 
     fs, root = storage.resolve(data_uri)
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=False))
-    folders = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith("."))
+    folders = sorted(
+        e.base_name for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith(".")
+    )
     for name in folders:
         if name not in classes:
             problems.append(f"folder {name!r}: no class row in {PROMPTS_FILE}; skipped")
@@ -212,7 +228,15 @@ def demo_caption(class_name: str, identifier: str = "") -> str:
     return " ".join(f"a photo of a {identifier} {class_name}".split())
 
 
-def _rows(method: str, subject: Subject, prompts: list[Prompt], texts: list[str], images: list[np.ndarray], seeds: list[int], common: dict) -> list[dict]:
+def _rows(
+    method: str,
+    subject: Subject,
+    prompts: list[Prompt],
+    texts: list[str],
+    images: list[np.ndarray],
+    seeds: list[int],
+    common: dict,
+) -> list[dict]:
     rows = []
     for prompt, text, per_prompt, seed in zip(prompts, texts, images, seeds):
         for j, image in enumerate(per_prompt):
@@ -235,7 +259,16 @@ def _rows(method: str, subject: Subject, prompts: list[Prompt], texts: list[str]
     return rows
 
 
-def generate_apprentice(apprentice, subject: Subject, prompts: list[Prompt], demos: list[np.ndarray], images_per_prompt: int, seed: int, sampling: dict, provenance: dict) -> list[dict]:
+def generate_apprentice(
+    apprentice,
+    subject: Subject,
+    prompts: list[Prompt],
+    demos: list[np.ndarray],
+    images_per_prompt: int,
+    seed: int,
+    sampling: dict,
+    provenance: dict,
+) -> list[dict]:
     """DREAMBENCH rows of one subject drawn by the apprentice. demos: K uint8 (R, R, 3) at the model's resolution R.
 
     sampling: sampler, num_inference_steps, guidance_scale, demo_guidance_scale (core.method.apprentice.sample's keywords).
@@ -247,25 +280,53 @@ def generate_apprentice(apprentice, subject: Subject, prompts: list[Prompt], dem
     texts = [p.text("", subject.class_name) for p in prompts]
     seeds = [seed_for(seed, subject.name, p.index) for p in prompts]
     start = time.perf_counter()
-    images = [list(sample(apprentice, text, demos, captions, num_images=images_per_prompt, seed=s, **sampling)) for text, s in zip(texts, seeds)]
+    images = [
+        list(sample(apprentice, text, demos, captions, num_images=images_per_prompt, seed=s, **sampling))
+        for text, s in zip(texts, seeds)
+    ]
     common = {"num_demos": len(demos), "fine_tune_s": 0.0, "sample_s": time.perf_counter() - start, **provenance}
     return _rows("apprentice", subject, prompts, texts, images, seeds, common)
 
 
-def generate_expert(expert, subject: Subject, prompts: list[Prompt], demos: list[np.ndarray], images_per_prompt: int, seed: int, identifier: str, provenance: dict) -> list[dict]:
+def generate_expert(
+    expert,
+    subject: Subject,
+    prompts: list[Prompt],
+    demos: list[np.ndarray],
+    images_per_prompt: int,
+    seed: int,
+    identifier: str,
+    provenance: dict,
+) -> list[dict]:
     """DREAMBENCH rows of one subject drawn by a per-subject expert: `expert` (a core.method.expert.Expert) is reset to the
     base, fine-tuned on `demos` captioned with the identifier, then samples each prompt with its own settings."""
     from core.models.sampling import sample
 
     cfg = expert.cfg
     start = time.perf_counter()
-    expert.fine_tune(demos, [demo_caption(subject.class_name, identifier)] * len(demos), seed_for(seed, subject.name, "expert"))
+    expert.fine_tune(
+        demos, [demo_caption(subject.class_name, identifier)] * len(demos), seed_for(seed, subject.name, "expert")
+    )
     tuned = time.perf_counter()
     texts = [p.text(identifier, subject.class_name) for p in prompts]
     seeds = [seed_for(seed, subject.name, p.index) for p in prompts]
     images = [
-        list(sample(expert.backbone, [text] * images_per_prompt, sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, seed=s))
+        list(
+            sample(
+                expert.backbone,
+                [text] * images_per_prompt,
+                sampler=cfg.sampler,
+                num_inference_steps=cfg.num_inference_steps,
+                guidance_scale=cfg.guidance_scale,
+                seed=s,
+            )
+        )
         for text, s in zip(texts, seeds)
     ]
-    common = {"num_demos": len(demos), "fine_tune_s": tuned - start, "sample_s": time.perf_counter() - tuned, **provenance}
+    common = {
+        "num_demos": len(demos),
+        "fine_tune_s": tuned - start,
+        "sample_s": time.perf_counter() - tuned,
+        **provenance,
+    }
     return _rows("expert", subject, prompts, texts, images, seeds, common)

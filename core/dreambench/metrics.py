@@ -28,11 +28,17 @@ from core.data.storage import MissingInputError
 def check_encoders(cfg: DreamBenchConfig) -> None:
     """Fail before any generation when an encoder path is unset or absent."""
     if not cfg.dino:
-        raise MissingInputError("DINO encoder not configured: set `dreambench.dino` to a local folder holding a transformers ViTModel (e.g. facebook/dino-vits16 saved with save_pretrained)")
+        raise MissingInputError(
+            "DINO encoder not configured: set `dreambench.dino` to a local folder holding a transformers ViTModel (e.g. facebook/dino-vits16 saved with save_pretrained)"
+        )
     storage.require(storage.join(cfg.dino, "config.json"), "dreambench.dino", "DINO ViTModel config.json")
     if cfg.clip_model.startswith(LOCAL_DIR):
         folder = cfg.clip_model[len(LOCAL_DIR) :]
-        storage.require(os.path.join(folder, "open_clip_config.json"), "dreambench.clip_model", "open_clip_config.json of the CLIP folder")
+        storage.require(
+            os.path.join(folder, "open_clip_config.json"),
+            "dreambench.clip_model",
+            "open_clip_config.json of the CLIP folder",
+        )
         if not any(name.endswith((".safetensors", ".bin", ".pth", ".pt")) for name in os.listdir(folder)):
             raise MissingInputError(f"no CLIP weights file in '{folder}' (set by config key `dreambench.clip_model`)")
         return
@@ -77,7 +83,9 @@ class ClipEncoder:
 
         if model_name.startswith(LOCAL_DIR):
             pretrained = None  # the folder holds the weights
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device
+        )
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device, self.batch_size = device, batch_size
@@ -94,16 +102,23 @@ class ClipEncoder:
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """(N,) strings -> unit vectors (N, E)."""
-        out = [self.model.encode_text(self.tokenizer(texts[i : i + self.batch_size]).to(self.device)).float().cpu() for i in range(0, len(texts), self.batch_size)]
+        out = [
+            self.model.encode_text(self.tokenizer(texts[i : i + self.batch_size]).to(self.device)).float().cpu()
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
 
 def load_encoders(cfg: DreamBenchConfig, device: torch.device) -> tuple[DinoEncoder, ClipEncoder]:
     check_encoders(cfg)
-    return DinoEncoder(cfg.dino, device, cfg.score_batch_size), ClipEncoder(cfg.clip_model, cfg.clip_pretrained, device, cfg.score_batch_size)
+    return DinoEncoder(cfg.dino, device, cfg.score_batch_size), ClipEncoder(
+        cfg.clip_model, cfg.clip_pretrained, device, cfg.score_batch_size
+    )
 
 
-def real_embeddings(dino: DinoEncoder, clip: ClipEncoder, real_images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def real_embeddings(
+    dino: DinoEncoder, clip: ClipEncoder, real_images: list[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
     return dino.embed(real_images), clip.embed_images(real_images)
 
 
@@ -113,10 +128,20 @@ def oracle(real_dino: torch.Tensor, real_clip: torch.Tensor) -> dict[str, float]
     if n < 2:
         return {"dino": float("nan"), "clip_i": float("nan")}
     off = ~torch.eye(n, dtype=torch.bool)
-    return {"dino": float((real_dino @ real_dino.T)[off].mean()), "clip_i": float((real_clip @ real_clip.T)[off].mean())}
+    return {
+        "dino": float((real_dino @ real_dino.T)[off].mean()),
+        "clip_i": float((real_clip @ real_clip.T)[off].mean()),
+    }
 
 
-def score_images(dino: DinoEncoder, clip: ClipEncoder, real_dino: torch.Tensor, real_clip: torch.Tensor, images: list[np.ndarray], eval_prompts: list[str]) -> dict[str, np.ndarray]:
+def score_images(
+    dino: DinoEncoder,
+    clip: ClipEncoder,
+    real_dino: torch.Tensor,
+    real_clip: torch.Tensor,
+    images: list[np.ndarray],
+    eval_prompts: list[str],
+) -> dict[str, np.ndarray]:
     """Per generated image: DINO and CLIP-I (mean over the real images) and CLIP-T (against its own prompt)."""
     gen_dino, gen_clip = dino.embed(images), clip.embed_images(images)
     unique = sorted(set(eval_prompts))

@@ -68,7 +68,16 @@ class PassthroughProcessor:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb=temb)
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        demo_tokens=None,
+        demo_mask=None,
+    ):
         return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -94,7 +103,9 @@ class DemoBranch(nn.Module):
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
 
-    def forward(self, attn: Attention, hidden_states: torch.Tensor, demo_tokens: torch.Tensor, demo_mask=None) -> torch.Tensor:
+    def forward(
+        self, attn: Attention, hidden_states: torch.Tensor, demo_tokens: torch.Tensor, demo_mask=None
+    ) -> torch.Tensor:
         spatial = hidden_states.ndim == 4  # IF's added-KV layers take (B, C, H, W) and norm inside the processor
         h = hidden_states.flatten(2).transpose(1, 2) if spatial else hidden_states
         if spatial and attn.group_norm is not None:
@@ -118,7 +129,16 @@ class DemoAttnProcessor(PassthroughProcessor):
         super().__init__(base)
         self.branch = branch
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        demo_tokens=None,
+        demo_mask=None,
+    ):
         out = self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if demo_tokens is None:
             return out
@@ -129,7 +149,16 @@ class JointDemoProcessor(PassthroughProcessor):
     """The layer's stock processor over its text tokens and the demo tokens together (`attention="joint"`); demo
     tokens of rows whose `demo_mask` is 0 are masked out, so those rows attend to their text alone."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, demo_tokens=None, demo_mask=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        demo_tokens=None,
+        demo_mask=None,
+    ):
         if demo_tokens is None:
             return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         b, text_len, n_demo = hidden_states.shape[0], encoder_hidden_states.shape[1], demo_tokens.shape[1]
@@ -192,18 +221,32 @@ class DemoAdapter(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, in_channels: int, text_dim: int, cross_attention_dim: int, demo_grid: int, layers: dict, zero_init: str = "gate", attention: str = "separate"):
+    def __init__(
+        self,
+        in_channels: int,
+        text_dim: int,
+        cross_attention_dim: int,
+        demo_grid: int,
+        layers: dict,
+        zero_init: str = "gate",
+        attention: str = "separate",
+    ):
         super().__init__()
         if attention not in ("separate", "joint"):
             raise ValueError(f"attention must be 'separate' or 'joint', not {attention!r}")
         self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid)
         branches = layers if attention == "separate" else {}
         self.branches = nn.ModuleDict(
-            {_branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"], zero_init) for n, s in branches.items()}
+            {
+                _branch_key(n): DemoBranch(s["inner_dim"], cross_attention_dim, s["out_dim"], s["heads"], zero_init)
+                for n, s in branches.items()
+            }
         )
 
     @classmethod
-    def for_unet(cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate") -> DemoAdapter:
+    def for_unet(
+        cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate"
+    ) -> DemoAdapter:
         return cls(
             in_channels=int(unet.config.in_channels),
             text_dim=int(text_encoder.config.hidden_size),
@@ -224,7 +267,9 @@ class DemoAdapter(ModelMixin, ConfigMixin):
             key = _branch_key(name)
             if joint and name in layers:
                 if getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None) is not None:
-                    raise ValueError(f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): use 'separate'")
+                    raise ValueError(
+                        f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): use 'separate'"
+                    )
                 processors[name] = JointDemoProcessor(base)
             elif key in self.branches:
                 processors[name] = DemoAttnProcessor(base, self.branches[key])
@@ -236,7 +281,14 @@ class DemoAdapter(ModelMixin, ConfigMixin):
 class Apprentice(nn.Module):
     """Base UNet + text encoder (+ the frozen VAE of a latent model) + `DemoAdapter`."""
 
-    def __init__(self, backbone: Backbone, demo_grid: int = 4, adapter: DemoAdapter | None = None, zero_init: str = "gate", attention: str = "separate"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        demo_grid: int = 4,
+        adapter: DemoAdapter | None = None,
+        zero_init: str = "gate",
+        attention: str = "separate",
+    ):
         super().__init__()
         self.unet = backbone.unet
         self.text_encoder = backbone.text_encoder
@@ -244,7 +296,11 @@ class Apprentice(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.noise_scheduler = backbone.noise_scheduler
         self.resolution = backbone.resolution
-        self.adapter = adapter if adapter is not None else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init, attention)
+        self.adapter = (
+            adapter
+            if adapter is not None
+            else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init, attention)
+        )
         self.adapter.install(self.unet)
 
     @property
@@ -290,12 +346,21 @@ class Apprentice(nn.Module):
         z = to_model_space(self.backbone, demo_images.flatten(0, 1).to(self.unet.device))
         return self.adapter.encoder(z.view(b, k, *z.shape[1:]).to(caption.dtype), caption)
 
-    def forward(self, noisy: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, demo_tokens=None, demo_mask=None):
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        demo_tokens=None,
+        demo_mask=None,
+    ):
         kwargs = {"demo_tokens": demo_tokens, "demo_mask": demo_mask} if demo_tokens is not None else None
         return self.unet(noisy, t, encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=kwargs)
 
 
-def training_loss(apprentice: Apprentice, batch: dict, text_dropout: float, demo_dropout: float, generator: torch.Generator) -> torch.Tensor:
+def training_loss(
+    apprentice: Apprentice, batch: dict, text_dropout: float, demo_dropout: float, generator: torch.Generator
+) -> torch.Tensor:
     """Denoising loss on one G batch, in the model's space (VAE latents for a latent model).
 
     batch: image (B, 3, H, W) in [-1, 1]; input_ids (B, L); demo_images (B, K, 3, H, W); demo_ids (B, K, L).
@@ -339,7 +404,14 @@ class SampleRequest:
 
 
 @torch.no_grad()
-def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampler="ddim", num_inference_steps: int = 25, cache_demos: bool = True) -> list[np.ndarray]:
+def sample_batch(
+    apprentice: Apprentice,
+    requests: list[SampleRequest],
+    *,
+    sampler="ddim",
+    num_inference_steps: int = 25,
+    cache_demos: bool = True,
+) -> list[np.ndarray]:
     """Draw every request in one batched reverse process. Returns one uint8 (N_i, H, W, 3) array per request.
 
     `sampler`: "ddim", "ddpm" or a diffusers scheduler (copied, so a shared one is never stepped twice).
@@ -352,11 +424,13 @@ def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampl
     keys = {r.batch_key() for r in requests}
     if len(keys) != 1:
         raise ValueError(f"one batch needs one demo count and one guidance mode; got (demos, dual) {sorted(keys)}")
-    (k, dual), = keys
+    ((k, dual),) = keys
     device = apprentice.unet.device
     counts = [r.num_images for r in requests]
     n = sum(counts)
-    per_image = lambda values: torch.tensor([v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device).view(n, 1, 1, 1)
+    per_image = lambda values: torch.tensor(
+        [v for v, c in zip(values, counts) for _ in range(c)], dtype=torch.float32, device=device
+    ).view(n, 1, 1, 1)
     text_scale = per_image([r.guidance_scale for r in requests])
     backbone = apprentice.backbone
     cond = encode_text(backbone, [r.prompt for r, c in zip(requests, counts) for _ in range(c)])
@@ -367,7 +441,9 @@ def sample_batch(apprentice: Apprentice, requests: list[SampleRequest], *, sampl
     encode = lambda: None
     if k:
         size = apprentice.resolution
-        imgs = torch.stack([images_to_tensor(fit_images(list(r.demo_images), size)) for r in requests]).to(device)  # (R, K, 3, H, W)
+        imgs = torch.stack([images_to_tensor(fit_images(list(r.demo_images), size)) for r in requests]).to(
+            device
+        )  # (R, K, 3, H, W)
         ids = torch.stack([tokenize(apprentice.tokenizer, list(r.demo_captions)) for r in requests]).to(device)
         repeats = torch.tensor(counts, device=device)
         encode = lambda: apprentice.encode_demos(imgs, ids).repeat_interleave(repeats, dim=0).repeat(copies, 1, 1)
@@ -414,7 +490,16 @@ def sample(
 ) -> np.ndarray:
     """Draw `num_images` of the demonstrated subject for `prompt` (K demos, K may be 0: the base model).
     Returns uint8 (N, H, W, 3); `sample_batch` with one request."""
-    request = SampleRequest(prompt, list(demo_images), list(demo_captions), num_images, seed, guidance_scale, demo_guidance_scale, generator)
+    request = SampleRequest(
+        prompt,
+        list(demo_images),
+        list(demo_captions),
+        num_images,
+        seed,
+        guidance_scale,
+        demo_guidance_scale,
+        generator,
+    )
     return sample_batch(apprentice, [request], sampler=sampler, num_inference_steps=num_inference_steps)[0]
 
 

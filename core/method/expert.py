@@ -35,7 +35,9 @@ def seed_for(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big")
 
 
-def delta_clip(scorer: Scorer, renders: list[np.ndarray], prompts: list[str], demo_images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def delta_clip(
+    scorer: Scorer, renders: list[np.ndarray], prompts: list[str], demo_images: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clip_score, ref_clip_score, delta) per render: CLIP(y, p) - max over x in C_s of CLIP(x, p)."""
     text = scorer.encode_texts(prompts)  # (N, E)
     clip = (scorer.encode_images(renders) * text).sum(-1).numpy()
@@ -44,7 +46,12 @@ def delta_clip(scorer: Scorer, renders: list[np.ndarray], prompts: list[str], de
 
 
 def g_rows(
-    scorer: Scorer, cfg: ExpertConfig, provenance: dict, record: dict, renders: np.ndarray, demo_images: list[np.ndarray]
+    scorer: Scorer,
+    cfg: ExpertConfig,
+    provenance: dict,
+    record: dict,
+    renders: np.ndarray,
+    demo_images: list[np.ndarray],
 ) -> list[dict]:
     """G rows of one subject: each render (`cfg.samples_per_prompt` per prompt, in prompt order) with its
     delta-CLIP scores (the threshold is applied when G is read: `core.data.g`)."""
@@ -109,7 +116,9 @@ class Expert:
         unet.add_adapter(lora, adapter_name="expert")
         return [p for p in unet.parameters() if p.requires_grad]
 
-    def fine_tune(self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int, on_step=None) -> list[float]:
+    def fine_tune(
+        self, demo_images: list[np.ndarray], demo_captions: list[str], seed: int, on_step=None
+    ) -> list[float]:
         """Fine-tune on C_s with the plain denoising loss (no identifier token, no prior preservation).
         `on_step(step)` (1-based), if given, runs after every step with the model in eval mode (e.g. to sample
         at checkpoints), then training goes on."""

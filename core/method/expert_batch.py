@@ -74,7 +74,9 @@ class ExpertBatch:
         """N fresh copies of the base weights (the text encoder's only when it is tuned; else it is shared)."""
         tune_text = self.cfg.train_text_encoder
         self.params = {
-            part: {k: v.unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_(True) for k, v in self._base[part].items()}
+            part: {
+                k: v.unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_(True) for k, v in self._base[part].items()
+            }
             for part in (("unet", "text") if tune_text else ("unet",))
         }
 
@@ -96,7 +98,12 @@ class ExpertBatch:
         """x (N, B, C, H, W), t (N, B) or a scalar, states (N, B, L, D) -> the UNets' outputs (N, B, C', H, W)."""
 
         def one(params, x, t, states):
-            return functional_call(self._unet, (params, self._buffers["unet"]), (x, t), {"encoder_hidden_states": states, "return_dict": False})[0]
+            return functional_call(
+                self._unet,
+                (params, self._buffers["unet"]),
+                (x, t),
+                {"encoder_hidden_states": states, "return_dict": False},
+            )[0]
 
         return vmap(one, in_dims=(0, 0, 0 if t.dim() else None, 0))(self.params["unet"], x, t, states)
 
@@ -113,17 +120,24 @@ class ExpertBatch:
         cfg, backbone, device = self.cfg, self.backbone, self.backbone.device
         n = len(jobs)
         self._stack(n)
-        opt = torch.optim.AdamW([p for part in self.params.values() for p in part.values()], lr=cfg.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(
+            [p for part in self.params.values() for p in part.values()], lr=cfg.lr, weight_decay=0.0
+        )
         # Demos in model space, padded to the most any subject has: (N, D, C, H, W), unflipped and flipped.
         counts = [len(images) for images, _, _ in jobs]
         most = max(counts)
         pixels = torch.stack(
-            [bb.images_to_tensor(bb.fit_images(images + images[:1] * (most - len(images)), backbone.resolution)) for images, _, _ in jobs]
+            [
+                bb.images_to_tensor(bb.fit_images(images + images[:1] * (most - len(images)), backbone.resolution))
+                for images, _, _ in jobs
+            ]
         ).to(device)
         flat = pixels.flatten(0, 1)
         plain = bb.to_model_space(backbone, flat).unflatten(0, (n, most))
         flipped = bb.to_model_space(backbone, flat.flip(-1)).unflatten(0, (n, most))
-        ids = torch.stack([tokenize(backbone.tokenizer, captions + captions[:1] * (most - len(captions))) for _, captions, _ in jobs]).to(device)
+        ids = torch.stack(
+            [tokenize(backbone.tokenizer, captions + captions[:1] * (most - len(captions))) for _, captions, _ in jobs]
+        ).to(device)
         generators = [torch.Generator().manual_seed(seed) for _, _, seed in jobs]
         channels, rows = plain.shape[2], torch.arange(n, device=device)[:, None]
         scheduler = backbone.noise_scheduler
@@ -142,7 +156,9 @@ class ExpertBatch:
             with autocast(device):
                 with torch.set_grad_enabled("text" in self.params):
                     states = self._encode(ids[rows, idx])
-                noisy = scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).unflatten(0, (n, cfg.batch_size))
+                noisy = scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).unflatten(
+                    0, (n, cfg.batch_size)
+                )
                 pred = self._predict(noisy, t, states)
                 # Each subject's mean squared error (the noise half of a learned-variance UNet), summed: independent gradients.
                 per = F.mse_loss(pred[:, :, :channels].float(), noise.float(), reduction="none").flatten(1).mean(1)
@@ -168,7 +184,9 @@ class ExpertBatch:
         cfg, backbone, device = self.cfg, self.backbone, self.backbone.device
         n, most = len(prompts), max(len(p) for p in prompts)
         padded = [p + p[:1] * (most - len(p)) for p in prompts]
-        ids = torch.stack([torch.cat([tokenize(backbone.tokenizer, [""] * most), tokenize(backbone.tokenizer, p)]) for p in padded]).to(device)
+        ids = torch.stack(
+            [torch.cat([tokenize(backbone.tokenizer, [""] * most), tokenize(backbone.tokenizer, p)]) for p in padded]
+        ).to(device)
         scheduler = sampling.create_sampler(cfg.sampler, backbone.noise_scheduler)
         scheduler.set_timesteps(cfg.num_inference_steps)
         shape = bb.model_shape(backbone, most)
@@ -182,7 +200,9 @@ class ExpertBatch:
                 eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
                 if out.shape[2] > shape[1] and sampling.learned_variance(scheduler):
                     eps = torch.cat([eps, out[:, most:, shape[1] :]], dim=2)
-                x = scheduler.step(eps.flatten(0, 1), t, x.flatten(0, 1), generator=generator).prev_sample.unflatten(0, (n, most))
+                x = scheduler.step(eps.flatten(0, 1), t, x.flatten(0, 1), generator=generator).prev_sample.unflatten(
+                    0, (n, most)
+                )
                 step_done(device)
         images = bb.tensor_to_images(bb.from_model_space(backbone, x.flatten(0, 1).float()))
         return [images[i * most : i * most + len(p)] for i, p in enumerate(prompts)]

@@ -47,10 +47,22 @@ def select_cluster(image_emb: np.ndarray, text_emb: np.ndarray, cfg: MineConfig)
     return keep, "", outliers
 
 
-DROP_COUNTERS = {"too_small": "dropped_too_small", "incoherent": "dropped_incoherent", "off_caption": "dropped_off_caption"}
+DROP_COUNTERS = {
+    "too_small": "dropped_too_small",
+    "incoherent": "dropped_incoherent",
+    "off_caption": "dropped_off_caption",
+}
 
 
-def cluster_row(url: str, images: list[bytes], captions: list[str], truths: set, cfg: MineConfig, rng: np.random.Generator, resolution: int) -> dict:
+def cluster_row(
+    url: str,
+    images: list[bytes],
+    captions: list[str],
+    truths: set,
+    cfg: MineConfig,
+    rng: np.random.Generator,
+    resolution: int,
+) -> dict:
     """A D_S row for a kept cluster (PNG demos with their captions) with unseen prompts written from templates."""
     class_name = _class_of(captions)
     subject_id = "s" + hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -80,12 +92,16 @@ def purity(all_truths: list[set], kept_truths: list[set]) -> dict:
     }
 
 
-def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32, progress: bool = True) -> tuple[list[dict], dict]:
+def mine(
+    corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32, progress: bool = True
+) -> tuple[list[dict], dict]:
     """corpus: a CORPUS_SCHEMA table. Returns (D_S rows, summary counts)."""
     groups: dict[str, list[tuple[np.ndarray, str, str | None]]] = defaultdict(list)
     corrupt = 0
     resized = 0
-    for url, image, caption, truth in zip(*(corpus.column(c).to_pylist() for c in ("url", "image", "caption", "truth_subject_id"))):
+    for url, image, caption, truth in zip(
+        *(corpus.column(c).to_pylist() for c in ("url", "image", "caption", "truth_subject_id"))
+    ):
         try:
             img = from_png(image)
         except ValueError:
@@ -95,7 +111,9 @@ def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32
             img = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BICUBIC))
             resized += 1
         groups[url].append((img, caption or "", truth))
-    summary = Counter(groups=len(groups), images=corpus.num_rows, corrupt_images_skipped=corrupt, images_resized=resized)
+    summary = Counter(
+        groups=len(groups), images=corpus.num_rows, corrupt_images_skipped=corrupt, images_resized=resized
+    )
     rng = np.random.default_rng(cfg.seed)
     rows = []
     kept_truths: list[set] = []
@@ -113,7 +131,17 @@ def mine(corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32
             summary[DROP_COUNTERS[dropped]] += 1
             continue
         kept_truths.append({members[i][2] for i in keep})
-        rows.append(cluster_row(url, [to_png(images[i]) for i in keep], [members[i][1] for i in keep], kept_truths[-1], cfg, rng, resolution))
+        rows.append(
+            cluster_row(
+                url,
+                [to_png(images[i]) for i in keep],
+                [members[i][1] for i in keep],
+                kept_truths[-1],
+                cfg,
+                rng,
+                resolution,
+            )
+        )
     summary["kept"] = len(rows)
     summary.update(purity([{m[2] for m in groups[u]} for u in groups], kept_truths))
     return rows, dict(summary)

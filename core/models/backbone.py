@@ -104,7 +104,9 @@ REAL_PRESETS = {"sd15": "Stable Diffusion 1.x", "sd21": "Stable Diffusion 2.x", 
 def create_backbone(preset: str = "tiny", seed: int = 0) -> Backbone:
     """A randomly initialised backbone from a named preset."""
     if preset in REAL_PRESETS:
-        raise ValueError(f"{preset!r} ({REAL_PRESETS[preset]}) is a pretrained backbone: set model.path to its folder (or hf://org/name in the local Hugging Face cache) instead of pretraining it")
+        raise ValueError(
+            f"{preset!r} ({REAL_PRESETS[preset]}) is a pretrained backbone: set model.path to its folder (or hf://org/name in the local Hugging Face cache) instead of pretraining it"
+        )
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
     spec = PRESETS[preset]
@@ -161,11 +163,17 @@ def load_backbone(folder: str) -> Backbone:
     folder = resolve_model_dir(folder)
     sub = lambda name: os.path.join(folder, name)
     unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True)
-    text_class = T5EncoderModel if AutoConfig.from_pretrained(sub("text_encoder")).model_type == "t5" else CLIPTextModel
+    text_class = (
+        T5EncoderModel if AutoConfig.from_pretrained(sub("text_encoder")).model_type == "t5" else CLIPTextModel
+    )
     text_encoder = text_class.from_pretrained(sub("text_encoder"), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
     scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(sub("scheduler")))
-    vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True).eval().requires_grad_(False) if os.path.isdir(sub("vae")) else None
+    vae = (
+        AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True).eval().requires_grad_(False)
+        if os.path.isdir(sub("vae"))
+        else None
+    )
     return Backbone(unet, text_encoder, tokenizer, scheduler, image_resolution(unet, vae), vae)
 
 
@@ -204,7 +212,9 @@ def encode_text(backbone: Backbone, prompts: list[str] | torch.Tensor) -> torch.
     pipeline does; CLIP (SD and the toy presets) without a mask, as SD does."""
     ids = (tokenize(backbone.tokenizer, prompts) if isinstance(prompts, list) else prompts).to(backbone.device)
     if isinstance(backbone.text_encoder, T5EncoderModel):
-        return backbone.text_encoder(ids, attention_mask=(ids != backbone.tokenizer.pad_token_id).long()).last_hidden_state
+        return backbone.text_encoder(
+            ids, attention_mask=(ids != backbone.tokenizer.pad_token_id).long()
+        ).last_hidden_state
     return backbone.text_encoder(ids).last_hidden_state
 
 
@@ -238,5 +248,3 @@ def from_model_space(backbone: Backbone, z: torch.Tensor) -> torch.Tensor:
 def model_shape(backbone: Backbone, n: int) -> tuple[int, int, int, int]:
     size = int(backbone.unet.config.sample_size)
     return (n, int(backbone.unet.config.in_channels), size, size)
-
-

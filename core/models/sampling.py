@@ -40,7 +40,9 @@ def denoising_loss(
     # spares a large batch the CPU draw and copy).
     where = generator.device if generator is not None else torch.device("cpu")
     noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=where).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=where).to(
+        x0.device
+    )
     noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
     # A UNet with learned variance (IF: 2C output channels) is fine-tuned on its noise half only, as diffusers'
@@ -137,7 +139,9 @@ def renoise(
     timesteps = sampler.timesteps[num_inference_steps - max(1, int(round(num_inference_steps * strength))) :]
     generator = torch.Generator().manual_seed(seed)
     x0 = images_to_tensor(images).to(device)
-    x = sampler.add_noise(x0, torch.randn(x0.shape, generator=generator).to(device), timesteps[:1].repeat(len(x0)).to(device))
+    x = sampler.add_noise(
+        x0, torch.randn(x0.shape, generator=generator).to(device), timesteps[:1].repeat(len(x0)).to(device)
+    )
     for t in timesteps:
         eps_u, eps_c = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample.chunk(2)
         x = sampler.step(eps_u + guidance_scale * (eps_c - eps_u), t, x, generator=generator).prev_sample

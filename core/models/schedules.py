@@ -9,7 +9,10 @@ import torch
 
 
 def warmup_cosine(
-    opt: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.05, clock: Callable[[], float] | None = None
+    opt: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float = 0.05,
+    clock: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over the first `warmup_fraction` of training, then cosine decay to 10% of the base rate.
 
@@ -23,7 +26,9 @@ def warmup_cosine(
         if clock is not None:
             progress = max(progress, clock())
         if progress < warmup_fraction:
-            return max(step + 1, progress / warmup_fraction * max(1, total_steps * warmup_fraction)) / max(1, total_steps * warmup_fraction)
+            return max(step + 1, progress / warmup_fraction * max(1, total_steps * warmup_fraction)) / max(
+                1, total_steps * warmup_fraction
+            )
         progress = min(1.0, (progress - warmup_fraction) / (1 - warmup_fraction))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -23,7 +23,13 @@ from core.data.storage import sha256_files
 def model_config(cfg: ScorerConfig, resolution: int = 32) -> dict:
     return {
         "embed_dim": cfg.embed_dim,
-        "vision_cfg": {"image_size": resolution, "layers": cfg.layers, "width": cfg.width, "patch_size": 4, "head_width": 16},
+        "vision_cfg": {
+            "image_size": resolution,
+            "layers": cfg.layers,
+            "width": cfg.width,
+            "patch_size": 4,
+            "head_width": 16,
+        },
         "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": cfg.width, "heads": 4, "layers": cfg.layers},
     }
 
@@ -83,7 +89,9 @@ def create_scorer(cfg: ScorerConfig, resolution: int = 32) -> Scorer:
 
 def save_scorer(scorer: Scorer, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in scorer.model.state_dict().items()}, os.path.join(folder, "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in scorer.model.state_dict().items()}, os.path.join(folder, "model.safetensors")
+    )
     with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
         json.dump(scorer.config, f, indent=1)
 
@@ -97,5 +105,3 @@ def load_scorer(folder: str) -> Scorer:
     model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
     digest = sha256_files([os.path.join(folder, "model.safetensors"), os.path.join(folder, "open_clip_config.json")])
     return Scorer(model, name, config, digest)
-
-

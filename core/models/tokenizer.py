@@ -28,7 +28,9 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def _bytes_to_unicode() -> dict[int, str]:
     # The byte-to-character table of GPT-2/CLIP BPE (as in open_clip.tokenizer.bytes_to_unicode).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):

@@ -35,10 +35,19 @@ class SuTIPipeline(DiffusionPipeline):
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, demo_adapter: DemoAdapter, vae=None):
         super().__init__()
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, demo_adapter=demo_adapter, vae=vae)
+        self.register_modules(
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            demo_adapter=demo_adapter,
+            vae=vae,
+        )
         if vae is not None:
             vae.requires_grad_(False)
-        backbone = Backbone(unet, text_encoder, tokenizer, noise_schedule_of(scheduler), image_resolution(unet, vae), vae)
+        backbone = Backbone(
+            unet, text_encoder, tokenizer, noise_schedule_of(scheduler), image_resolution(unet, vae), vae
+        )
         # A view over the same modules (no copies): the apprentice the training and serving code use.
         self.apprentice = Apprentice(backbone, adapter=demo_adapter)
 
@@ -46,8 +55,12 @@ class SuTIPipeline(DiffusionPipeline):
     def from_apprentice(cls, apprentice: Apprentice, sampler: str = "ddim") -> SuTIPipeline:
         """Wrap a trained apprentice; `sampler` ("ddim" or "ddpm") becomes the pipeline's scheduler."""
         return cls(
-            unet=apprentice.unet, text_encoder=apprentice.text_encoder, tokenizer=apprentice.tokenizer,
-            scheduler=create_sampler(sampler, apprentice.noise_scheduler), demo_adapter=apprentice.adapter, vae=apprentice.vae,
+            unet=apprentice.unet,
+            text_encoder=apprentice.text_encoder,
+            tokenizer=apprentice.tokenizer,
+            scheduler=create_sampler(sampler, apprentice.noise_scheduler),
+            demo_adapter=apprentice.adapter,
+            vae=apprentice.vae,
         )
 
     @staticmethod
@@ -56,7 +69,9 @@ class SuTIPipeline(DiffusionPipeline):
             return np.asarray(image.convert("RGB"))
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"a demo image must be a PIL image or a uint8 (H, W, 3) array; got {arr.dtype} {arr.shape}")
+            raise ValueError(
+                f"a demo image must be a PIL image or a uint8 (H, W, 3) array; got {arr.dtype} {arr.shape}"
+            )
         return arr
 
     @torch.no_grad()
@@ -88,12 +103,16 @@ class SuTIPipeline(DiffusionPipeline):
             SampleRequest(p, images, captions, num_images_per_prompt, 0, guidance_scale, demo_guidance_scale, g)
             for p, g in zip(prompts, generators)
         ]
-        drawn = np.concatenate(sample_batch(self.apprentice, requests, sampler=self.scheduler, num_inference_steps=num_inference_steps))
+        drawn = np.concatenate(
+            sample_batch(self.apprentice, requests, sampler=self.scheduler, num_inference_steps=num_inference_steps)
+        )
         out = [Image.fromarray(a) for a in drawn] if output_type == "pil" else drawn
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
 
-def save_apprentice(apprentice: Apprentice, folder: str, extra_config: dict | None = None, sampler: str = "ddim") -> None:
+def save_apprentice(
+    apprentice: Apprentice, folder: str, extra_config: dict | None = None, sampler: str = "ddim"
+) -> None:
     """Write the apprentice as a diffusers pipeline folder (`SuTIPipeline`: model_index.json, one folder per
     component, safetensors), plus `apprentice_config.json` with `extra_config` (provenance, training settings)."""
     SuTIPipeline.from_apprentice(apprentice, sampler).save_pretrained(folder)

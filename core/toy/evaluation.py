@@ -29,8 +29,12 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
         subject = test[int(idx)]
         demos = toyworld.demonstrations(subject, cfg.num_demos, rng, world.resolution)
         prompts = toyworld.prompts_for(
-            subject.class_name, cfg.prompts_per_subject, rng, world.resolution,
-            keep_colours=(subject.body, subject.pattern_colour), key=subject.subject_id,
+            subject.class_name,
+            cfg.prompts_per_subject,
+            rng,
+            world.resolution,
+            keep_colours=(subject.body, subject.pattern_colour),
+            key=subject.subject_id,
         )
         records.append(
             {
@@ -53,10 +57,13 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
     return records
 
 
-def score(records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer, reader) -> dict[str, dict]:
+def score(
+    records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer, reader
+) -> dict[str, dict]:
     """outputs[method][record][prompt][sample] = uint8 (H, W, 3); `reader`: trained attribute readers
     (core.toy.readers). Returns per-method mean metrics."""
     from core.toy import readers
+
     table = {}
     for method, per_record in outputs.items():
         subj, text, clip_i, clip_t = [], [], [], []

@@ -40,7 +40,9 @@ def random_caption(subject: toyworld.Subject, scene: toyworld.Scene, rng: np.ran
     return ""
 
 
-def toy_scenes(subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int) -> tuple[list[toyworld.Subject], list[toyworld.Scene], list[str]]:
+def toy_scenes(
+    subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int
+) -> tuple[list[toyworld.Subject], list[toyworld.Scene], list[str]]:
     """A batch's subjects, scenes and captions (nothing drawn yet)."""
     picked, scenes, captions = [], [], []
     for i in rng.choice(len(subjects), size=batch_size):
@@ -65,7 +67,13 @@ class CaptionStream(torch.utils.data.IterableDataset):
     here: in the training process the BPE tokenizer costs about as long as a GPU step."""
 
     def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer):
-        self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = subjects, batch_size, seed, size, tokenizer
+        self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = (
+            subjects,
+            batch_size,
+            seed,
+            size,
+            tokenizer,
+        )
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -129,12 +137,20 @@ def pretrain(
     modules.train()
     losses, pending = [], []
     # The background noise of the drawn images comes from its own stream, on the device.
-    render_generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(cfg.seed + 7919 * start + 1)
-    for step, (scenes, ids) in zip(tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader):
-        images = toyrender.render_batch(scenes, backbone.resolution, backbone.device if backbone.device.type == "cuda" else "cpu", render_generator)
+    render_generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(
+        cfg.seed + 7919 * start + 1
+    )
+    for step, (scenes, ids) in zip(
+        tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader
+    ):
+        images = toyrender.render_batch(
+            scenes, backbone.resolution, backbone.device if backbone.device.type == "cuda" else "cpu", render_generator
+        )
         x0 = images.to(backbone.device).div(127.5).sub(1.0)
         with autocast:
-            loss = sampling.denoising_loss(backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator)
+            loss = sampling.denoising_loss(
+                backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)

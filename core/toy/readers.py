@@ -60,7 +60,9 @@ def random_scene_for_readers(rng: np.random.Generator, size: int) -> tw.Scene:
     )
 
 
-def labelled_batch(subjects: list[tw.Subject], batch_size: int, rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def labelled_batch(
+    subjects: list[tw.Subject], batch_size: int, rng: np.random.Generator, size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (B, H, W, 3), int64 labels (B, len(HEADS)))."""
     images, labels = [], []
     for i in rng.choice(len(subjects), size=batch_size):
@@ -94,7 +96,12 @@ class AttributeReader(nn.Module):
 
         self.width = width
         self.features = nn.Sequential(
-            block(3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1), block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 2)
+            block(3, w, 1),
+            block(w, w, 1),
+            block(w, 2 * w, 2),
+            block(2 * w, 2 * w, 1),
+            block(2 * w, 4 * w, 2),
+            block(4 * w, 4 * w, 2),
         )
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(256, len(values)) for name, values in HEADS.items()})
@@ -154,7 +161,10 @@ def train_readers(
     sched = warmup_cosine(opt, steps, clock=deadline_clock(deadline))
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        LabelledStream(subjects, batch_size, seed, 32), batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        LabelledStream(subjects, batch_size, seed, 32),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
     rng = np.random.default_rng(seed + 1)
     losses = []
@@ -206,7 +216,10 @@ def accuracy(reader: AttributeReader, images: np.ndarray, labels: np.ndarray) ->
 
 def save_readers(reader: AttributeReader, folder: str, dtype: torch.dtype = torch.float16) -> None:
     os.makedirs(folder, exist_ok=True)
-    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in reader.state_dict().items()}, os.path.join(folder, "readers.safetensors"))
+    save_file(
+        {k: v.detach().to("cpu", dtype).contiguous() for k, v in reader.state_dict().items()},
+        os.path.join(folder, "readers.safetensors"),
+    )
     with open(os.path.join(folder, "readers.json"), "w") as f:
         json.dump({"width": reader.width, "heads": {k: list(v) for k, v in HEADS.items()}}, f, indent=1)
 

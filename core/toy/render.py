@@ -23,7 +23,19 @@ from core.toy import world as tw
 _COLOURS = list(tw.PALETTE)
 _BACKGROUNDS = list(tw.BACKGROUNDS)
 _ACCESSORIES = list(tw.ACCESSORIES)
-FIELDS = ("class_idx", "body", "pattern", "pattern_colour", "background", "cx", "cy", "radius", "upside_down", "accessory", "style")
+FIELDS = (
+    "class_idx",
+    "body",
+    "pattern",
+    "pattern_colour",
+    "background",
+    "cx",
+    "cy",
+    "radius",
+    "upside_down",
+    "accessory",
+    "style",
+)
 
 
 def pack_scenes(subjects: list[tw.Subject], scenes: list[tw.Scene]) -> dict[str, np.ndarray]:
@@ -51,7 +63,9 @@ def pack_scenes(subjects: list[tw.Subject], scenes: list[tw.Scene]) -> dict[str,
 @functools.lru_cache(maxsize=8)
 def _textures(size: int, device: str) -> torch.Tensor:
     """(8, H, W) background textures in `BACKGROUNDS` order (`toyworld.texture`)."""
-    return torch.from_numpy(np.stack([tw.texture(name, size) for name in _BACKGROUNDS])).to(device=device, dtype=torch.float32)
+    return torch.from_numpy(np.stack([tw.texture(name, size) for name in _BACKGROUNDS])).to(
+        device=device, dtype=torch.float32
+    )
 
 
 def _shape_masks(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -86,7 +100,10 @@ def render_batch(
     """Draw a batch packed by `pack_scenes`. Returns float32 (B, 3, H, W) holding whole numbers in [0, 255].
 
     `noise` (B, H, W, 3) is the background's pixel noise; by default N(0, 3) from `generator` (on `device`)."""
-    a = {k: torch.as_tensor(np.asarray(arrays[k]) if not torch.is_tensor(arrays[k]) else arrays[k], device=device) for k in FIELDS}
+    a = {
+        k: torch.as_tensor(np.asarray(arrays[k]) if not torch.is_tensor(arrays[k]) else arrays[k], device=device)
+        for k in FIELDS
+    }
     b = a["cx"].shape[0]
     f32 = {"device": device, "dtype": torch.float32}
     palette = torch.tensor(list(tw.PALETTE.values()), **f32)
@@ -122,7 +139,9 @@ def render_batch(
     acc = a["accessory"]
     # Hat: above the subject.
     top = cy - r
-    hat = ((xx - cx).abs() <= r * 0.5) & (yy >= top - 4) & (yy < top) & (acc == _ACCESSORIES.index("hat"))[:, None, None]
+    hat = (
+        ((xx - cx).abs() <= r * 0.5) & (yy >= top - 4) & (yy < top) & (acc == _ACCESSORIES.index("hat"))[:, None, None]
+    )
     img = paint(hat, accessories[_ACCESSORIES.index("hat")])
     # Flag: a pole right of the subject and a flag at its top.
     is_flag = (acc == _ACCESSORIES.index("flag"))[:, None, None]
@@ -139,7 +158,12 @@ def render_batch(
     img = paint(((xx - bx) ** 2 + (yy - by) ** 2 <= 6.5) & is_balloon, accessories[_ACCESSORIES.index("balloon")])
     # Pedestal: below.
     bottom = cy + r
-    stand = ((xx - cx).abs() <= r * 0.8) & (yy > bottom) & (yy <= bottom + 3) & (acc == _ACCESSORIES.index("pedestal"))[:, None, None]
+    stand = (
+        ((xx - cx).abs() <= r * 0.8)
+        & (yy > bottom)
+        & (yy <= bottom + 3)
+        & (acc == _ACCESSORIES.index("pedestal"))[:, None, None]
+    )
     img = paint(stand, accessories[_ACCESSORIES.index("pedestal")])
     img = img.clamp(0, 255)
 

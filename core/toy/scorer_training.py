@@ -23,7 +23,12 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_scorer(
-    cfg: ScorerConfig, subjects: list[toyworld.Subject], resolution: int = 32, progress: bool = True, device: str | torch.device = "cpu", deadline: float | None = None
+    cfg: ScorerConfig,
+    subjects: list[toyworld.Subject],
+    resolution: int = 32,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    deadline: float | None = None,
 ) -> tuple[Scorer, list[float]]:
     """Contrastive training on renders of `subjects` with identity-spelling captions. Returns (scorer, losses).
     `deadline` (a `time.monotonic()` value) ends training early; the scorer comes back on the CPU."""

@@ -88,11 +88,7 @@ class Prompt:
 
 def all_subjects() -> list[Subject]:
     colours = list(PALETTE)
-    return [
-        Subject(c, b, p, pc)
-        for c, b, p, pc in product(CLASSES, colours, PATTERNS, colours)
-        if pc != b
-    ]
+    return [Subject(c, b, p, pc) for c, b, p, pc in product(CLASSES, colours, PATTERNS, colours) if pc != b]
 
 
 def _unit_hash(*parts: object) -> float:
@@ -187,7 +183,9 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
     elif scene.accessory == "flag":
         pole_x = int(round(scene.cx + scene.radius + 2))
         pole = (xx == pole_x) & (yy >= scene.cy - scene.radius) & (yy <= scene.cy + scene.radius)
-        flag = (xx > pole_x) & (xx <= pole_x + 4) & (yy >= scene.cy - scene.radius) & (yy < scene.cy - scene.radius + 4)
+        flag = (
+            (xx > pole_x) & (xx <= pole_x + 4) & (yy >= scene.cy - scene.radius) & (yy < scene.cy - scene.radius + 4)
+        )
         img[pole] = (90, 90, 90)
         img[flag] = ACCESSORIES["flag"]
     elif scene.accessory == "balloon":
@@ -236,7 +234,12 @@ def random_scene(rng: np.random.Generator, size: int = 32, **overrides) -> Scene
 # ---------------------------------------------------------------- captions and prompts
 
 
-ACCESSORY_PHRASES = {"hat": "wearing a hat", "flag": "with a flag", "balloon": "with a balloon", "pedestal": "on a pedestal"}
+ACCESSORY_PHRASES = {
+    "hat": "wearing a hat",
+    "flag": "with a flag",
+    "balloon": "with a balloon",
+    "pedestal": "on a pedestal",
+}
 
 # Prompt templates, in the spirit of DreamBench's 25, for the toy vocabulary: (skill, scene overrides). Only a
 # re-contextualization names the background; the others leave it to the model, as DreamBench's do.
@@ -265,7 +268,9 @@ def _caption(head: str, scene: Scene, with_background: bool) -> str:
 def full_caption(subject: Subject, scene: Scene, with_background: bool = True) -> str:
     """Identity spelled out: for base pretraining and scorer training on train subjects only."""
     body = scene.body or subject.body
-    return _caption(f"a {body} {subject.class_name} with {subject.pattern_colour} {subject.pattern}", scene, with_background)
+    return _caption(
+        f"a {body} {subject.class_name} with {subject.pattern_colour} {subject.pattern}", scene, with_background
+    )
 
 
 def prompt_text(class_name: str, scene: Scene, with_background: bool = True) -> str:
@@ -287,7 +292,12 @@ def scene_truth(scene: Scene, with_background: bool = True) -> dict:
 
 
 def prompts_for(
-    class_name: str, count: int, rng: np.random.Generator, size: int = 32, keep_colours: tuple[str, ...] = (), key: str = ""
+    class_name: str,
+    count: int,
+    rng: np.random.Generator,
+    size: int = 32,
+    keep_colours: tuple[str, ...] = (),
+    key: str = "",
 ) -> list[tuple[Prompt, Scene]]:
     """Unseen prompts p_s for a subject of `class_name` from `TEMPLATES`, cycling through the skills; each comes
     with the scene an oracle would draw. A property edit never asks for a colour in `keep_colours` (the subject's
@@ -308,7 +318,9 @@ def prompts_for(
 # ---------------------------------------------------------------- images as bytes
 
 
-def demonstrations(subject: Subject, count: int, rng: np.random.Generator, size: int = 32) -> list[tuple[np.ndarray, str]]:
+def demonstrations(
+    subject: Subject, count: int, rng: np.random.Generator, size: int = 32
+) -> list[tuple[np.ndarray, str]]:
     """C_s: `count` renders of the subject in random plain scenes, each with a class-only caption."""
     out = []
     for _ in range(count):

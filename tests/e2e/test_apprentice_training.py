@@ -75,7 +75,16 @@ def final_state(out: dict) -> dict:
 
 def test_two_worker_ddp_sigkilled_worker_resumes_from_its_checkpoint(smoke, tmp_path):
     config, _ = smoke
-    cfg = dataclasses.replace(config.apprentice, num_workers=2, threads=1, steps=12, batch_size=4, checkpoint_every=4, log_every=2, passes_per_epoch=1)
+    cfg = dataclasses.replace(
+        config.apprentice,
+        num_workers=2,
+        threads=1,
+        steps=12,
+        batch_size=4,
+        checkpoint_every=4,
+        log_every=2,
+        passes_per_epoch=1,
+    )
     root, run = str(tmp_path / "train"), "ddp-kill"
     thread, out = start_fit(config, cfg, config.paths.g, root, run)
     deadline = time.monotonic() + 300
@@ -119,7 +128,9 @@ def test_training_waits_for_g_and_reads_shards_written_while_it_runs(smoke, tmp_
         shutil.copy(shard, g / (os.path.basename(shard) + ".tmp"))
         os.rename(g / (os.path.basename(shard) + ".tmp"), g / os.path.basename(shard))
 
-    cfg = dataclasses.replace(config.apprentice, steps=14, batch_size=4, checkpoint_every=2, log_every=2, passes_per_epoch=1, g_wait_s=120)
+    cfg = dataclasses.replace(
+        config.apprentice, steps=14, batch_size=4, checkpoint_every=2, log_every=2, passes_per_epoch=1, g_wait_s=120
+    )
     root, run = str(tmp_path / "train"), "streaming"
     thread, out = start_fit(config, cfg, str(g), root, run)
     time.sleep(3.0)  # training has started and waits: G is empty

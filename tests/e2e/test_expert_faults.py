@@ -27,7 +27,14 @@ def test_sigkilled_expert_is_retried_and_every_key_lands_once(smoke, tmp_path):
 
     def work() -> None:
         out["results"], out["summary"] = run_pool(
-            records, config.paths.base, config.paths.scorer, cfg, provenance(config), g_uri, config.filter, progress=False
+            records,
+            config.paths.base,
+            config.paths.scorer,
+            cfg,
+            provenance(config),
+            g_uri,
+            config.filter,
+            progress=False,
         )
 
     thread = threading.Thread(target=work)
@@ -47,5 +54,7 @@ def test_sigkilled_expert_is_retried_and_every_key_lands_once(smoke, tmp_path):
     assert summary["done"] == len(records) and summary.get("failed", 0) == 0, summary
     g = storage.read_table(g_uri, schema.G_SCHEMA, "paths.g", "G")
     keys = list(zip(*(g.column(c).to_pylist() for c in schema.G_KEY)))
-    expected = {(r["subject_id"], pid, j) for r in records for pid in r["prompt_ids"] for j in range(cfg.samples_per_prompt)}
+    expected = {
+        (r["subject_id"], pid, j) for r in records for pid in r["prompt_ids"] for j in range(cfg.samples_per_prompt)
+    }
     assert len(keys) == len(set(keys)) and set(keys) == expected

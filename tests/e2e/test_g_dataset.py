@@ -16,9 +16,20 @@ def rows(subject: str, deltas: list[float], scorer: str = "s") -> list[dict]:
     demos = [png() for _ in range(4)]
     return [
         {
-            "subject_id": subject, "prompt_id": f"p{i}", "sample_index": 0, "prompt": "a ball on sand", "prompt_skill": "recontextualization",
-            "image": png(), "demo_images": demos, "demo_captions": ["a ball on grass"] * 4, "clip_score": 0.5 + d,
-            "ref_clip_score": 0.5, "delta": d, "base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": scorer,
+            "subject_id": subject,
+            "prompt_id": f"p{i}",
+            "sample_index": 0,
+            "prompt": "a ball on sand",
+            "prompt_skill": "recontextualization",
+            "image": png(),
+            "demo_images": demos,
+            "demo_captions": ["a ball on grass"] * 4,
+            "clip_score": 0.5 + d,
+            "ref_clip_score": 0.5,
+            "delta": d,
+            "base_checkpoint_hash": "b",
+            "expert_config_hash": "e",
+            "scorer_hash": scorer,
         }
         for i, d in enumerate(deltas)
     ]
@@ -33,11 +44,24 @@ def tokenizer_dir(tmp_path_factory):
 
 def test_threshold_filters_at_read_time_and_batches_decode(ray_session, tmp_path, tokenizer_dir):
     g = str(tmp_path / "g")
-    storage.write_shard(schema.table_from_rows(rows("a", [-0.1, 0.0, 0.01, 0.03]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-a")
-    storage.write_shard(schema.table_from_rows(rows("b", [0.02, 0.05]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b")
-    counts = {t: sum(len(b["image"]) for b in read_g(g, t, tokenizer_dir, num_demos=3).iter_batches(batch_size=16)) for t in (None, 0.0, 0.02)}
+    storage.write_shard(
+        schema.table_from_rows(rows("a", [-0.1, 0.0, 0.01, 0.03]), schema.G_SCHEMA),
+        g,
+        schema.G_SCHEMA,
+        name="subject-a",
+    )
+    storage.write_shard(
+        schema.table_from_rows(rows("b", [0.02, 0.05]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b"
+    )
+    counts = {
+        t: sum(len(b["image"]) for b in read_g(g, t, tokenizer_dir, num_demos=3).iter_batches(batch_size=16))
+        for t in (None, 0.0, 0.02)
+    }
     assert counts == {None: 6, 0.0: 4, 0.02: 2}
-    assert sum(len(b["image"]) for b in read_g(g, 0.0, tokenizer_dir, num_demos=3, passes=3).iter_batches(batch_size=16)) == 12
+    assert (
+        sum(len(b["image"]) for b in read_g(g, 0.0, tokenizer_dir, num_demos=3, passes=3).iter_batches(batch_size=16))
+        == 12
+    )
     batch = next(iter(read_g(g, None, tokenizer_dir, num_demos=3, passes=2).iter_batches(batch_size=6)))
     assert batch["image"].shape == (6, 3, 32, 32) and batch["demo_images"].shape == (6, 3, 3, 32, 32)
     assert batch["input_ids"].shape == (6, 24) and batch["demo_ids"].shape == (6, 3, 24)
@@ -46,7 +70,11 @@ def test_threshold_filters_at_read_time_and_batches_decode(ray_session, tmp_path
 
 def test_g_mixing_scorers_is_refused(tmp_path, tokenizer_dir):
     g = str(tmp_path / "g")
-    storage.write_shard(schema.table_from_rows(rows("a", [0.1]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-a")
-    storage.write_shard(schema.table_from_rows(rows("b", [0.1], scorer="other"), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b")
+    storage.write_shard(
+        schema.table_from_rows(rows("a", [0.1]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-a"
+    )
+    storage.write_shard(
+        schema.table_from_rows(rows("b", [0.1], scorer="other"), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b"
+    )
     with pytest.raises(ValueError, match="G mixes 2 provenances"):
         read_g(g, 0.0, tokenizer_dir, num_demos=3)

@@ -45,15 +45,30 @@ def test_ray_data_mining_equals_the_in_process_miner(ray_session, corpus_uri, wh
     local_rows, local_summary = mine(table, load_scorer(scorer_dir), cfg, progress=False)
 
     assert summary["corrupt_images_skipped"] == 3 and summary["images"] == table.num_rows
-    for key in ("kept", "dropped_incoherent", "dropped_too_small", "dropped_off_caption", "images_dropped_as_outliers", "kept_pure_share"):
+    for key in (
+        "kept",
+        "dropped_incoherent",
+        "dropped_too_small",
+        "dropped_off_caption",
+        "images_dropped_as_outliers",
+        "kept_pure_share",
+    ):
         assert summary.get(key, 0) == pytest.approx(local_summary.get(key, 0)), (key, summary, local_summary)
     assert [r["subject_id"] for r in rows] == [r["subject_id"] for r in local_rows]
     for ours, theirs in zip(rows, local_rows):
         assert ours["demo_captions"] == theirs["demo_captions"] and ours["prompts"] == theirs["prompts"]
-        assert all(np.array_equal(from_png(a), from_png(b)) for a, b in zip(ours["demo_images"], theirs["demo_images"]))
+        assert all(
+            np.array_equal(from_png(a), from_png(b)) for a, b in zip(ours["demo_images"], theirs["demo_images"])
+        )
     schema.table_from_rows(rows, schema.DS_SCHEMA)
     assert 0 < summary["kept"] < summary["groups"], summary  # both ways of a decision were taken
     if which == "shipped":  # the trained scorer's filters remove mixed groups
         assert summary["kept_pure_share"] > summary["corpus_pure_share"], summary
     else:
-        assert summary["kept"] + summary.get("dropped_incoherent", 0) + summary.get("dropped_too_small", 0) + summary.get("dropped_off_caption", 0) == summary["groups"]
+        assert (
+            summary["kept"]
+            + summary.get("dropped_incoherent", 0)
+            + summary.get("dropped_too_small", 0)
+            + summary.get("dropped_off_caption", 0)
+            == summary["groups"]
+        )

@@ -70,8 +70,13 @@ def test_expert_fine_tunes_the_unet_only_and_resets(real_folder, smoke):
     backbone = bb.load_backbone(folder)
     scorer = load_scorer(config.paths.scorer)
     # Renders of another size (IF draws 64x64) are resized to the scorer's input.
-    assert scorer.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape == scorer.encode_images(np.zeros((1, 32, 32, 3), np.uint8)).shape
-    cfg = dataclasses.replace(config.expert, steps=2, batch_size=2, num_inference_steps=2, optimizer="adafactor", lr=1e-3)
+    assert (
+        scorer.encode_images(np.zeros((1, 64, 64, 3), np.uint8)).shape
+        == scorer.encode_images(np.zeros((1, 32, 32, 3), np.uint8)).shape
+    )
+    cfg = dataclasses.replace(
+        config.expert, steps=2, batch_size=2, num_inference_steps=2, optimizer="adafactor", lr=1e-3
+    )
     expert = Expert(backbone, scorer, cfg, provenance(config))
     record = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S").to_pylist()[0]
     unet_before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
@@ -89,9 +94,22 @@ def test_one_subject_through_the_expert_farm(real_folder, smoke, tmp_path):
     _kind, folder = real_folder
     config, _ = smoke
     records = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S").to_pylist()[:1]
-    cfg = dataclasses.replace(config.expert, steps=2, batch_size=2, num_inference_steps=2, num_actors=1, optimizer="adafactor", lr=1e-3)
-    results, summary = run_pool(records, folder, config.paths.scorer, cfg, provenance(config), str(tmp_path / "g"), config.filter, progress=False)
+    cfg = dataclasses.replace(
+        config.expert, steps=2, batch_size=2, num_inference_steps=2, num_actors=1, optimizer="adafactor", lr=1e-3
+    )
+    results, summary = run_pool(
+        records,
+        folder,
+        config.paths.scorer,
+        cfg,
+        provenance(config),
+        str(tmp_path / "g"),
+        config.filter,
+        progress=False,
+    )
     assert summary["done"] == 1 and summary.get("failed", 0) == 0, results
     g = storage.read_table(str(tmp_path / "g"), schema.G_SCHEMA, "paths.g", "G").to_pylist()
-    assert {(r["subject_id"], r["prompt_id"]) for r in g} == {(records[0]["subject_id"], p) for p in records[0]["prompt_ids"]}
+    assert {(r["subject_id"], r["prompt_id"]) for r in g} == {
+        (records[0]["subject_id"], p) for p in records[0]["prompt_ids"]
+    }
     assert all(from_png(r["image"]).shape == (32, 32, 3) and np.isfinite(r["delta"]) for r in g)

@@ -51,8 +51,15 @@ def _offline(apprentice, config, body: dict, seed: int) -> np.ndarray:
 
     demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     return sample(
-        apprentice, body["prompt"], demos, [d["caption"] for d in body["demos"]], num_images=body.get("num_images", 1),
-        sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=seed,
+        apprentice,
+        body["prompt"],
+        demos,
+        [d["caption"] for d in body["demos"]],
+        num_images=body.get("num_images", 1),
+        sampler=config.apprentice.sampler,
+        num_inference_steps=body["steps"],
+        guidance_scale=body["guidance_scale"],
+        seed=seed,
     )
 
 
@@ -70,7 +77,13 @@ def test_served_image_is_the_offline_samplers_and_depends_on_the_demos(served):
     assert reply.status_code == 200, reply.text
     offline = _offline(apprentice, config, body, seed=3)[0]
     assert np.abs(_images(reply)[0].astype(int) - offline.astype(int)).max() <= 2
-    kwargs = {"num_images": 1, "sampler": config.apprentice.sampler, "num_inference_steps": body["steps"], "guidance_scale": body["guidance_scale"], "seed": 3}
+    kwargs = {
+        "num_images": 1,
+        "sampler": config.apprentice.sampler,
+        "num_inference_steps": body["steps"],
+        "guidance_scale": body["guidance_scale"],
+        "seed": 3,
+    }
     without_demos = sample(apprentice, body["prompt"], [], [], **kwargs)[0]
     assert np.abs(without_demos.astype(int) - offline.astype(int)).max() > 10  # the demos travelled and mattered
 
@@ -150,8 +163,12 @@ def test_every_limit_is_a_4xx_naming_the_problem_and_the_replica_survives(served
     refused(dict(good, demos=[demo, dict(demo, image="not base64!")]), 422, "demos[1].image", "base64")
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
-    refused(dict(good, demos=[dict(demo, image=base64.b64encode(gif.getvalue()).decode())]), 422, "demos[0].image", "GIF")
-    refused(dict(good, demos=[dict(demo, image=_png(5000, 5000))]), 422, "demos[0].image", "too large")  # a 5000x5000 bomb of a few kB
+    refused(
+        dict(good, demos=[dict(demo, image=base64.b64encode(gif.getvalue()).decode())]), 422, "demos[0].image", "GIF"
+    )
+    refused(
+        dict(good, demos=[dict(demo, image=_png(5000, 5000))]), 422, "demos[0].image", "too large"
+    )  # a 5000x5000 bomb of a few kB
     refused(dict(good, demos=[demo] * 9), 422, "demos")
     refused(dict(good, demos=[]), 422, "demos")
     refused(dict(good, prompt="x" * 301), 422, "prompt")
@@ -159,12 +176,16 @@ def test_every_limit_is_a_4xx_naming_the_problem_and_the_replica_survives(served
     refused(dict(good, num_images=5), 422, "num_images")
     refused(dict(good, seed=-1), 422, "seed")
     refused(dict(good, extra_field=1), 422, "extra_field")
-    reply = requests.post(f"{url}/v1/generate", data=b"{not json", headers={"content-type": "application/json"}, timeout=60)
+    reply = requests.post(
+        f"{url}/v1/generate", data=b"{not json", headers={"content-type": "application/json"}, timeout=60
+    )
     assert reply.status_code == 422
     huge = b"{" + b" " * (config.serve.max_body_bytes + 1) + b"}"
     reply = requests.post(f"{url}/v1/generate", data=huge, headers={"content-type": "application/json"}, timeout=60)
     assert reply.status_code == 413
-    chunks = (b" " * (1 << 20) for _ in range(config.serve.max_body_bytes // (1 << 20) + 2))  # chunked: no Content-Length
+    chunks = (
+        b" " * (1 << 20) for _ in range(config.serve.max_body_bytes // (1 << 20) + 2)
+    )  # chunked: no Content-Length
     reply = requests.post(f"{url}/v1/generate", data=chunks, headers={"content-type": "application/json"}, timeout=60)
     assert reply.status_code == 413, reply.text[:300]
 
@@ -191,7 +212,13 @@ def test_web_page_draws_in_headless_chromium(served, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page()
@@ -242,7 +269,14 @@ def test_schemathesis_fuzzing_finds_no_server_error(served):
         has_input = bool(operation.body) or bool(operation.query) or bool(operation.headers)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,):
 
-            @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck), derandomize=True)
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                derandomize=True,
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case):
                 response = case.call(base_url=url, timeout=60)

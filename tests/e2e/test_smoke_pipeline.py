@@ -16,7 +16,12 @@ def test_g_holds_every_render_once_matching_the_schema(smoke):
     config, summaries = smoke
     ds = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
     subjects = ds.to_pylist()[: config.expert.max_subjects]
-    expected = {(s["subject_id"], pid, j) for s in subjects for pid in s["prompt_ids"] for j in range(config.expert.samples_per_prompt)}
+    expected = {
+        (s["subject_id"], pid, j)
+        for s in subjects
+        for pid in s["prompt_ids"]
+        for j in range(config.expert.samples_per_prompt)
+    }
     shards = storage.list_shards(config.paths.g)
     assert len(shards) == len(subjects)
     tables = [pq.read_table(s) for s in shards]
@@ -28,7 +33,10 @@ def test_g_holds_every_render_once_matching_the_schema(smoke):
     assert set(keys) == expected
     summary = summaries["experts"]
     assert summary["kept"] + summary["rejected"] == summary["renders"] == g.num_rows
-    assert len(set(g.column("scorer_hash").to_pylist())) == 1 and len(set(g.column("base_checkpoint_hash").to_pylist())) == 1
+    assert (
+        len(set(g.column("scorer_hash").to_pylist())) == 1
+        and len(set(g.column("base_checkpoint_hash").to_pylist())) == 1
+    )
 
 
 def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
@@ -66,11 +74,16 @@ def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
     g = storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G").to_pydict()
     arrays = decode_batch(g, storage.join(config.paths.base, "tokenizer"), config.apprentice.num_demos, seed=0)
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    models = {"start": Apprentice(load_backbone(config.paths.base)).eval(), "trained": load_apprentice(config.paths.apprentice)}
+    models = {
+        "start": Apprentice(load_backbone(config.paths.base)).eval(),
+        "trained": load_apprentice(config.paths.apprentice),
+    }
     losses = {}
     with torch.no_grad():
         for name, model in models.items():
-            losses[name] = np.mean([float(training_loss(model, batch, 0.0, 0.0, torch.Generator().manual_seed(s))) for s in range(4)])
+            losses[name] = np.mean(
+                [float(training_loss(model, batch, 0.0, 0.0, torch.Generator().manual_seed(s))) for s in range(4)]
+            )
     assert losses["trained"] < losses["start"], losses
 
 
@@ -99,7 +112,14 @@ def test_serve_answers_over_http_with_the_offline_sampler_image(smoke):
     body = example_request(config)
     demos = [from_png(base64.b64decode(d["image"])) for d in body["demos"]]
     offline = sample(
-        load_apprentice(config.paths.apprentice), body["prompt"], demos, [d["caption"] for d in body["demos"]],
-        num_images=1, sampler=config.apprentice.sampler, num_inference_steps=body["steps"], guidance_scale=body["guidance_scale"], seed=0,
+        load_apprentice(config.paths.apprentice),
+        body["prompt"],
+        demos,
+        [d["caption"] for d in body["demos"]],
+        num_images=1,
+        sampler=config.apprentice.sampler,
+        num_inference_steps=body["steps"],
+        guidance_scale=body["guidance_scale"],
+        seed=0,
     )[0]
     assert np.abs(served.astype(int) - offline.astype(int)).max() <= 2

@@ -24,11 +24,24 @@ def test_min_delta_sweep_trains_one_apprentice_per_value(smoke, ray_session, tmp
     root = tmp_path / "root"
     done = subprocess.run(
         [
-            sys.executable, "-m", "apps.train", "-m", "experiment=smoke", f"paths.root={root}", f"paths.g={config.paths.g}",
-            f"paths.base={config.paths.base}", f"filter.min_delta=null,{threshold}", "apprentice.steps=2",
-            f"cluster.address={ray_session.get_runtime_context().gcs_address}", f"hydra.sweep.dir={tmp_path}/multirun",
+            sys.executable,
+            "-m",
+            "apps.train",
+            "-m",
+            "experiment=smoke",
+            f"paths.root={root}",
+            f"paths.g={config.paths.g}",
+            f"paths.base={config.paths.base}",
+            f"filter.min_delta=null,{threshold}",
+            "apprentice.steps=2",
+            f"cluster.address={ray_session.get_runtime_context().gcs_address}",
+            f"hydra.sweep.dir={tmp_path}/multirun",
         ],
-        check=False, capture_output=True, text=True, cwd=ROOT, timeout=600,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -50,4 +63,6 @@ def test_min_delta_sweep_trains_one_apprentice_per_value(smoke, ray_session, tmp
     assert not (root / "apprentice").exists()  # nothing written to the single-run location
     # Hydra's own record of each job, numbered in its sweep folder.
     for num, value in enumerate(kept):
-        assert f"filter.min_delta={value}" in yaml.safe_load((tmp_path / "multirun" / str(num) / ".hydra" / "overrides.yaml").read_text())
+        assert f"filter.min_delta={value}" in yaml.safe_load(
+            (tmp_path / "multirun" / str(num) / ".hydra" / "overrides.yaml").read_text()
+        )

@@ -25,7 +25,9 @@ def test_quick_benchmark_writes_every_row_study_and_grid(tmp_path):
     assert set(result["sweep"]) <= {tr.lam_name(lam) for lam in tr.SWEEP} and "none" in result["sweep"]
     assert 0.0 <= result["mine"]["precision"] <= 1.0 and 0.0 <= result["mine"]["recall"] <= 1.0
     assert result["expert_curve"]["plateau_steps"] in tr.QUICK.expert_checkpoints
-    assert set(result["expert_curve"]["text_fidelity_by_steps"]) == set(result["expert_curve"]["subject_fidelity_by_steps"])
+    assert set(result["expert_curve"]["text_fidelity_by_steps"]) == set(
+        result["expert_curve"]["subject_fidelity_by_steps"]
+    )
     # G: one parquet shard per expert subject; re-running the stage skips them all.
     shards = sorted(os.listdir(work / "g"))
     assert len(shards) == tr.QUICK.g_subjects and all(s.endswith(".parquet") for s in shards)

@@ -66,10 +66,19 @@ def test_apprentice_trains_samples_and_exports_on_real_backbone_layouts(kind, tm
     out = str(tmp_path / "export")
     save_apprentice(apprentice, out)
     index = json.loads(Path(os.path.join(out, "model_index.json")).read_text())
-    assert index["_class_name"] == "SuTIPipeline" and index["demo_adapter"] == ["core.method.apprentice", "DemoAdapter"]
+    assert index["_class_name"] == "SuTIPipeline" and index["demo_adapter"] == [
+        "core.method.apprentice",
+        "DemoAdapter",
+    ]
     assert (index["vae"][1] == "AutoencoderKL") == (kind == "sd")
     pipe = SuTIPipeline.from_pretrained(out)
-    again = pipe(args[0], demos=list(zip(args[1], args[2])), num_inference_steps=3, generator=torch.Generator().manual_seed(4), output_type="np").images
+    again = pipe(
+        args[0],
+        demos=list(zip(args[1], args[2])),
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(4),
+        output_type="np",
+    ).images
     assert np.array_equal(again, one)
 
 
@@ -92,7 +101,7 @@ import sys, numpy as np, torch
 from PIL import Image
 from diffusers import DDPMScheduler
 from core.pipelines.suti import SuTIPipeline
-d = np.load({str(tmp_path / 'demos.npz')!r})
+d = np.load({str(tmp_path / "demos.npz")!r})
 demos = [(Image.fromarray(i), str(c)) for i, c in zip(d["images"], d["captions"])]
 pipe = SuTIPipeline.from_pretrained({folder!r})
 kw = dict(demos=demos, num_inference_steps=4, guidance_scale=3.0, demo_guidance_scale=2.0)
@@ -100,11 +109,20 @@ a = pipe("a ball on sand", generator=torch.Generator().manual_seed(7), **kw).ima
 pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 b = pipe("a ball on sand", generator=torch.Generator().manual_seed(7), **kw).images
 assert "ray" not in sys.modules, "the exported pipeline imported ray"
-np.savez({str(tmp_path / 'out.npz')!r}, a=np.stack([np.asarray(x) for x in a]), b=np.stack([np.asarray(x) for x in b]))
+np.savez({str(tmp_path / "out.npz")!r}, a=np.stack([np.asarray(x) for x in a]), b=np.stack([np.asarray(x) for x in b]))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
     out = np.load(tmp_path / "out.npz")
-    expected = ap.sample(apprentice, "a ball on sand", [d[0] for d in demos], [d[1] for d in demos], num_inference_steps=4, guidance_scale=3.0, demo_guidance_scale=2.0, seed=7)
+    expected = ap.sample(
+        apprentice,
+        "a ball on sand",
+        [d[0] for d in demos],
+        [d[1] for d in demos],
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        demo_guidance_scale=2.0,
+        seed=7,
+    )
     assert np.array_equal(out["a"], expected)
     assert not np.array_equal(out["b"], out["a"])

@@ -46,7 +46,9 @@ def test_presets_hold_only_what_differs_from_the_dataclass_defaults():
         for key, value in _leaves(data).items():
             full = prefix + key
             assert full in defaults, f"{path.relative_to(CONF_DIR)}: `{full}` is not a config key"
-            assert value != defaults[full], f"{path.relative_to(CONF_DIR)}: `{full}: {value}` repeats the dataclass default"
+            assert value != defaults[full], (
+                f"{path.relative_to(CONF_DIR)}: `{full}: {value}` repeats the dataclass default"
+            )
             checked += 1
     assert checked > 20
 
@@ -74,7 +76,13 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("stage", "key"),
-    [("mine", "paths.corpus"), ("experts", "paths.ds"), ("train", "paths.base"), ("evaluate", "paths.apprentice"), ("serve", "paths.apprentice")],
+    [
+        ("mine", "paths.corpus"),
+        ("experts", "paths.ds"),
+        ("train", "paths.base"),
+        ("evaluate", "paths.apprentice"),
+        ("serve", "paths.apprentice"),
+    ],
 )
 def test_missing_input_fails_at_once_naming_path_and_key(stage, key, tmp_path):
     import importlib
@@ -90,18 +98,32 @@ def test_run_outputs_sit_under_paths_run(tmp_path):
     config = compose([f"paths.root={tmp_path}"])
     assert config.paths.run == str(tmp_path) and config.paths.apprentice == f"{tmp_path}/apprentice"
     config = compose([f"paths.root={tmp_path}", f"paths.run={tmp_path}/runs/x"])
-    assert config.paths.apprentice == f"{tmp_path}/runs/x/apprentice" and config.paths.dreambench == f"{tmp_path}/runs/x/dreambench"
+    assert (
+        config.paths.apprentice == f"{tmp_path}/runs/x/apprentice"
+        and config.paths.dreambench == f"{tmp_path}/runs/x/dreambench"
+    )
     assert config.paths.g == f"{tmp_path}/g" and config.paths.train_storage == f"{tmp_path}/ray_train"  # shared inputs
 
 
 def test_a_sweep_job_is_named_by_the_overrides_that_change_what_it_computes():
     from apps.config import run_names
 
-    overrides = ["experiment=demo", "paths.root=/data/x", "filter.min_delta=0.01", "apprentice.steps=5", "cluster.address=auto", "dreambench.dino=/w/dino", "+hydra.launcher.ray.init.num_cpus=4"]
+    overrides = [
+        "experiment=demo",
+        "paths.root=/data/x",
+        "filter.min_delta=0.01",
+        "apprentice.steps=5",
+        "cluster.address=auto",
+        "dreambench.dino=/w/dino",
+        "+hydra.launcher.ray.init.num_cpus=4",
+    ]
     assert run_names(overrides) == ("apprentice.steps=5,filter.min_delta=0.01", "")
     assert run_names(list(reversed(overrides))) == run_names(overrides)  # order does not matter
     # Evaluation-only settings name a folder of their own below the apprentice's run, not another run.
-    assert run_names(overrides + ["apprentice.guidance_scale=7.5", "dreambench.max_demos=3"]) == ("apprentice.steps=5,filter.min_delta=0.01", "apprentice.guidance_scale=7.5,dreambench.max_demos=3")
+    assert run_names(overrides + ["apprentice.guidance_scale=7.5", "dreambench.max_demos=3"]) == (
+        "apprentice.steps=5,filter.min_delta=0.01",
+        "apprentice.guidance_scale=7.5,dreambench.max_demos=3",
+    )
     assert run_names(["experiment=demo", "cluster.num_cpus=2"]) == ("", "")
     assert run_names(["model.path=/w/base"]) == ("model.path=_w_base", "")  # one folder level, whatever the value
     long = run_names([f"expert.resources={{TPU: {i}}}" for i in range(40)])[0]

@@ -135,8 +135,12 @@ def test_imports_inside_functions_are_not_redundant():
 
 def test_importing_core_loads_no_runner_package():
     core = sorted(m for m in modules_cache() if m.startswith("core"))
-    code = "import sys\n" + "".join(f"import {m}\n" for m in core) + (
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'hydra', 'omegaconf'})\nassert not bad, bad\n"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in core)
+        + (
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'hydra', 'omegaconf'})\nassert not bad, bad\n"
+        )
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

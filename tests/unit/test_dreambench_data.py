@@ -18,19 +18,27 @@ def test_loader_reads_the_shared_copy():
     assert bench.problems == []
     assert len(bench.subjects) == 20
     classes = {s.name: s.class_name for s in bench.subjects}
-    assert classes["grey_sloth_plushie"] == "stuffed animal" and classes["backpack_dog"] == "backpack" and classes["poop_emoji"] == "toy"
+    assert (
+        classes["grey_sloth_plushie"] == "stuffed animal"
+        and classes["backpack_dog"] == "backpack"
+        and classes["poop_emoji"] == "toy"
+    )
     assert {s.name for s in bench.subjects if s.live} == LIVE
     assert all(len(s.images) >= 4 and all(u.endswith(".jpg") for u in s.images) for s in bench.subjects)
     assert len(bench.object_prompts) == len(bench.live_prompts) == 25
     assert [p.kind for p in bench.object_prompts] == ["recontextualization"] * 20 + ["property"] * 5
-    assert [p.kind for p in bench.live_prompts] == ["recontextualization"] * 10 + ["accessorization"] * 10 + ["property"] * 5
+    assert [p.kind for p in bench.live_prompts] == ["recontextualization"] * 10 + ["accessorization"] * 10 + [
+        "property"
+    ] * 5
     dog = next(s for s in bench.subjects if s.name == "dog2")
     prompts = bench.prompts_for(dog)
     assert prompts[10].text("sks", dog.class_name) == "a sks dog wearing a red hat"
     assert prompts[0].text("", dog.class_name) == "a dog in the jungle"  # the apprentice's prompt: no double space
     teapot = next(s for s in bench.subjects if s.name == "teapot")
     assert bench.prompts_for(teapot)[24].text("", "teapot") == "a cube shaped teapot"
-    assert bench.prompts_for(teapot)[12].text("sks", "teapot") == "a sks teapot with the Eiffel Tower in the background"
+    assert (
+        bench.prompts_for(teapot)[12].text("sks", "teapot") == "a sks teapot with the Eiffel Tower in the background"
+    )
     image = dreambench.read_image(dog.images[0])
     assert image.shape == (256, 256, 3) and dreambench.square(image, 32).shape == (32, 32, 3)
 
@@ -41,9 +49,19 @@ def test_a_broken_copy_is_reported_not_raised(tmp_path):
     for name in ("dog", "teapot", "can"):
         shutil.copytree(DATA / name, root / name)
     text = (DATA / dreambench.PROMPTS_FILE).read_text()
-    text = text.replace("can,can\n", "can,can\nghost,dog\nnocomma\nteapot,kettle\nempty_one,toy\n")  # no folder; bad; twice
-    text = text.replace("'a {0} {1} in the snow'.format(unique_token, class_token),", "__import__('os').system('echo pwned').format(unique_token, class_token),", 1)
-    text = text.replace("'a {0} {1} on the beach'.format(unique_token, class_token),", "'a {0} {1} on {2}'.format(unique_token, class_token),", 1)
+    text = text.replace(
+        "can,can\n", "can,can\nghost,dog\nnocomma\nteapot,kettle\nempty_one,toy\n"
+    )  # no folder; bad; twice
+    text = text.replace(
+        "'a {0} {1} in the snow'.format(unique_token, class_token),",
+        "__import__('os').system('echo pwned').format(unique_token, class_token),",
+        1,
+    )
+    text = text.replace(
+        "'a {0} {1} on the beach'.format(unique_token, class_token),",
+        "'a {0} {1} on {2}'.format(unique_token, class_token),",
+        1,
+    )
     (root / dreambench.PROMPTS_FILE).write_text(text)
     (root / "mystery").mkdir()  # a folder with no class row
     shutil.copy(DATA / "dog" / "00.jpg", root / "mystery" / "00.jpg")
@@ -59,7 +77,18 @@ def test_a_broken_copy_is_reported_not_raised(tmp_path):
     assert not any(u.endswith("07.jpg") for u in by_name["dog"].images) and len(by_name["dog"].images) == 5
     assert not any(u.endswith("09.jpg") for u in by_name["teapot"].images)
     problems = "\n".join(bench.problems)
-    for expected in ("folder 'mystery': no class row", "on {2}", "class row ghost,dog: no folder 'ghost'", "'nocomma'", "'teapot' listed twice", "dog/07.jpg: unreadable image", "teapot/09.jpg: unreadable image", "can/notes.txt: not an image file", "folder 'empty_one': no readable image", "__import__"):
+    for expected in (
+        "folder 'mystery': no class row",
+        "on {2}",
+        "class row ghost,dog: no folder 'ghost'",
+        "'nocomma'",
+        "'teapot' listed twice",
+        "dog/07.jpg: unreadable image",
+        "teapot/09.jpg: unreadable image",
+        "can/notes.txt: not an image file",
+        "folder 'empty_one': no readable image",
+        "__import__",
+    ):
         assert expected in problems, (expected, problems)
     assert len(bench.object_prompts) == 23 and len(bench.live_prompts) == 25  # the bad lines are skipped, never run
 

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_app(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_world_app_writes_the_corpus_and_mine_app_names_what_is_missing(tmp_path):

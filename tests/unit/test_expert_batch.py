@@ -14,7 +14,11 @@ from core.toy import world as tw
 
 def _jobs():
     rng = np.random.default_rng(0)
-    subjects = [tw.Subject("ball", "red", "dots", "blue"), tw.Subject("box", "green", "bars", "white"), tw.Subject("kite", "black", "checks", "yellow")]
+    subjects = [
+        tw.Subject("ball", "red", "dots", "blue"),
+        tw.Subject("box", "green", "bars", "white"),
+        tw.Subject("kite", "black", "checks", "yellow"),
+    ]
     jobs = []
     for i, (subject, count) in enumerate(zip(subjects, (3, 5, 4))):  # uneven demo counts: padding must not matter
         demos = tw.demonstrations(subject, count, rng)
@@ -37,7 +41,14 @@ def _same_weights(stacked: dict, module: torch.nn.Module, i: int, cfg: ExpertCon
 @pytest.mark.parametrize("train_text_encoder", [True, False])
 def test_batch_trains_the_same_experts_as_one_at_a_time(train_text_encoder):
     torch.manual_seed(0)
-    cfg = ExpertConfig(steps=4, batch_size=4, lr=1e-3, num_inference_steps=4, guidance_scale=3.0, train_text_encoder=train_text_encoder)
+    cfg = ExpertConfig(
+        steps=4,
+        batch_size=4,
+        lr=1e-3,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        train_text_encoder=train_text_encoder,
+    )
     backbone = bb.create_backbone("tiny", seed=0)
     before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
     jobs = _jobs()
@@ -47,7 +58,11 @@ def test_batch_trains_the_same_experts_as_one_at_a_time(train_text_encoder):
     assert checkpoints == [1, 2, 3, 4] and len(batch_losses) == 3 and all(len(l) == 4 for l in batch_losses)
     # The base is untouched: the experts' weights live in the batch.
     assert all(torch.equal(before[k], v) for k, v in backbone.unet.state_dict().items())
-    prompts = [["a ball on grass", "a red ball, grayscale style"], ["a box wearing a hat", "a box on snow"], ["a kite", "a kite on sky"]]
+    prompts = [
+        ["a ball on grass", "a red ball, grayscale style"],
+        ["a box wearing a hat", "a box on snow"],
+        ["a kite", "a kite on sky"],
+    ]
     seeds = [7, 8, 9]
     batch_images = batch.sample(prompts, seeds)
 
@@ -59,7 +74,9 @@ def test_batch_trains_the_same_experts_as_one_at_a_time(train_text_encoder):
         if train_text_encoder:
             _same_weights(batch.params["text"], backbone.text_encoder, i, cfg)
         # DDIM from the same seed draws the same images (uint8; a rounding step apart at most).
-        alone = sampling.sample(backbone, prompts[i], sampler="ddim", num_inference_steps=4, guidance_scale=3.0, seed=seeds[i])
+        alone = sampling.sample(
+            backbone, prompts[i], sampler="ddim", num_inference_steps=4, guidance_scale=3.0, seed=seeds[i]
+        )
         assert batch_images[i].shape == alone.shape
         assert np.abs(batch_images[i].astype(int) - alone.astype(int)).max() <= 1
     # And the experts did learn something different from each other.

@@ -7,10 +7,20 @@ from core.data import g, schema, storage
 
 def row(subject: str, prompt: str, delta: float, scorer: str = "s") -> dict:
     return {
-        "subject_id": subject, "prompt_id": prompt, "sample_index": 0, "prompt": "a ball on sand",
-        "prompt_skill": "style", "image": b"png", "demo_images": [b"a"], "demo_captions": ["a ball"],
-        "clip_score": 0.3, "ref_clip_score": 0.3 - delta, "delta": delta, "base_checkpoint_hash": "b",
-        "expert_config_hash": "e", "scorer_hash": scorer,
+        "subject_id": subject,
+        "prompt_id": prompt,
+        "sample_index": 0,
+        "prompt": "a ball on sand",
+        "prompt_skill": "style",
+        "image": b"png",
+        "demo_images": [b"a"],
+        "demo_captions": ["a ball"],
+        "clip_score": 0.3,
+        "ref_clip_score": 0.3 - delta,
+        "delta": delta,
+        "base_checkpoint_hash": "b",
+        "expert_config_hash": "e",
+        "scorer_hash": scorer,
     }
 
 

@@ -36,7 +36,12 @@ def test_mining_skips_and_counts_corrupt_images_and_drops_small_groups(corpus):
     from core.models.scorer import create_scorer
 
     _, table = corpus
-    rows, summary = mine(table, create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1, min_cluster_size=7), progress=False)
+    rows, summary = mine(
+        table,
+        create_scorer(ScorerConfig()),
+        MineConfig(min_image_image=-1, min_image_text=-1, min_cluster_size=7),
+        progress=False,
+    )
     assert rows == [] and summary["corrupt_images_skipped"] == 3
     assert summary["dropped_too_small"] == summary["groups"]
 
@@ -47,7 +52,20 @@ def test_mining_resizes_images_of_other_sizes_and_counts_them():
     rng = np.random.default_rng(0)
     subject = toyworld.all_subjects()[0]
     big = to_png(np.repeat(np.repeat(toyworld.render(subject, toyworld.random_scene(rng)), 2, 0), 2, 1))  # 64x64
-    rows = [{"url": "u", "image": big if i == 0 else to_png(toyworld.render(subject, toyworld.random_scene(rng))), "caption": "a ball on sand", "truth_subject_id": None} for i in range(4)]
-    out, summary = mine(schema.table_from_rows(rows, schema.CORPUS_SCHEMA), create_scorer(ScorerConfig()), MineConfig(min_image_image=-1, min_image_text=-1), progress=False)
+    rows = [
+        {
+            "url": "u",
+            "image": big if i == 0 else to_png(toyworld.render(subject, toyworld.random_scene(rng))),
+            "caption": "a ball on sand",
+            "truth_subject_id": None,
+        }
+        for i in range(4)
+    ]
+    out, summary = mine(
+        schema.table_from_rows(rows, schema.CORPUS_SCHEMA),
+        create_scorer(ScorerConfig()),
+        MineConfig(min_image_image=-1, min_image_text=-1),
+        progress=False,
+    )
     assert summary["images_resized"] == 1 and len(out) == 1
     assert from_png(out[0]["demo_images"][0]).shape == (32, 32, 3)

@@ -93,7 +93,16 @@ def test_apprentice_starts_exactly_as_the_base_model(demos):
             branch.gate.fill_(1.0)
     opened = ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3)
     assert not np.array_equal(opened, plain)  # once the gates open, the demos change the image
-    dual = ap.sample(apprentice, "a ball on sand", images, captions, num_images=1, num_inference_steps=2, seed=3, demo_guidance_scale=2.0)
+    dual = ap.sample(
+        apprentice,
+        "a ball on sand",
+        images,
+        captions,
+        num_images=1,
+        num_inference_steps=2,
+        seed=3,
+        demo_guidance_scale=2.0,
+    )
     assert dual.shape == (1, 32, 32, 3)
 
 
@@ -119,7 +128,8 @@ def test_apprentice_training_moves_the_gates_and_round_trips(tmp_path, demos):
     loaded = load_apprentice(str(tmp_path))
     args = ("a ball on sand", [d[0] for d in demos], [d[1] for d in demos])
     assert np.array_equal(
-        ap.sample(apprentice, *args, num_inference_steps=3, seed=5), ap.sample(loaded, *args, num_inference_steps=3, seed=5)
+        ap.sample(apprentice, *args, num_inference_steps=3, seed=5),
+        ap.sample(loaded, *args, num_inference_steps=3, seed=5),
     )
 
 
@@ -137,7 +147,9 @@ def test_scorer_scores_identical_images_at_the_maximum_and_round_trips(tmp_path,
 def test_expert_fine_tunes_then_resets_to_the_base(backbone, demos):
     scorer = create_scorer(ScorerConfig())
     cfg = ExpertConfig(steps=2, batch_size=4, num_inference_steps=2, samples_per_prompt=2)
-    expert = Expert(backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"})
+    expert = Expert(
+        backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"}
+    )
     before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
     record = {
         "subject_id": "s1",
@@ -148,7 +160,12 @@ def test_expert_fine_tunes_then_resets_to_the_base(backbone, demos):
         "prompt_skills": ["recontextualization", "style"],
     }
     rows, _stats = expert.run_subject(record)
-    assert len(rows) == 4 and {(r["prompt_id"], r["sample_index"]) for r in rows} == {("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)}
+    assert len(rows) == 4 and {(r["prompt_id"], r["sample_index"]) for r in rows} == {
+        ("p0", 0),
+        ("p0", 1),
+        ("p1", 0),
+        ("p1", 1),
+    }
     for r in rows:
         assert "kept" not in r  # G stores scores; the threshold is applied when G is read
         assert abs(r["delta"] - (r["clip_score"] - r["ref_clip_score"])) < 1e-5
@@ -171,7 +188,9 @@ def test_delta_clip_is_zero_when_the_render_is_a_demo(demos):
 def test_lora_expert_tunes_an_adapter_only_and_reset_removes_it(backbone, demos):
     scorer = create_scorer(ScorerConfig())
     cfg = ExpertConfig(steps=3, batch_size=4, lr=1e-2, lora_rank=4)
-    expert = Expert(backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"})
+    expert = Expert(
+        backbone, scorer, cfg, {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"}
+    )
     base_unet = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
     base_text = {k: v.clone() for k, v in backbone.text_encoder.state_dict().items()}
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -228,12 +247,20 @@ def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_r
     apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2, attention="joint")
     base = bb.create_backbone("tiny", seed=0)
     assert len(apprentice.adapter.branches) == 0 and apprentice.gates().numel() == 0
-    assert all(isinstance(p, ap.JointDemoProcessor) for n, p in apprentice.unet.attn_processors.items() if n.endswith("attn2.processor"))
+    assert all(
+        isinstance(p, ap.JointDemoProcessor)
+        for n, p in apprentice.unet.attn_processors.items()
+        if n.endswith("attn2.processor")
+    )
     images, captions = [d[0] for d in demos], [d[1] for d in demos]
     plain = sampling.sample(base, ["a ball on sand"] * 2, num_inference_steps=4, seed=3)
-    assert np.array_equal(ap.sample(apprentice, "a ball on sand", [], [], num_images=2, num_inference_steps=4, seed=3), plain)
+    assert np.array_equal(
+        ap.sample(apprentice, "a ball on sand", [], [], num_images=2, num_inference_steps=4, seed=3), plain
+    )
     # Unlike a zero-initialised branch, the demos take a share of each softmax from the start.
-    assert not np.array_equal(ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3), plain)
+    assert not np.array_equal(
+        ap.sample(apprentice, "a ball on sand", images, captions, num_images=2, num_inference_steps=4, seed=3), plain
+    )
     # One forward pass, rows with and without demos: a masked row is the base's prediction, an unmasked one is not.
     pixels = bb.images_to_tensor(images)
     ids = tokenize(apprentice.tokenizer, captions)
@@ -258,6 +285,9 @@ def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_r
     loaded = load_apprentice(str(tmp_path))
     assert loaded.adapter.config.attention == "joint" and len(loaded.adapter.branches) == 0
     args = ("a ball on sand", images, captions)
-    assert np.array_equal(ap.sample(apprentice, *args, num_inference_steps=3, seed=5), ap.sample(loaded, *args, num_inference_steps=3, seed=5))
+    assert np.array_equal(
+        ap.sample(apprentice, *args, num_inference_steps=3, seed=5),
+        ap.sample(loaded, *args, num_inference_steps=3, seed=5),
+    )
     with pytest.raises(ValueError, match="attention"):
         ap.Apprentice(bb.create_backbone("tiny", seed=0), attention="both")

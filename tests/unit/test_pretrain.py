@@ -1,7 +1,6 @@
 """Base pretraining: a saved state resumes where it stopped, and the EMA warms up (a fixed decay over a short run
 would keep the random initialisation, as it did in the first GPU run)."""
 
-
 from core.config import PretrainConfig
 from core.models.backbone import create_backbone
 from core.toy import world as tw
@@ -13,7 +12,9 @@ def test_a_saved_state_resumes_at_its_step_with_its_weights():
     cfg = PretrainConfig(steps=4, batch_size=4, lr=1e-3)
     states = []
     backbone = create_backbone("tiny", seed=0)
-    losses = pretrain(backbone, train, cfg, progress=False, ema_decay=0.999, save_state=lambda s: states.append(s), save_every=2)
+    losses = pretrain(
+        backbone, train, cfg, progress=False, ema_decay=0.999, save_state=lambda s: states.append(s), save_every=2
+    )
     assert len(losses) == 4 and [int(s["step"]) for s in states] == [2, 4]
     resumed = create_backbone("tiny", seed=1)
     more = pretrain(resumed, train, cfg, progress=False, ema_decay=0.999, resume=states[0])

@@ -21,7 +21,10 @@ def test_label_rows_ignore_what_a_style_hides():
     assert row[heads.index("body")] == rd.IGNORE and row[heads.index("pattern_colour")] == rd.IGNORE
     assert rd.HEADS["pattern"][row[heads.index("pattern")]] == "stripes"
     row = rd.label_row(s, tw.Scene("sand", 16, 16, 9, body="red", accessory="balloon"))
-    assert rd.HEADS["body"][row[heads.index("body")]] == "red" and rd.HEADS["accessory"][row[heads.index("accessory")]] == "balloon"
+    assert (
+        rd.HEADS["body"][row[heads.index("body")]] == "red"
+        and rd.HEADS["accessory"][row[heads.index("accessory")]] == "balloon"
+    )
 
 
 def test_training_lowers_the_loss_and_a_saved_reader_reads_the_same(tmp_path):

@@ -8,9 +8,19 @@ from core.data import schema, storage
 
 def g_row(i: int = 0) -> dict:
     return {
-        "subject_id": "s1", "prompt_id": f"p{i}", "sample_index": 0, "prompt": "a ball on sand", "prompt_skill": "style",
-        "image": b"png", "demo_images": [b"a", b"b", b"c"], "demo_captions": ["x", "y", "z"], "clip_score": 0.3,
-        "ref_clip_score": 0.2, "delta": 0.1, "base_checkpoint_hash": "b", "expert_config_hash": "e",
+        "subject_id": "s1",
+        "prompt_id": f"p{i}",
+        "sample_index": 0,
+        "prompt": "a ball on sand",
+        "prompt_skill": "style",
+        "image": b"png",
+        "demo_images": [b"a", b"b", b"c"],
+        "demo_captions": ["x", "y", "z"],
+        "clip_score": 0.3,
+        "ref_clip_score": 0.2,
+        "delta": 0.1,
+        "base_checkpoint_hash": "b",
+        "expert_config_hash": "e",
         "scorer_hash": "s",
     }
 
@@ -31,7 +41,9 @@ def test_shard_round_trip_through_the_schema(tmp_path):
 
 
 def test_validate_names_missing_and_extra_columns():
-    table = schema.table_from_rows([g_row()], schema.G_SCHEMA).drop_columns(["delta"]).append_column("oops", pa.array([1]))
+    table = (
+        schema.table_from_rows([g_row()], schema.G_SCHEMA).drop_columns(["delta"]).append_column("oops", pa.array([1]))
+    )
     with pytest.raises(schema.SchemaError, match=r"missing \['delta'\].*unexpected \['oops'\]"):
         schema.validate(table, schema.G_SCHEMA, "G")
 

@@ -11,10 +11,14 @@ def test_deploy_config_is_a_valid_serve_config_carrying_the_hydra_values(tmp_pat
     from apps.config import compose
     from core.data import storage
 
-    config = compose([
-        f"paths.root={tmp_path}", "serve.max_batch_size=8", "serve.port=8100",
-        "+serve.autoscaling={min_replicas: 1, max_replicas: 3, target_ongoing_requests: 2}",
-    ])
+    config = compose(
+        [
+            f"paths.root={tmp_path}",
+            "serve.max_batch_size=8",
+            "serve.port=8100",
+            "+serve.autoscaling={min_replicas: 1, max_replicas: 3, target_ongoing_requests: 2}",
+        ]
+    )
     summary = serve_config.run(config)
     data = yaml.safe_load(storage.read_bytes(summary["out"]))
     schema = ServeDeploySchema.model_validate(data)

@@ -14,7 +14,14 @@ def test_batches_take_distinct_demos_of_the_row_itself():
         demos = [np.full((32, 32, 3), 10 * i + j, np.uint8) for j in range(count)]
         image = np.zeros((32, 32, 3), np.uint8)
         image[:, :16] = 200 + i  # left half marked: a mirrored target has it on the right
-        rows.append({"image": image, "prompt": f"a ball number {i}", "demos": demos, "captions": [f"demo {i} {j}" for j in range(count)]})
+        rows.append(
+            {
+                "image": image,
+                "prompt": f"a ball number {i}",
+                "demos": demos,
+                "captions": [f"demo {i} {j}" for j in range(count)],
+            }
+        )
     examples = Examples(rows, tokenizer)
     rng = np.random.default_rng(0)
     flipped = 0
@@ -64,7 +71,10 @@ def test_demo_encoder_warm_start_is_made_once_per_work_folder(tmp_path):
     first = DemoEncoder(3, 64, 64, 4)
     made = warm_encoder(first, 5, str(tmp_path), "cpu")
     assert "loaded_from" not in made
-    assert sorted(p.name for p in (tmp_path / "demo_encoder").iterdir()) == ["grid4_dim64_steps5.json", "grid4_dim64_steps5.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "demo_encoder").iterdir()) == [
+        "grid4_dim64_steps5.json",
+        "grid4_dim64_steps5.safetensors",
+    ]
     torch.manual_seed(1)
     second = DemoEncoder(3, 64, 64, 4)
     assert not torch.equal(second.conv[0].weight, first.conv[0].weight)

@@ -30,11 +30,18 @@ def test_render_batch_matches_render_pixel_for_pixel():
     subjects, scenes = _scenes(600)
     # Every class, pattern, accessory, style and view occurs, so every branch of both renderers is compared.
     assert {s.class_name for s in subjects} == set(tw.CLASSES) and {s.pattern for s in subjects} == set(tw.PATTERNS)
-    assert {sc.accessory for sc in scenes} == {None, *tw.ACCESSORIES} and {sc.style for sc in scenes} == {None, *tw.STYLES}
+    assert {sc.accessory for sc in scenes} == {None, *tw.ACCESSORIES} and {sc.style for sc in scenes} == {
+        None,
+        *tw.STYLES,
+    }
     assert {sc.view for sc in scenes} == set(tw.VIEWS) and {sc.background for sc in scenes} == set(tw.BACKGROUNDS)
-    reference = np.stack([tw.render(s, sc, 32, np.random.default_rng(i)) for i, (s, sc) in enumerate(zip(subjects, scenes))])
+    reference = np.stack(
+        [tw.render(s, sc, 32, np.random.default_rng(i)) for i, (s, sc) in enumerate(zip(subjects, scenes))]
+    )
     # tw.render's only random draw is its background noise, N(0, 3) per pixel: the same draws, handed over.
-    noise = torch.from_numpy(np.stack([np.random.default_rng(i).normal(0, 3, size=(32, 32, 3)) for i in range(len(scenes))]))
+    noise = torch.from_numpy(
+        np.stack([np.random.default_rng(i).normal(0, 3, size=(32, 32, 3)) for i in range(len(scenes))])
+    )
     drawn = tr.render_batch(tr.pack_scenes(subjects, scenes), noise=noise)
     assert drawn.shape == (600, 3, 32, 32) and drawn.dtype == torch.float32
     np.testing.assert_array_equal(drawn.permute(0, 2, 3, 1).numpy().astype(np.uint8), reference)

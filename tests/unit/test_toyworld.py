@@ -50,7 +50,14 @@ def test_every_accessory_style_and_view_changes_the_render_and_stays_in_frame():
 
 def test_fidelity_counts_only_what_the_prompt_leaves_visible():
     s = tw.Subject("ball", "red", "dots", "blue")
-    read = {"body": "red", "pattern": "dots", "pattern_colour": "blue", "background": "sky", "accessory": "hat", "style": None}
+    read = {
+        "body": "red",
+        "pattern": "dots",
+        "pattern_colour": "blue",
+        "background": "sky",
+        "accessory": "hat",
+        "style": None,
+    }
     assert tw.subject_fidelity(read, s) == 1.0
     assert tw.subject_fidelity({**read, "pattern": "bars"}, s) == 2 / 3
     # A property edit asks for another body colour: identity is then pattern and pattern colour, text the body.
