@@ -22,7 +22,7 @@ def train_and_save(config: PipelineConfig) -> dict:
 
     train, _ = toyworld.split_subjects(config.world.seed, config.world.test_fraction)
     backbone = create_backbone(config.model.preset, seed=config.pretrain.seed).to(pick_device())
-    losses = pretrain(backbone, train, config.pretrain)
+    losses = pretrain(backbone, train, config.pretrain, world_version=config.world.version)
     with tempfile.TemporaryDirectory() as folder:
         save_backbone(backbone.to("cpu"), folder)
         storage.upload_dir(folder, config.paths.base)

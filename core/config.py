@@ -26,6 +26,7 @@ class ModelConfig:
 
 @dataclass
 class WorldConfig:
+    version: int = 1  # the scene distribution (core/toy/world.py): 1 textured and varied, 2 plainer and larger
     seed: int = 0
     resolution: int = 32
     test_fraction: float = 0.2  # share of subjects no training stage ever sees
@@ -57,6 +58,15 @@ class PretrainConfig:
     lr: float = 1e-3
     seed: int = 0
     threads: int = 2
+    # "cosine": warm-up, then cosine decay over `steps` (or over `budget_s`); "constant": warm-up, then flat (with EMA
+    # weights, a run can stop at any step).
+    schedule: str = "cosine"
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" or "v_prediction" (Salimans & Ho 2022)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"):
+    # each timestep's loss weighted by min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v); None: unweighted.
+    snr_gamma: float | None = None
+    ema_decay: float | None = None  # EMA of the weights (warmed up as (1 + step) / (10 + step)); None: no EMA
+    budget_s: float | None = None  # seconds of training, the time spent in `on_mark` callbacks excluded
 
 
 @dataclass

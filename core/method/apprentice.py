@@ -50,7 +50,7 @@ from core.models.backbone import (
     tensor_to_images,
     to_model_space,
 )
-from core.models.sampling import create_sampler, learned_variance, sample_loop
+from core.models.sampling import create_sampler, denoising_target, learned_variance, sample_loop
 from core.models.tokenizer import tokenize
 
 DEMO_KWARGS = ("demo_tokens", "demo_mask")
@@ -381,7 +381,8 @@ def training_loss(
     t = torch.randint(0, apprentice.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = apprentice.noise_scheduler.add_noise(x0, noise, t)
     pred = apprentice(noisy, t, text_states, demo_tokens, demo_mask).sample
-    return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
+    target = denoising_target(apprentice.noise_scheduler, x0, noise, t)
+    return F.mse_loss(pred[:, : x0.shape[1]].float(), target.float())
 
 
 @dataclass

@@ -160,8 +160,12 @@ class ExpertBatch:
                     0, (n, cfg.batch_size)
                 )
                 pred = self._predict(noisy, t, states)
-                # Each subject's mean squared error (the noise half of a learned-variance UNet), summed: independent gradients.
-                per = F.mse_loss(pred[:, :, :channels].float(), noise.float(), reduction="none").flatten(1).mean(1)
+                target = sampling.denoising_target(
+                    scheduler, x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()
+                ).unflatten(0, (n, cfg.batch_size))
+                # Each subject's mean squared error (the noise half of a learned-variance UNet), summed: independent
+                # gradients.
+                per = F.mse_loss(pred[:, :, :channels].float(), target.float(), reduction="none").flatten(1).mean(1)
             opt.zero_grad(set_to_none=True)
             per.sum().backward()
             opt.step()

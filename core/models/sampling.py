@@ -27,15 +27,40 @@ def learned_variance(sampler) -> bool:
     return isinstance(sampler, DDPMScheduler) and sampler.config.get("variance_type") in ("learned", "learned_range")
 
 
+def denoising_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict, by the schedule's `prediction_type`: the noise, or v (Salimans & Ho 2022)."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r}; known: epsilon, v_prediction")
+
+
+def snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon prediction,
+    min(SNR, gamma) / (SNR + 1) for v prediction. None when `gamma` is None (unweighted)."""
+    if gamma is None:
+        return None
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
+
+
 def denoising_loss(
     unet: Callable[..., torch.Tensor],
     scheduler: DDPMScheduler,
     x0: torch.Tensor,
     text_states: torch.Tensor,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
     **unet_kwargs,
 ) -> torch.Tensor:
-    """The plain epsilon-prediction loss. x0: (B, C, H, W) in [-1, 1]; text_states: (B, L, D)."""
+    """The denoising loss: mean squared error against `denoising_target`, optionally Min-SNR weighted.
+    x0: (B, C, H, W) in [-1, 1]; text_states: (B, L, D)."""
     # Drawn where the generator lives, then moved: a CPU generator cannot draw on CUDA or XLA (a CUDA generator
     # spares a large batch the CPU draw and copy).
     where = generator.device if generator is not None else torch.device("cpu")
@@ -47,7 +72,10 @@ def denoising_loss(
     pred = unet(noisy, t, encoder_hidden_states=text_states, **unet_kwargs).sample
     # A UNet with learned variance (IF: 2C output channels) is fine-tuned on its noise half only, as diffusers'
     # DreamBooth script does for IF.
-    return F.mse_loss(pred[:, : x0.shape[1]].float(), noise.float())
+    target = denoising_target(scheduler, x0, noise, t)
+    per_image = F.mse_loss(pred[:, : x0.shape[1]].float(), target.float(), reduction="none").flatten(1).mean(1)
+    weights = snr_weights(scheduler, t, snr_gamma)
+    return per_image.mean() if weights is None else (per_image * weights).mean()
 
 
 def create_sampler(name, noise_scheduler: DDPMScheduler):

@@ -13,8 +13,10 @@ def warmup_cosine(
     total_steps: int,
     warmup_fraction: float = 0.05,
     clock: Callable[[], float] | None = None,
+    constant: bool = False,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first `warmup_fraction` of training, then cosine decay to 10% of the base rate.
+    """Linear warm-up over the first `warmup_fraction` of training, then cosine decay to 10% of the base rate (or,
+    with `constant`, the base rate to the end).
 
     Progress is the share of `total_steps` done or, with `clock` (the share of a time budget used, 0..1), whichever of
     the two is further along: a time-boxed run whose step bound it will never reach still warms up and decays on
@@ -29,6 +31,8 @@ def warmup_cosine(
             return max(step + 1, progress / warmup_fraction * max(1, total_steps * warmup_fraction)) / max(
                 1, total_steps * warmup_fraction
             )
+        if constant:
+            return 1.0
         progress = min(1.0, (progress - warmup_fraction) / (1 - warmup_fraction))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -15,8 +15,50 @@ from PIL import Image, ImageDraw
 
 from core.config import EvaluateConfig, WorldConfig
 from core.data.images import from_png, to_png
+from core.models.sampling import sample
 from core.models.scorer import Scorer
+from core.toy import readers as rd
 from core.toy import world as toyworld
+
+IDENTITY = ("body", "pattern", "pattern_colour")  # the subject's attributes that its class word does not say
+
+
+def base_identity(
+    backbone,
+    reader,
+    subjects: list,
+    n: int,
+    rng: np.random.Generator,
+    seed: int,
+    guidance: float,
+    batch: int = 256,
+    version: int = 1,
+    num_inference_steps: int = 25,
+) -> tuple[dict, np.ndarray]:
+    """The base model drawing `n` full captions of `subjects` (scenes of world `version`, accessories but no style
+    or edit) at `guidance`: the readers' accuracy per attribute, and `identity`, the mean over `IDENTITY`.
+    Returns (accuracies, the first 64 images)."""
+    pairs = []
+    for i in rng.choice(len(subjects), size=n):
+        scene = toyworld.random_scene(rng, 32, version, accessory=rng.choice([None, None, *toyworld.ACCESSORIES]))
+        pairs.append((subjects[int(i)], scene))
+    captions = [toyworld.full_caption(s, sc) for s, sc in pairs]
+    images = np.concatenate(
+        [
+            sample(
+                backbone,
+                captions[i : i + batch],
+                guidance_scale=guidance,
+                num_inference_steps=num_inference_steps,
+                seed=seed + i,
+            )
+            for i in range(0, n, batch)
+        ]
+    )
+    labels = np.asarray([rd.label_row(s, sc) for s, sc in pairs])
+    acc = rd.accuracy(reader, images, labels)
+    acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
+    return {k: round(v, 4) for k, v in acc.items()}, images[:64]
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
@@ -62,8 +104,6 @@ def score(
 ) -> dict[str, dict]:
     """outputs[method][record][prompt][sample] = uint8 (H, W, 3); `reader`: trained attribute readers
     (core.toy.readers). Returns per-method mean metrics."""
-    from core.toy import readers
-
     table = {}
     for method, per_record in outputs.items():
         subj, text, clip_i, clip_t = [], [], [], []
@@ -76,7 +116,7 @@ def score(
                 emb = scorer.encode_images(samples)
                 clip_i.extend((emb @ demo_emb.T).mean(1).tolist())
                 clip_t.extend(scorer.clip_scores(samples, [prompt] * len(samples)).tolist())
-                for read in readers.read(reader, list(samples)):
+                for read in rd.read(reader, list(samples)):
                     subj.append(toyworld.subject_fidelity(read, subject, truth))
                     text.append(toyworld.text_fidelity(read, truth))
         table[method] = {

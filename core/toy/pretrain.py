@@ -41,15 +41,16 @@ def random_caption(subject: toyworld.Subject, scene: toyworld.Scene, rng: np.ran
 
 
 def toy_scenes(
-    subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int
+    subjects: list[toyworld.Subject], batch_size: int, rng: np.random.Generator, size: int, version: int = 1
 ) -> tuple[list[toyworld.Subject], list[toyworld.Scene], list[str]]:
-    """A batch's subjects, scenes and captions (nothing drawn yet)."""
+    """A batch's subjects, scenes (of world `version`) and captions (nothing drawn yet)."""
     picked, scenes, captions = [], [], []
     for i in rng.choice(len(subjects), size=batch_size):
         subject = subjects[int(i)]
         scene = toyworld.random_scene(
             rng,
             size,
+            version,
             style=rng.choice([None, None, None, None, None, *toyworld.STYLES]),
             accessory=rng.choice([None, None, None, None, *toyworld.ACCESSORIES]),
             body=rng.choice([None] * 16 + list(toyworld.PALETTE)),
@@ -66,20 +67,17 @@ class CaptionStream(torch.utils.data.IterableDataset):
     one at a time in numpy, they would bound a GPU's pretraining by the CPU workers. The captions are tokenized
     here: in the training process the BPE tokenizer costs about as long as a GPU step."""
 
-    def __init__(self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer):
-        self.subjects, self.batch_size, self.seed, self.size, self.tokenizer = (
-            subjects,
-            batch_size,
-            seed,
-            size,
-            tokenizer,
-        )
+    def __init__(
+        self, subjects: list[toyworld.Subject], batch_size: int, seed: int, size: int, tokenizer, version: int = 1
+    ):
+        self.subjects, self.batch_size, self.seed, self.size = subjects, batch_size, seed, size
+        self.tokenizer, self.version = tokenizer, version
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
-            picked, scenes, captions = toy_scenes(self.subjects, self.batch_size, rng, self.size)
+            picked, scenes, captions = toy_scenes(self.subjects, self.batch_size, rng, self.size, self.version)
             yield toyrender.pack_scenes(picked, scenes), tokenize(self.tokenizer, captions)
 
 
@@ -108,19 +106,35 @@ def pretrain(
     resume: dict | None = None,
     save_state=None,
     save_every: int = 500,
+    world_version: int = 1,
+    marks_s: tuple[float, ...] = (),
+    on_mark=None,
 ) -> list[float]:
     """Train `backbone` in place on renders of `subjects` (with EMA weights copied in at the end when
-    `ema_decay` is set). Returns the loss per step of this call.
+    `ema_decay`, or else `cfg.ema_decay`, is set). Returns the loss per step of this call.
 
-    `save_state(state)` is called every `save_every` steps with a dict of tensors (weights, EMA, optimizer, step);
-    passing such a dict back as `resume` continues from it (the data stream moves on to new batches)."""
+    The recipe is `cfg`'s: prediction type (set on the backbone's noise schedule here, so its samplers follow),
+    Min-SNR weighting, schedule, EMA, and `cfg.budget_s` seconds of training. `on_mark(seconds, step, modules)`
+    is called once training time passes each of `marks_s`, with the EMA weights when there are some; its own time
+    does not count as training time. `save_state(state)` is called every `save_every` steps with a dict of tensors
+    (weights, EMA, optimizer, step); passing such a dict back as `resume` continues from it (the data stream moves
+    on to new batches)."""
     if backbone.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+    if backbone.noise_scheduler.config.get("prediction_type") != cfg.prediction_type:
+        scheduler = backbone.noise_scheduler
+        backbone.noise_scheduler = type(scheduler).from_config(scheduler.config, prediction_type=cfg.prediction_type)
+    ema_decay = ema_decay if ema_decay is not None else cfg.ema_decay
     generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(cfg.seed)
     modules = torch.nn.ModuleList([backbone.unet, backbone.text_encoder])
     ema = copy.deepcopy(modules).eval() if ema_decay else None
     opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=0.0, fused=backbone.device.type == "cuda")
-    sched = warmup_cosine(opt, cfg.steps, clock=deadline_clock(deadline))
+    trained = {"s": 0.0}  # training seconds so far (callbacks excluded)
+    if cfg.budget_s is not None:
+        clock = lambda: trained["s"] / cfg.budget_s
+    else:
+        clock = deadline_clock(deadline)
+    sched = warmup_cosine(opt, cfg.steps, clock=clock, constant=cfg.schedule == "constant")
     autocast = device_autocast(backbone.device)
     start = 0
     if resume is not None:
@@ -130,7 +144,9 @@ def pretrain(
         opt.load_state_dict(resume["optimizer"])
         start = int(resume["step"])
     loader = torch.utils.data.DataLoader(
-        CaptionStream(subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution, backbone.tokenizer),
+        CaptionStream(
+            subjects, cfg.batch_size, cfg.seed + 7919 * start, backbone.resolution, backbone.tokenizer, world_version
+        ),
         batch_size=None,
         num_workers=workers,
     )
@@ -140,6 +156,8 @@ def pretrain(
     render_generator = torch.Generator(backbone.device if backbone.device.type == "cuda" else "cpu").manual_seed(
         cfg.seed + 7919 * start + 1
     )
+    marks = sorted(marks_s)
+    step_start = time.perf_counter()
     for step, (scenes, ids) in zip(
         tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, mininterval=10), loader
     ):
@@ -149,7 +167,12 @@ def pretrain(
         x0 = images.to(backbone.device).div(127.5).sub(1.0)
         with autocast:
             loss = sampling.denoising_loss(
-                backbone.unet, backbone.noise_scheduler, x0, bb.encode_text(backbone, ids), generator
+                backbone.unet,
+                backbone.noise_scheduler,
+                x0,
+                bb.encode_text(backbone, ids),
+                generator,
+                snr_gamma=cfg.snr_gamma,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,7 +193,14 @@ def pretrain(
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_state(state)
+        trained["s"] += time.perf_counter() - step_start
+        while marks and trained["s"] >= marks[0] and on_mark is not None:
+            on_mark(marks.pop(0), step + 1, ema if ema is not None else modules)
+            modules.train()
+        step_start = time.perf_counter()
         if deadline is not None and time.monotonic() > deadline:
+            break
+        if cfg.budget_s is not None and trained["s"] >= cfg.budget_s:
             break
     losses.extend(torch.stack(pending).tolist() if pending else [])
     if ema is not None:

@@ -50,10 +50,11 @@ def label_row(subject: tw.Subject, scene: tw.Scene) -> list[int]:
     return row
 
 
-def random_scene_for_readers(rng: np.random.Generator, size: int) -> tw.Scene:
+def random_scene_for_readers(rng: np.random.Generator, size: int, version: int = 1) -> tw.Scene:
     return tw.random_scene(
         rng,
         size,
+        version,
         style=rng.choice([None, None, None, *tw.STYLES]),
         accessory=rng.choice([None, None, *tw.ACCESSORIES]),
         body=rng.choice([None] * 6 + list(tw.PALETTE)),
@@ -61,13 +62,13 @@ def random_scene_for_readers(rng: np.random.Generator, size: int) -> tw.Scene:
 
 
 def labelled_batch(
-    subjects: list[tw.Subject], batch_size: int, rng: np.random.Generator, size: int = 32
+    subjects: list[tw.Subject], batch_size: int, rng: np.random.Generator, size: int = 32, version: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (B, H, W, 3), int64 labels (B, len(HEADS)))."""
     images, labels = [], []
     for i in rng.choice(len(subjects), size=batch_size):
         subject = subjects[int(i)]
-        scene = random_scene_for_readers(rng, size)
+        scene = random_scene_for_readers(rng, size, version)
         images.append(tw.render(subject, scene, size, rng))
         labels.append(label_row(subject, scene))
     return np.stack(images), np.asarray(labels, dtype=np.int64)
@@ -76,14 +77,14 @@ def labelled_batch(
 class LabelledStream(torch.utils.data.IterableDataset):
     """Endless labelled batches; each DataLoader worker draws from its own seed."""
 
-    def __init__(self, subjects: list[tw.Subject], batch_size: int, seed: int, size: int = 32):
-        self.subjects, self.batch_size, self.seed, self.size = subjects, batch_size, seed, size
+    def __init__(self, subjects: list[tw.Subject], batch_size: int, seed: int, size: int = 32, version: int = 1):
+        self.subjects, self.batch_size, self.seed, self.size, self.version = subjects, batch_size, seed, size, version
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
-            yield labelled_batch(self.subjects, self.batch_size, rng, self.size)
+            yield labelled_batch(self.subjects, self.batch_size, rng, self.size, self.version)
 
 
 class AttributeReader(nn.Module):
@@ -148,6 +149,7 @@ def train_readers(
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
     deadline: float | None = None,
+    world_version: int = 1,
 ) -> tuple[AttributeReader, list[float]]:
     """Train (or go on training) readers on augmented fresh renders of `subjects`; `extra` (images, labels) are
     mixed into every batch (a quarter of it), e.g. renders the base model noised and denoised. `deadline` (a
@@ -161,7 +163,7 @@ def train_readers(
     sched = warmup_cosine(opt, steps, clock=deadline_clock(deadline))
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        LabelledStream(subjects, batch_size, seed, 32),
+        LabelledStream(subjects, batch_size, seed, 32, world_version),
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,

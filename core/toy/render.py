@@ -35,6 +35,8 @@ FIELDS = (
     "upside_down",
     "accessory",
     "style",
+    "textured",
+    "cell",
 )
 
 
@@ -53,6 +55,8 @@ def pack_scenes(subjects: list[tw.Subject], scenes: list[tw.Scene]) -> dict[str,
             int(sc.view == "upside-down"),
             _ACCESSORIES.index(sc.accessory) if sc.accessory else -1,
             tw.STYLES.index(sc.style) if sc.style else -1,
+            int(sc.textured),
+            sc.cell,
         )
         for s, sc in zip(subjects, scenes, strict=True)
     ]
@@ -64,7 +68,7 @@ def pack_scenes(subjects: list[tw.Subject], scenes: list[tw.Scene]) -> dict[str,
 def _textures(size: int, device: str) -> torch.Tensor:
     """(8, H, W) background textures in `BACKGROUNDS` order (`toyworld.texture`)."""
     return torch.from_numpy(np.stack([tw.texture(name, size) for name in _BACKGROUNDS])).to(
-        device=device, dtype=torch.float32
+        device=device, dtype=torch.float64
     )
 
 
@@ -113,8 +117,11 @@ def render_batch(
 
     if noise is None:
         noise = torch.randn((b, size, size, 3), generator=generator, **f32) * 3.0
-    img = backgrounds[a["background"]][:, None, None, :] + _textures(size, str(device))[a["background"]][..., None]
-    img = img + noise.to(**f32)
+    # In float64 and rounded once to float32, as numpy adds the float64 texture into its float32 image.
+    textures = _textures(size, str(device))[a["background"]] * a["textured"].double()[:, None, None]
+    img = (backgrounds[a["background"]].double()[:, None, None, :] + textures[..., None]).to(torch.float32)
+    # Added at the noise's own precision, then rounded once, as numpy's `img += noise` does.
+    img = (img.to(noise.dtype) + noise.to(device)).to(torch.float32)
 
     yy, xx = (t.to(**f32)[None] for t in torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))
     cx, cy, r = (a[k].to(**f32)[:, None, None] for k in ("cx", "cy", "radius"))
@@ -122,10 +129,11 @@ def render_batch(
     outer = _pick(_shape_masks((xx - cx) / r, (sy - cy) / r), a["class_idx"])
     inner_r = r * 0.72
     inner = _pick(_shape_masks((xx - cx) / inner_r, (sy - cy) / inner_r), a["class_idx"])
-    xi, yi = xx.long(), yy.long()
+    cell = a["cell"][:, None, None]
+    xi, yi = xx.long() // cell, yy.long() // cell
     patterns = torch.stack(
         [(yi // 2) % 2 == 0, (xi // 2) % 2 == 0, ((xi % 4) < 2) & ((yi % 4) < 2), ((xi // 3 + yi // 3) % 2) == 0]
-    ).expand(-1, b, -1, -1)
+    )
     pattern = _pick(patterns, a["pattern"])
 
     def paint(mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
@@ -170,7 +178,7 @@ def render_batch(
     style = a["style"][:, None, None, None]
     lum = img @ torch.tensor([0.299, 0.587, 0.114], **f32)
     img = torch.where(style == tw.STYLES.index("grayscale"), lum[..., None].expand(-1, -1, -1, 3), img)
-    small = img.reshape(b, size // 4, 4, size // 4, 4, 3).mean(dim=(2, 4))
+    small = img.round().reshape(b, size // 4, 4, size // 4, 4, 3).mean(dim=(2, 4))  # whole levels, as numpy
     blocky = small.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
     img = torch.where(style == tw.STYLES.index("blocky"), blocky, img)
     img = torch.where(style == tw.STYLES.index("negative"), 255.0 - img, img)

@@ -3,6 +3,12 @@
 A subject is a class word ("ball", 8 classes) plus identity the class word does not say: body colour (8), pattern
 (4) and pattern colour (7 others): 1,792 subjects. Scenes add a background (8), position, scale and view
 (upright or upside down), and optionally a property edit (the body colour), an accessory (4) or a style (3).
+
+Two scene distributions share these subjects, captions and prompts (`random_scene(version=...)`,
+`world.version`): version 1 draws textured backgrounds, either view, radius 7-11 and 2-3 px pattern cells;
+version 2 keeps what the evidence needs (the same identity, its colour binding, the four prompt skills) and drops
+what only makes it harder to learn: plain backgrounds, upright subjects, radius 10-12 near the centre, pattern
+cells twice as large.
 Prompts follow 23 templates in the spirit of DreamBench's 25 (`TEMPLATES`). The world emits demonstrations with
 class-only captions, unseen prompts by skill and a noisy URL-grouped "web" corpus for mining; trained attribute
 readers (core/toy/readers.py) read renders back, and `subject_fidelity` / `text_fidelity` turn what they read into
@@ -45,6 +51,7 @@ BACKGROUNDS = {
 ACCESSORIES = {"hat": (255, 0, 200), "flag": (0, 235, 235), "balloon": (150, 255, 0), "pedestal": (255, 170, 200)}
 STYLES = ("grayscale", "blocky", "negative")
 VIEWS = ("upright", "upside-down")
+VERSIONS = (1, 2)
 SKILLS = ("recontextualization", "property", "accessory", "style")
 
 
@@ -76,6 +83,8 @@ class Scene:
     accessory: str | None = None
     style: str | None = None
     view: str = "upright"
+    textured: bool = True  # the background's texture (version 1) or its plain colour (version 2)
+    cell: int = 1  # pattern cells are this many times their version-1 size
 
 
 @dataclass(frozen=True)
@@ -155,10 +164,11 @@ def texture(name: str, size: int) -> np.ndarray:
     }[name]()
 
 
-def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def _background(name: str, size: int, rng: np.random.Generator, textured: bool = True) -> np.ndarray:
     base = np.array(BACKGROUNDS[name], dtype=np.float32)
     img = np.broadcast_to(base, (size, size, 3)).copy()
-    img += texture(name, size)[..., None]
+    if textured:
+        img += texture(name, size)[..., None]
     img += rng.normal(0, 3, size=img.shape)
     return img
 
@@ -166,7 +176,7 @@ def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
 def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
     """Draw `subject` in `scene`. Returns uint8 (size, size, 3)."""
     rng = rng or np.random.default_rng(0)
-    img = _background(scene.background, size, rng)
+    img = _background(scene.background, size, rng, scene.textured)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     body = scene.body or subject.body
     # Upside down: the shape is mirrored about its centre row (the pattern stays on the pixel grid).
@@ -175,7 +185,8 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
     # The pattern lives inside a shrunk copy of the shape, so the body colour stays the outline and majority.
     inner = _shape_mask(subject.class_name, xx, sy, scene.cx, scene.cy, scene.radius * 0.72)
     img[outer] = PALETTE[body]
-    img[inner & _pattern_mask(subject.pattern, xx.astype(int), yy.astype(int))] = PALETTE[subject.pattern_colour]
+    cells = _pattern_mask(subject.pattern, xx.astype(int) // scene.cell, yy.astype(int) // scene.cell)
+    img[inner & cells] = PALETTE[subject.pattern_colour]
     if scene.accessory == "hat":
         top = int(round(scene.cy - scene.radius))
         hat = (np.abs(xx - scene.cx) <= scene.radius * 0.5) & (yy >= top - 4) & (yy < top)
@@ -202,21 +213,35 @@ def render(subject: Subject, scene: Scene, size: int = 32, rng: np.random.Genera
         lum = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         img = np.repeat(lum[..., None], 3, axis=-1)
     elif scene.style == "blocky":
-        small = img.reshape(size // 4, 4, size // 4, 4, 3).mean(axis=(1, 3))
+        # Averages of whole levels (as render_batch): both renderers agree on them to the last bit.
+        small = np.round(img).reshape(size // 4, 4, size // 4, 4, 3).mean(axis=(1, 3))
         img = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
     elif scene.style == "negative":
         img = 255.0 - img
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def random_scene(rng: np.random.Generator, size: int = 32, **overrides) -> Scene:
-    scene = Scene(
-        background=str(rng.choice(list(BACKGROUNDS))),
-        cx=int(rng.integers(size // 2 - 4, size // 2 + 5)),
-        cy=int(rng.integers(size // 2 - 2, size // 2 + 5)),
-        radius=int(rng.integers(7, 12)),
-        view=str(rng.choice(VIEWS)),
-    )
+def random_scene(rng: np.random.Generator, size: int = 32, version: int = 1, **overrides) -> Scene:
+    """A random scene of world `version` (module docstring); `overrides` set fields (accessory, style, body...)."""
+    if version == 1:
+        scene = Scene(
+            background=str(rng.choice(list(BACKGROUNDS))),
+            cx=int(rng.integers(size // 2 - 4, size // 2 + 5)),
+            cy=int(rng.integers(size // 2 - 2, size // 2 + 5)),
+            radius=int(rng.integers(7, 12)),
+            view=str(rng.choice(VIEWS)),
+        )
+    elif version == 2:
+        scene = Scene(
+            background=str(rng.choice(list(BACKGROUNDS))),
+            cx=int(rng.integers(size // 2 - 2, size // 2 + 2)),
+            cy=int(rng.integers(size // 2 - 1, size // 2 + 2)),
+            radius=int(rng.integers(10, 13)),
+            textured=False,
+            cell=2,
+        )
+    else:
+        raise ValueError(f"unknown world version {version!r}; known: {VERSIONS}")
     scene = replace(scene, **overrides)
     # Keep accessories inside the frame: the flag right of the subject, the hat and balloon above, the pedestal below.
     r = scene.radius

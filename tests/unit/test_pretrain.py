@@ -31,3 +31,50 @@ def test_ema_warms_up_so_a_short_run_moves_the_weights():
     pretrain(raw, train, PretrainConfig(steps=5, batch_size=4, lr=1e-3), progress=False)
     moved_raw = sum(float((p.detach() - b).abs().sum()) for p, b in zip(raw.unet.parameters(), before))
     assert moved > 0.5 * moved_raw  # a fixed 0.999 would move them by about 0.5% of that
+
+
+def test_v_prediction_and_min_snr_weighting_define_the_loss():
+    import torch
+    from diffusers import DDPMScheduler
+
+    from core.models import sampling
+
+    x0, noise = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    t = torch.tensor([0, 10, 100, 500, 900, 999])
+    eps = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    v = DDPMScheduler.from_config(eps.config, prediction_type="v_prediction")
+    assert torch.equal(sampling.denoising_target(eps, x0, noise, t), noise)
+    assert torch.allclose(sampling.denoising_target(v, x0, noise, t), v.get_velocity(x0, noise, t))
+    assert sampling.snr_weights(eps, t, None) is None
+    w_eps, w_v = sampling.snr_weights(eps, t, 5.0), sampling.snr_weights(v, t, 5.0)
+    alpha_bar = eps.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    # Clean timesteps (SNR above gamma) are down-weighted; noisy ones keep weight 1 (epsilon) or SNR / (SNR + 1) (v).
+    assert torch.all(w_eps[snr > 5] < 1) and torch.allclose(w_eps[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    assert torch.allclose(w_v, snr.clamp(max=5) / (snr + 1))
+
+
+def test_the_recipe_reaches_the_model_and_a_budget_ends_training_with_marks_on_time():
+    import numpy as np
+
+    from core.models.sampling import sample
+
+    train, _ = tw.split_subjects(0, 0.2)
+    backbone = create_backbone("tiny", seed=0)
+    marks = []
+    cfg = PretrainConfig(
+        steps=10**6, batch_size=4, prediction_type="v_prediction", snr_gamma=5.0, schedule="constant", budget_s=3.0
+    )
+    losses = pretrain(
+        backbone,
+        train,
+        cfg,
+        progress=False,
+        world_version=2,
+        marks_s=(1.0, 2.0),
+        on_mark=lambda s, step, modules: marks.append((s, step, len(modules))),
+    )
+    assert backbone.noise_scheduler.config.prediction_type == "v_prediction"  # its samplers follow
+    assert 2 <= len(losses) < 10**6 and all(np.isfinite(losses))  # the 3-second budget ended it, not the steps
+    assert [m[0] for m in marks] == [1.0, 2.0] and marks[0][1] <= marks[1][1] <= len(losses) and marks[0][2] == 2
+    assert sample(backbone, ["a red ball with blue dots on sand"], num_inference_steps=2).shape == (1, 32, 32, 3)

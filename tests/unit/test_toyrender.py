@@ -18,6 +18,7 @@ def _scenes(n: int, seed: int = 0):
             tw.random_scene(
                 rng,
                 32,
+                version=int(rng.choice(tw.VERSIONS)),
                 style=rng.choice([None, *tw.STYLES]),
                 accessory=rng.choice([None, *tw.ACCESSORIES]),
                 body=rng.choice([None] * 4 + list(tw.PALETTE)),
@@ -28,7 +29,9 @@ def _scenes(n: int, seed: int = 0):
 
 def test_render_batch_matches_render_pixel_for_pixel():
     subjects, scenes = _scenes(600)
-    # Every class, pattern, accessory, style and view occurs, so every branch of both renderers is compared.
+    # Every class, pattern, accessory, style, view and world version occurs, so every branch of both renderers is
+    # compared.
+    assert {sc.cell for sc in scenes} == {1, 2} and {sc.textured for sc in scenes} == {True, False}
     assert {s.class_name for s in subjects} == set(tw.CLASSES) and {s.pattern for s in subjects} == set(tw.PATTERNS)
     assert {sc.accessory for sc in scenes} == {None, *tw.ACCESSORIES} and {sc.style for sc in scenes} == {
         None,

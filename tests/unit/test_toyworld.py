@@ -38,14 +38,29 @@ def test_every_accessory_style_and_view_changes_the_render_and_stays_in_frame():
     plain = tw.Scene("sky", 16, 16, 9)
     base = tw.render(s, plain, 32, np.random.default_rng(1))
     for name, colour in tw.ACCESSORIES.items():
-        for _ in range(20):  # extreme positions and sizes: the accessory is always drawn inside the frame
-            scene = tw.random_scene(rng, 32, accessory=name)
+        for i in range(40):  # extreme positions and sizes: the accessory is always drawn inside the frame
+            scene = tw.random_scene(rng, 32, version=tw.VERSIONS[i % 2], accessory=name)
             img = tw.render(s, scene, 32, np.random.default_rng(1)).astype(int)
             assert (np.abs(img - np.array(colour)).sum(-1) < 30).sum() >= 4, (name, scene)
     for style in tw.STYLES:
         assert not np.array_equal(tw.render(s, replace(plain, style=style), 32, np.random.default_rng(1)), base)
     flipped = tw.render(s, replace(plain, view="upside-down"), 32, np.random.default_rng(1))
     assert not np.array_equal(flipped, base)
+
+
+def test_world_v2_is_the_same_world_drawn_plainer():
+    rng = np.random.default_rng(0)
+    scenes = [tw.random_scene(rng, 32, version=2) for _ in range(200)]
+    assert all(sc.view == "upright" and not sc.textured and sc.cell == 2 and 10 <= sc.radius <= 12 for sc in scenes)
+    assert {sc.background for sc in scenes} == set(tw.BACKGROUNDS)  # re-contextualization keeps every place
+    s = tw.Subject("ball", "red", "stripes", "blue")
+    scene = replace(scenes[0], accessory=None, style=None, body=None)
+    drawn = {p: tw.render(replace(s, pattern=p), scene, 32, np.random.default_rng(1)) for p in tw.PATTERNS}
+    assert len({d.tobytes() for d in drawn.values()}) == len(tw.PATTERNS)  # every pattern still tells apart
+    blue = (np.abs(drawn["stripes"].astype(int) - np.array(tw.PALETTE["blue"])).sum(-1) < 30).sum()
+    assert blue >= 40  # pattern-colour regions large enough to read at 32 px
+    with pytest.raises(ValueError, match="world version"):
+        tw.random_scene(rng, 32, version=3)
 
 
 def test_fidelity_counts_only_what_the_prompt_leaves_visible():
