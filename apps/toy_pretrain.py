@@ -31,9 +31,10 @@ import torch
 from core.config import PretrainConfig, ScorerConfig
 from core.models.backbone import create_backbone, load_backbone, save_backbone
 from core.models.device import pick_device
-from core.models.sampling import renoise, sample
+from core.models.sampling import renoise
 from core.toy import readers as rd
 from core.toy import world as tw
+from core.toy.evaluation import base_identity
 
 WORLD_SEED, TEST_FRACTION = 0, 0.2  # the split every stage and the benchmark use (WorldConfig's defaults)
 
@@ -162,21 +163,6 @@ def renoised_set(backbone, pairs, strength: float, rng: np.random.Generator, see
     ]
     labels = np.asarray([rd.label_row(s, sc) for s, sc in pairs], dtype=np.int64)
     return np.concatenate(out), labels, images
-
-
-def base_identity(backbone, reader, subjects, n: int, rng, seed: int, guidance: float, batch: int = 256) -> dict:
-    """The base model drawing its own full captions (no style, no edit): attribute accuracy read back."""
-    pairs = []
-    for i in rng.choice(len(subjects), size=n):
-        pairs.append((subjects[int(i)], tw.random_scene(rng, 32, accessory=rng.choice([None, None, *tw.ACCESSORIES]))))
-    captions = [tw.full_caption(s, sc) for s, sc in pairs]
-    images = np.concatenate(
-        [sample(backbone, captions[i : i + batch], guidance_scale=guidance, seed=seed + i) for i in range(0, n, batch)]
-    )
-    labels = np.asarray([rd.label_row(s, sc) for s, sc in pairs])
-    acc = rd.accuracy(reader, images, labels)
-    acc["identity"] = float(np.mean([acc["body"], acc["pattern"], acc["pattern_colour"]]))
-    return {k: round(v, 4) for k, v in acc.items()}, images[:64]
 
 
 def stage_finish(args, device) -> dict:
