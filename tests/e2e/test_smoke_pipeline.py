@@ -51,7 +51,7 @@ def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
     assert sorted(storage.list_shards(config.paths.g)) == before
     # Another expert config must not top up (or be mixed into) this G.
     other = dataclasses.replace(config, expert=dataclasses.replace(config.expert, steps=config.expert.steps + 1))
-    with pytest.raises(ValueError, match="rendered by another base, expert config or scorer"):
+    with pytest.raises(ValueError, match=r"G mixes 2 provenances \(base, expert config, scorer\)"):
         experts.run(other)
 
 
