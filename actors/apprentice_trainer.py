@@ -241,7 +241,8 @@ class WorkerRun:
         state["epochs"].append({"shards": len(shards), "kept_rows": rows, "passes": passes, "rows_read": seen_rows})
         if seen_rows == 0:
             raise RuntimeError(
-                f"worker {self.rank} of {self.world} read no G rows in an epoch ({rows} kept rows in {len(shards)} shards)"
+                f"worker {self.rank} of {self.world} read no G rows in an epoch "
+                f"({rows} kept rows in {len(shards)} shards)"
             )
 
     def run(self) -> None:

@@ -133,8 +133,9 @@ def sweep_job(cfg: DictConfig) -> dict | None:
 def stage_main(run):
     """Turn `run(config: PipelineConfig) -> dict` into a Hydra app that prints the stage's summary.
 
-    Under `-m` each job writes its own outputs (see `sweep_job`) and records its overrides in `paths.run/sweep_job.json`
-    (when it has a run folder of its own; Hydra keeps them in `hydra.sweep.dir/<N>/.hydra/` too).
+    Under `-m` each job writes its own outputs (see `sweep_job`) and records its overrides in
+    `paths.run/sweep_job.json` (when it has a run folder of its own; Hydra keeps them in `hydra.sweep.dir/<N>/.hydra/`
+    too).
     """
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -41,7 +41,8 @@ def run(config: PipelineConfig) -> dict:
             summaries[name] = STAGES[name](config)
             summaries[name]["seconds"] = round(time.perf_counter() - start, 1)
             print(
-                f"[pipeline] {name} done in {summaries[name]['seconds']} s: {json.dumps(summaries[name], default=str)[:300]}",
+                f"[pipeline] {name} done in {summaries[name]['seconds']} s: "
+                f"{json.dumps(summaries[name], default=str)[:300]}",
                 flush=True,
             )
     return summaries

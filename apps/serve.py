@@ -24,7 +24,8 @@ APP_NAME = "suti"
 
 
 def serve_args(config: PipelineConfig) -> ServeArgs:
-    """The Serve app's arguments from the Hydra config (the source of truth for `apps.serve` and `apps.serve_config`)."""
+    """The Serve app's arguments from the Hydra config (the source of truth for `apps.serve` and
+    `apps.serve_config`)."""
     acfg = config.apprentice
     return ServeArgs(
         apprentice=config.paths.apprentice, threads=acfg.threads, sampler=acfg.sampler, serve=config.serve

@@ -1,7 +1,8 @@
 """Write a `serve deploy` / `serve run` config file from the Hydra config, which stays the source of truth:
 
     python -m apps.serve_config experiment=demo      # -> outputs/demo/serve_config.yaml
-    serve run outputs/demo/serve_config.yaml          # or, on a running cluster: serve deploy outputs/demo/serve_config.yaml
+    serve run outputs/demo/serve_config.yaml          # or, on a running cluster:
+                                                      # serve deploy outputs/demo/serve_config.yaml
 
 To swap in a new checkpoint without downtime, write the file again with another `paths.apprentice` and deploy it:
 only the apprentice deployment's `user_config` changes, so Serve reconfigures its replicas in place.

@@ -9,8 +9,9 @@ noised and denoised part-way (SDEdit, labels still known) fine-tune the readers;
 reader accuracy on clean and on renoised renders of *test* subjects, and the base model's own identity accuracy on
 its captions. A stage whose output folder exists is skipped (delete it to redo it), so an interrupted run resumes
 at the stage it was in (the base stage also resumes inside itself, from a state saved every 200 steps). `identity`
-(not part of `all`) only measures the base's identity accuracy with the current readers. Steps are upper bounds; `--budget-s` ends a stage on time (its lr schedule follows the
-clock), which is how a run fits a fixed time slot on an accelerator. The device is picked by `core.models.device` (CUDA when there).
+(not part of `all`) only measures the base's identity accuracy with the current readers. Steps are upper bounds;
+`--budget-s` ends a stage on time (its lr schedule follows the clock), which is how a run fits a fixed time slot on
+an accelerator. The device is picked by `core.models.device` (CUDA when there).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def split() -> tuple[list[tw.Subject], list[tw.Subject]]:
 
 
 def _save_fp16(folder: str) -> None:
-    """Store every safetensors file under `folder` in fp16 (loading upcasts; see core.models.backbone.load_backbone)."""
+    """Store every safetensors file under `folder` in fp16 (loading upcasts; see
+    core.models.backbone.load_backbone)."""
     from safetensors.torch import load_file, save_file
 
     for root, _, names in os.walk(folder):

@@ -244,7 +244,8 @@ def main() -> None:
         print(f"{name:55s} {s['median']:.3f} s  [{s['min']:.3f}, {s['max']:.3f}]")
     for name, o in result["parameter_overhead"].items():
         print(
-            f"overhead {name:18s} {o['new'] / 1e6:8.2f} M new on {o['base'] / 1e6:8.1f} M ({100 * o['of_base']:.1f}% of UNet + text encoder, {100 * o['of_unet']:.1f}% of the UNet)"
+            f"overhead {name:18s} {o['new'] / 1e6:8.2f} M new on {o['base'] / 1e6:8.1f} M "
+            f"({100 * o['of_base']:.1f}% of UNet + text encoder, {100 * o['of_unet']:.1f}% of the UNet)"
         )
     print(f"wrote {path}")
 

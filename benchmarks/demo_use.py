@@ -6,8 +6,8 @@ another subject (its captions kept). The gap (other minus own) is above 0 exactl
 prediction; an apprentice that ignores its demos gives 0. Reported per apprentice folder with a bootstrap 95%
 interval over batches.
 
-    python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16] [--text-reference artifacts/toy/base]
-        [--out benchmarks/results/demo_use.json]
+    python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16]
+        [--text-reference artifacts/toy/base] [--out benchmarks/results/demo_use.json]
 
 The scale to read a gap against (`--text-reference BASE`): the same paired loss for a base model told the identity in
 words. Each row is a test subject in a random scene, captioned once with its own identity spelled out and once with
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         r = result[folder]
         print(
-            f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, gap {r['gap']:.3g} "
-            f"[{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; attention {r['attention']}, max |gate| {r['max_abs_gate']}",
+            f"[demo_use] {folder}: loss own demos {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, "
+            f"gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]; "
+            f"attention {r['attention']}, max |gate| {r['max_abs_gate']}",
             flush=True,
         )
     if args.text_reference:
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         r = text_gap(load_backbone(args.text_reference), split()[1], args.batches)
         result[f"text reference: {args.text_reference}"] = r
         print(
-            f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, other's {r['loss_other']:.5f}, "
-            f"gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]",
+            f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, "
+            f"other's {r['loss_other']:.5f}, gap {r['gap']:.3g} [{r['gap_95'][0]:.3g}, {r['gap_95'][1]:.3g}]",
             flush=True,
         )
     if args.out:

@@ -1,7 +1,9 @@
-"""Subjects per second of N experts fine-tuned and sampled as one vmapped model (`core.method.expert_batch.ExpertBatch`)
-against one `Expert` at a time, on the shipped toy base, on whatever device `pick_device` finds.
+"""Subjects per second of N experts fine-tuned and sampled as one vmapped model
+(`core.method.expert_batch.ExpertBatch`) against one `Expert` at a time, on the shipped toy base, on whatever device
+`pick_device` finds.
 
-    python -m benchmarks.expert_batch_speed            # N = 8, 32 against 1; writes benchmarks/results/expert_batch_speed[_<device>].json
+    python -m benchmarks.expert_batch_speed            # N = 8, 32 against 1; writes
+                                                       # benchmarks/results/expert_batch_speed[_<device>].json
     python -m benchmarks.expert_batch_speed --quick    # N = 4 against 1, few steps: a smoke check
 
 Both sides do the same work per subject (fine-tune `--steps` steps at batch 16, then draw 8 prompts with 25 DDIM

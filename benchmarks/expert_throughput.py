@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
             print(
-                f"[expert_throughput] repeat {rep} {side} x{workers}: {seconds:.1f} s, {runs[-1]['subjects_per_hour']:.0f} subjects/h",
+                f"[expert_throughput] repeat {rep} {side} x{workers}: {seconds:.1f} s, "
+                f"{runs[-1]['subjects_per_hour']:.0f} subjects/h",
                 flush=True,
             )
     ray.shutdown()
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "command": " ".join(["python -m benchmarks.expert_throughput", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, ray {ray.__version__}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, ray {ray.__version__}"
+        ),
         "work": {
             "subjects": n,
             "fine_tune_steps": steps,

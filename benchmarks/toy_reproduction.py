@@ -14,13 +14,13 @@ for parallel processes on one accelerator, `--shard i --num-shards n`; results p
   (`--expert-checkpoints`) to find the fewest steps that reach the expert's plateau fidelity.
 - `encoder --encoder-steps N`: the demo encoder's warm start (`pretrain_demo_encoder`) alone, saved under `--work`
   for the `train` processes to load; `train` makes it itself when it is missing.
-- `train --variant V`: an apprentice from the base (or, with `--init-apprentice FOLDER`, on from a saved one): `suti` (G filtered at `--lam`), `raw` (the Re-Imagen analogue:
-  the same train subjects' raw clusters, another image of the subject as target, no experts), `sweep-<lam>`
-  (G at each threshold of the sweep, trained shorter: `--sweep-steps`).
+- `train --variant V`: an apprentice from the base (or, with `--init-apprentice FOLDER`, on from a saved one): `suti`
+  (G filtered at `--lam`), `raw` (the Re-Imagen analogue: the same train subjects' raw clusters, another image of the
+  subject as target, no experts), `sweep-<lam>` (G at each threshold of the sweep, trained shorter: `--sweep-steps`).
 - `eval`: rows oracle / base / expert / raw apprentice / SuTI apprentice / oracle-G apprentice (trained on true renders
-  of every prompt: what perfect experts would give; an upper bound for the apprentice itself) with bootstrap 95% intervals over test
-  subjects; the apprentice with 0/1/3/5 demos; the threshold sweep; the mine stage's precision and recall against
-  the corpus's known truth; markdown, JSON and PNG grids under `--out`.
+  of every prompt: what perfect experts would give; an upper bound for the apprentice itself) with bootstrap 95%
+  intervals over test subjects; the apprentice with 0/1/3/5 demos; the threshold sweep; the mine stage's precision and
+  recall against the corpus's known truth; markdown, JSON and PNG grids under `--out`.
 
 Metrics: subject fidelity (share of the subject's visible identity attributes the readers find), text fidelity
 (share of the prompt's attributes found), toy CLIP-I (image-image cosine to the demos) and CLIP-T (image-prompt),
@@ -171,8 +171,8 @@ def stage_g(args, s: Settings, device) -> dict:
         if not os.path.exists(os.path.join(folder, f"{x.subject_id}.parquet"))
     ]
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
-    # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.method.expert_batch): on a GPU these tiny
-    # models are bound by kernel launches, so N experts cost about one. On a CPU one at a time is faster.
+    # --expert-batch N fine-tunes N subjects at once as one vmapped model (core.method.expert_batch): on a GPU these
+    # tiny models are bound by kernel launches, so N experts cost about one. On a CPU one at a time is faster.
     group = max(1, args.expert_batch)
     # One or the other: an Expert keeps a copy of the base state it restores before every subject.
     expert = ExpertBatch(base, scorer, cfg, provenance) if group > 1 else Expert(base, scorer, cfg, provenance)
@@ -345,7 +345,8 @@ class Examples:
 
 def oracle_examples(s: Settings) -> list[dict]:
     """What perfect experts would put in G for the same train subjects: each prompt's true render (every skill:
-    re-contextualization, property edit, accessory, style), with the subject's 5 demos and their class-only captions."""
+    re-contextualization, property edit, accessory, style), with the subject's 5 demos and their class-only
+    captions."""
     from core.method.expert import seed_for
 
     out = []
@@ -497,7 +498,8 @@ def stage_train(args, s: Settings, device) -> dict:
         raise ValueError(f"unknown variant {variant!r}: suti, raw, oracle or sweep-<none|lam>")
     if not examples:
         print(
-            f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; not trained"
+            f"[toy_reproduction] variant {variant}: no training examples under {args.work}/g at this threshold; "
+            "not trained"
         )
         return {"variant": variant, "examples": 0, "skipped": True}
     torch.manual_seed(0)
@@ -506,7 +508,8 @@ def stage_train(args, s: Settings, device) -> dict:
         # Continue a saved apprentice (its own grid, attention and demo encoder); the schedule starts again.
         if args.encoder_steps:
             raise ValueError(
-                "--init-apprentice continues a trained apprentice: its demo encoder is not warm-started again (drop --encoder-steps)"
+                "--init-apprentice continues a trained apprentice: its demo encoder is not warm-started again "
+                "(drop --encoder-steps)"
             )
         apprentice = load_apprentice(args.init_apprentice).to(device).train()
         with open(os.path.join(args.init_apprentice, "apprentice_config.json")) as f:
@@ -602,7 +605,8 @@ def score_images(records, images_per_record: list[np.ndarray], k_demos: int, sco
         demos = np.stack([from_png(b) for b in record["demo_images"][: max(1, k_demos)]])
         reads = rd.read(reader, images)
         subj = [tw.subject_fidelity(r, record["subject"], t) for r, t in zip(reads, record["prompt_truths"])]
-        # Subject fidelity split by attribute: the share of images, among those whose prompt leaves it visible, that show it.
+        # Subject fidelity split by attribute: the share of images, among those whose prompt leaves it visible, that
+        # show it.
         wanted = [tw.identity_wanted(record["subject"], t) for t in record["prompt_truths"]]
         for attr, metric in IDENTITY_METRICS.items():
             hits = [r.get(attr) == w[attr] for r, w in zip(reads, wanted) if attr in w]
@@ -903,13 +907,17 @@ def markdown(result: dict) -> str:
             continue
         lines += [
             "",
-            f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like | body / pattern / pattern colour |",
+            (
+                f"| {title}, demos | subject fidelity | text fidelity | CLIP-I | DINO-like "
+                "| body / pattern / pattern colour |"
+            ),
             "|---|---|---|---|---|---|",
         ]
         for kd, row in result[key].items():
             parts = " / ".join(f"{row[m][0]:.2f}" if m in row else "-" for m in IDENTITY_METRICS.values())
             lines.append(
-                f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | {fmt(*row['clip_i'])} | {fmt(*row['dino'])} | {parts} |"
+                f"| {kd} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} | "
+                f"{fmt(*row['clip_i'])} | {fmt(*row['dino'])} | {parts} |"
             )
     if result["sweep"]:
         lines += [
@@ -919,7 +927,8 @@ def markdown(result: dict) -> str:
         ]
         for lam, row in result["sweep"].items():
             lines.append(
-                f"| {lam} | {row['examples']} | {row['steps']} | {fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |"
+                f"| {lam} | {row['examples']} | {row['steps']} | "
+                f"{fmt(*row['subject_fidelity'])} | {fmt(*row['text_fidelity'])} |"
             )
     m = result.get("mine")
     if m:
@@ -927,7 +936,8 @@ def markdown(result: dict) -> str:
             "",
             (
                 f"Mining on a fresh corpus of {m['groups']} URL groups ({m['clean_groups']} clean): kept {m['kept']}, "
-                f"precision {m['precision']:.3f} (kept clusters holding one subject), recall {m['recall']:.3f} (clean groups kept); "
+                f"precision {m['precision']:.3f} (kept clusters holding one subject), "
+                f"recall {m['recall']:.3f} (clean groups kept); "
                 f"{m['corrupt_images_skipped']} corrupt images skipped."
             ),
         ]
@@ -937,7 +947,8 @@ def markdown(result: dict) -> str:
 # ---------------------------------------------------------------- main
 
 STAGES = ("g", "experts", "encoder", "train", "eval")
-# Settings fields that a flag of the same name (dashes for underscores) overrides: the int ones, and the checkpoint list.
+# Settings fields that a flag of the same name (dashes for underscores) overrides: the int ones, and the checkpoint
+# list.
 INT_SETTING_FLAGS = ("eval_subjects", "g_subjects", "apprentice_steps", "sweep_steps", "expert_steps")
 SETTING_FLAGS = (*INT_SETTING_FLAGS, "expert_checkpoints")
 
@@ -975,7 +986,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         "--encoder-steps",
         type=int,
         default=0,
-        help="warm-start the demo encoder as an identity recogniser on train subjects for this many steps (pretrain_demo_encoder)",
+        help=(
+            "warm-start the demo encoder as an identity recogniser on train subjects for this many steps "
+            "(pretrain_demo_encoder)"
+        ),
     )
     p.add_argument(
         "--init-apprentice",
@@ -986,7 +1000,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         "--raw-subjects",
         default="g",
         choices=("g", "all"),
-        help="the raw variant's train subjects: those with a G shard under --work (the paper's comparison), or every G subject of the settings, G built or not (raw_examples)",
+        help=(
+            "the raw variant's train subjects: those with a G shard under --work (the paper's comparison), "
+            "or every G subject of the settings, G built or not (raw_examples)"
+        ),
     )
     p.add_argument(
         "--expert-batch",
@@ -1000,7 +1017,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         "--expert-checkpoints",
         type=lambda v: tuple(sorted({int(x) for x in v.split(",")})),
         default=None,
-        help="fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 (the last is their length)",
+        help=(
+            "fine-tune step counts at which the test-subject experts are sampled, e.g. 25,50,100,150 "
+            "(the last is their length)"
+        ),
     )
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL

@@ -79,7 +79,8 @@ def check_single_provenance(shards: list[str], expected: Mapping | None = None) 
     if len(seen) > 1:
         listed = "; ".join(f"{dict(zip(PROVENANCE, p, strict=True))} ({s})" for p, s in seen.items())
         raise ValueError(
-            f"G mixes {len(seen)} provenances (base, expert config, scorer): {listed}. Write each to its own `paths.g`."
+            f"G mixes {len(seen)} provenances (base, expert config, scorer): {listed}. "
+            "Write each to its own `paths.g`."
         )
 
 

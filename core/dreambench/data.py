@@ -150,7 +150,8 @@ def parse_prompt_file(text: str) -> tuple[dict[str, str], dict[str, list[str]], 
         template = _template(line)
         if template is None:
             problems.append(
-                f"line {number}: not a '...{{0}} {{1}}...'.format(unique_token, class_token) template: {stripped[:80]!r}; skipped"
+                f"line {number}: not a '...{{0}} {{1}}...'.format(unique_token, class_token) template: "
+                f"{stripped[:80]!r}; skipped"
             )
             continue
         block.append(template)
@@ -171,7 +172,8 @@ def load(data_uri: str | None, config_key: str = "dreambench.data") -> DreamBenc
     """Read a DreamBench folder (local path or URI). Raises only when the prompt file is absent or unusable."""
     if not data_uri:
         raise storage.MissingInputError(
-            f"no DreamBench folder given: set config key `{config_key}` (the dataset/ folder of a google/dreambooth clone)"
+            f"no DreamBench folder given: set config key `{config_key}` "
+            "(the dataset/ folder of a google/dreambooth clone)"
         )
     prompt_uri = storage.join(data_uri, PROMPTS_FILE)
     storage.require(prompt_uri, config_key, "DreamBench prompt file")
@@ -271,7 +273,8 @@ def generate_apprentice(
 ) -> list[dict]:
     """DREAMBENCH rows of one subject drawn by the apprentice. demos: K uint8 (R, R, 3) at the model's resolution R.
 
-    sampling: sampler, num_inference_steps, guidance_scale, demo_guidance_scale (core.method.apprentice.sample's keywords).
+    sampling: sampler, num_inference_steps, guidance_scale, demo_guidance_scale (core.method.apprentice.sample's
+    keywords).
     provenance: backbone, run_hash.
     """
     from core.method.apprentice import sample
@@ -298,8 +301,8 @@ def generate_expert(
     identifier: str,
     provenance: dict,
 ) -> list[dict]:
-    """DREAMBENCH rows of one subject drawn by a per-subject expert: `expert` (a core.method.expert.Expert) is reset to the
-    base, fine-tuned on `demos` captioned with the identifier, then samples each prompt with its own settings."""
+    """DREAMBENCH rows of one subject drawn by a per-subject expert: `expert` (a core.method.expert.Expert) is reset to
+    the base, fine-tuned on `demos` captioned with the identifier, then samples each prompt with its own settings."""
     from core.models.sampling import sample
 
     cfg = expert.cfg

@@ -29,7 +29,8 @@ def check_encoders(cfg: DreamBenchConfig) -> None:
     """Fail before any generation when an encoder path is unset or absent."""
     if not cfg.dino:
         raise MissingInputError(
-            "DINO encoder not configured: set `dreambench.dino` to a local folder holding a transformers ViTModel (e.g. facebook/dino-vits16 saved with save_pretrained)"
+            "DINO encoder not configured: set `dreambench.dino` to a local folder holding a transformers ViTModel "
+            "(e.g. facebook/dino-vits16 saved with save_pretrained)"
         )
     storage.require(storage.join(cfg.dino, "config.json"), "dreambench.dino", "DINO ViTModel config.json")
     if cfg.clip_model.startswith(LOCAL_DIR):
@@ -44,8 +45,8 @@ def check_encoders(cfg: DreamBenchConfig) -> None:
         return
     if not cfg.clip_pretrained:
         raise MissingInputError(
-            f"CLIP weights not configured: set `dreambench.clip_pretrained` to a local weights file for open_clip model "
-            f"{cfg.clip_model!r} (`dreambench.clip_model`), or set `dreambench.clip_model=local-dir:<folder>`"
+            "CLIP weights not configured: set `dreambench.clip_pretrained` to a local weights file for open_clip "
+            f"model {cfg.clip_model!r} (`dreambench.clip_model`), or set `dreambench.clip_model=local-dir:<folder>`"
         )
     storage.require(cfg.clip_pretrained, "dreambench.clip_pretrained", f"CLIP weights for {cfg.clip_model}")
 

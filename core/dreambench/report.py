@@ -109,7 +109,8 @@ def markdown(report: dict, notes: list[str] | None = None, by_subject: bool = Tr
     lines += ["| method | backbone | DINO | CLIP-I | CLIP-T | s per subject |", "|---|---|---|---|---|---|"]
     for row in report["table"]:
         lines.append(
-            f"| {row['method']} | {row['backbone'] or '-'} | {_fmt(row['dino'])} | {_fmt(row['clip_i'])} | {_fmt(row['clip_t'])} | {_fmt(row['seconds_per_subject'], 1)} |"
+            f"| {row['method']} | {row['backbone'] or '-'} | {_fmt(row['dino'])} | {_fmt(row['clip_i'])} | "
+            f"{_fmt(row['clip_t'])} | {_fmt(row['seconds_per_subject'], 1)} |"
         )
     lines += [
         "",
@@ -120,7 +121,8 @@ def markdown(report: dict, notes: list[str] | None = None, by_subject: bool = Tr
     ]
     for row in report["per_kind"]:
         lines.append(
-            f"| {row['method']} | {row['kind']} | {_fmt(row['dino'])} | {_fmt(row['clip_i'])} | {_fmt(row['clip_t'])} | {row['images']} |"
+            f"| {row['method']} | {row['kind']} | {_fmt(row['dino'])} | {_fmt(row['clip_i'])} | "
+            f"{_fmt(row['clip_t'])} | {row['images']} |"
         )
     if not by_subject:
         return "\n".join(lines) + "\n"
@@ -133,7 +135,8 @@ def markdown(report: dict, notes: list[str] | None = None, by_subject: bool = Tr
     ]
     for row in report["per_subject"]:
         lines.append(
-            f"| {row['subject']} | {row['class_name']} | {row['method']} | {_fmt(row['dino'])} | {_fmt(row['clip_i'])} | {_fmt(row['clip_t'])} | {_fmt(row['seconds'], 1)} |"
+            f"| {row['subject']} | {row['class_name']} | {row['method']} | {_fmt(row['dino'])} | "
+            f"{_fmt(row['clip_i'])} | {_fmt(row['clip_t'])} | {_fmt(row['seconds'], 1)} |"
         )
     if report.get("problems"):
         lines += ["", "## Problems found in the data", ""] + [f"- {p}" for p in report["problems"]]
@@ -218,7 +221,10 @@ def index_html(report: dict, grids: dict[str, str], notes: list[str]) -> str:
     metric_cols = [("dino", "DINO"), ("clip_i", "CLIP-I"), ("clip_t", "CLIP-T")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>DreamBench report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
+        (
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>"
+        ),
         "</head><body><h1>DreamBench</h1>",
         "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>",
         table(

@@ -268,7 +268,8 @@ class DemoAdapter(ModelMixin, ConfigMixin):
             if joint and name in layers:
                 if getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None) is not None:
                     raise ValueError(
-                        f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): use 'separate'"
+                        f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): "
+                        "use 'separate'"
                     )
                 processors[name] = JointDemoProcessor(base)
             elif key in self.branches:

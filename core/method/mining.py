@@ -30,9 +30,10 @@ def select_cluster(image_emb: np.ndarray, text_emb: np.ndarray, cfg: MineConfig)
     """The similarity filters on one URL group's unit embeddings (images (N, E), their captions (N, E)).
 
     Returns (the members kept, in order, at most `max_demos`; "" or the reason the group is dropped: too_small,
-    incoherent, off_caption; how many images were outliers). Images whose mean similarity to the rest of the group is under `min_image_image` are
-    outliers; the cluster is kept when enough images remain and their mean image-caption similarity passes
-    `min_image_text`. Shared by the in-process `mine` and the Ray Data one (`actors/mining_pool.py`)."""
+    incoherent, off_caption; how many images were outliers). Images whose mean similarity to the rest of the group is
+    under `min_image_image` are outliers; the cluster is kept when enough images remain and their mean image-caption
+    similarity passes `min_image_text`. Shared by the in-process `mine` and the Ray Data one
+    (`actors/mining_pool.py`)."""
     if len(image_emb) < cfg.min_cluster_size:
         return [], "too_small", 0
     sim = image_emb @ image_emb.T

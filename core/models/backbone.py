@@ -105,7 +105,8 @@ def create_backbone(preset: str = "tiny", seed: int = 0) -> Backbone:
     """A randomly initialised backbone from a named preset."""
     if preset in REAL_PRESETS:
         raise ValueError(
-            f"{preset!r} ({REAL_PRESETS[preset]}) is a pretrained backbone: set model.path to its folder (or hf://org/name in the local Hugging Face cache) instead of pretraining it"
+            f"{preset!r} ({REAL_PRESETS[preset]}) is a pretrained backbone: set model.path to its folder "
+            "(or hf://org/name in the local Hugging Face cache) instead of pretraining it"
         )
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")

@@ -397,7 +397,8 @@ def corpus_rows(train_subjects: list[Subject], cfg, rng: np.random.Generator) ->
 # ---------------------------------------------------------------- fidelity from read attributes
 
 # The identity attributes a render still shows under each style: grayscale removes colour, 4x4 blocks blend the
-# pattern into the body. Subject fidelity counts only these; the trained readers (core/toy/readers.py) learn only these.
+# pattern into the body. Subject fidelity counts only these; the trained readers (core/toy/readers.py) learn only
+# these.
 OBSERVABLE = {
     None: ("body", "pattern", "pattern_colour"),
     "negative": ("body", "pattern", "pattern_colour"),

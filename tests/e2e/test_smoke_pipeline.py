@@ -56,7 +56,8 @@ def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
 
 
 def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
-    """The same G rows, noise and timesteps score a lower loss on the trained apprentice than on its start (the base)."""
+    """The same G rows, noise and timesteps score a lower loss on the trained apprentice than on its start
+    (the base)."""
     import torch
 
     from actors.g_dataset import decode_batch

@@ -139,7 +139,8 @@ def test_importing_core_loads_no_runner_package():
         "import sys\n"
         + "".join(f"import {m}\n" for m in core)
         + (
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'hydra', 'omegaconf'})\nassert not bad, bad\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'hydra', 'omegaconf'})\n"
+            "assert not bad, bad\n"
         )
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
