@@ -17,10 +17,6 @@ from core.dreambench import data as dreambench
 from core.dreambench.data import Prompt, Subject
 
 
-def shard_uri(out_uri: str, subject: str) -> str:
-    return g.shard_uri(out_uri, subject)  # named as G's per-subject shards
-
-
 @ray.remote
 class DreamBenchActor:
     def __init__(self, method: str, model_uri: str, config: PipelineConfig):

@@ -18,7 +18,7 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from actors.cluster import ray_cluster, remote_call
-from actors.dreambench_pool import GenerationJob, run_generation, shard_uri
+from actors.dreambench_pool import GenerationJob, run_generation
 from apps.config import require_base, stage_main
 from core.config import PipelineConfig, config_hash, to_dict
 from core.data import g, schema, storage
@@ -213,9 +213,9 @@ def run(config: PipelineConfig) -> dict:
             results[method] = run_generation(method, job, config) if job.tasks else []
             seconds[f"generate_{method}"] = round(time.perf_counter() - start, 1)
             written = set(storage.list_shards(job.out_uri))
-            shards[method] = {
-                s.name: shard_uri(job.out_uri, s.name) for s in subjects if shard_uri(job.out_uri, s.name) in written
-            }
+            # Per-subject shards, named as G's (core.data.g).
+            by_subject = {s.name: g.shard_uri(job.out_uri, s.name) for s in subjects}
+            shards[method] = {name: uri for name, uri in by_subject.items() if uri in written}
         start = time.perf_counter()
         scored = remote_call(
             score_all,

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -50,9 +50,9 @@ def provenance_of(row: Mapping) -> tuple[str, ...]:
     return tuple(row[k] for k in PROVENANCE)
 
 
-def passes(delta: np.ndarray | Iterable[float], min_delta: float | None) -> np.ndarray:
+def passes(delta: np.ndarray | list[float], min_delta: float | None) -> np.ndarray:
     """Which rows the filter keeps: delta > min_delta (every row when min_delta is None)."""
-    delta = np.asarray(list(delta) if not isinstance(delta, np.ndarray) else delta, dtype=np.float64)
+    delta = np.asarray(delta, dtype=np.float64)
     return np.ones(len(delta), dtype=bool) if min_delta is None else delta > min_delta
 
 
