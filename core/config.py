@@ -67,6 +67,19 @@ class PretrainConfig:
     snr_gamma: float | None = None
     ema_decay: float | None = None  # EMA of the weights (warmed up as (1 + step) / (10 + step)); None: no EMA
     budget_s: float | None = None  # seconds of training, the time spent in `on_mark` callbacks excluded
+    # True: warm-up and decay follow the share of `budget_s` used (one run, stopped by its budget). False: they follow
+    # the step out of `steps`, and continue there when a later run resumes from a checkpoint.
+    budget_schedule: bool = False
+    # A curriculum: the first `plain_steps` steps draw plain scenes (no style, no property edit; the same captions).
+    plain_steps: int = 0
+    # The stage keeps a checkpoint in `paths.base` (fp16 EMA weights and a report), rewritten every `save_every` steps
+    # and at the end; with `resume` a run continues from the one there (same recipe), its schedule at the saved step.
+    resume: bool = True
+    save_every: int = 500
+    # After each run: the base draws `eval_n` full captions of test subjects at `eval_guidance`, and the readers at
+    # `paths.readers` give its identity (recorded in the checkpoint's report; 0: not measured).
+    eval_n: int = 0
+    eval_guidance: float = 3.0
 
 
 @dataclass

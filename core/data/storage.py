@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -137,6 +138,32 @@ def upload_dir(local_dir: str, uri: str) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def replace_dir(local_dir: str, uri: str) -> None:
+    """Put a local folder's contents at a folder URI, replacing what was there. Locally the swap is two renames (a
+    reader sees the old folder or the new one, and `readable_dir` finds the old one if a crash falls between them);
+    elsewhere the files are copied over the old ones."""
+    if not is_local(uri):
+        upload_dir(local_dir, uri)
+        return
+    path = absolute_uri(uri)
+    staged, old = path + TMP_SUFFIX, path + ".old"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(local_dir, staged)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(staged, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_dir(uri: str) -> str | None:
+    """The folder `replace_dir` last completed at `uri` (None when there is none)."""
+    if exists(uri):
+        return uri
+    old = absolute_uri(uri) + ".old" if is_local(uri) else None
+    return old if old and os.path.isdir(old) else None
 
 
 def local_dir(uri: str) -> str:

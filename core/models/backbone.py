@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
-from core.models.tokenizer import create_tokenizer, tokenize
+from core.models.tokenizer import create_tokenizer, create_word_tokenizer, tokenize
 
 PRESETS: dict[str, dict] = {
     # 32x32 pixel space, about 1 M UNet parameters: the CPU preset used by tests and the toy world.
@@ -66,6 +67,16 @@ PRESETS["toy-wide"] = {
     "unet": {**PRESETS["toy"]["unet"], "block_out_channels": (48, 96, 96), "norm_num_groups": 16},
     "text": {**PRESETS["toy"]["text"], "num_hidden_layers": 3},
 }
+# The toy preset with a word-level tokenizer over the toy world's vocabulary (core.models.tokenizer.TOY_WORDS): its
+# text encoder has 0.1 M parameters instead of 3.3 M, nearly all of those CLIP's 49,408 BPE embedding rows.
+PRESETS["toy-words"] = {**PRESETS["toy"], "tokenizer": "words"}
+# The toy preset with a second path for the text, as DeepFloyd IF's UNet has: the caption's tokens, attention-pooled,
+# are added to the timestep embedding, so every ResNet block (the 32x32 ones too, which have no cross-attention) is
+# modulated by what the caption says about the whole image, such as its colours.
+PRESETS["toy-pooled"] = {
+    **PRESETS["toy"],
+    "unet": {**PRESETS["toy"]["unet"], "addition_embed_type": "text", "addition_embed_type_num_heads": 4},
+}
 
 
 @dataclass
@@ -112,7 +123,8 @@ def create_backbone(preset: str = "tiny", seed: int = 0) -> Backbone:
         raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
     spec = PRESETS[preset]
     torch.manual_seed(seed)
-    tokenizer = create_tokenizer(spec["max_length"])
+    words = spec.get("tokenizer") == "words"
+    tokenizer = (create_word_tokenizer if words else create_tokenizer)(spec["max_length"])
     text_cfg = CLIPTextConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=spec["max_length"],
@@ -127,13 +139,18 @@ def create_backbone(preset: str = "tiny", seed: int = 0) -> Backbone:
     return Backbone(unet, text_encoder, tokenizer, scheduler, spec["resolution"])
 
 
-def save_backbone(backbone: Backbone, folder: str) -> None:
+def save_backbone(backbone: Backbone, folder: str, half: bool = False) -> None:
+    """Write a diffusers-style folder; `half` stores the weights in fp16 (`load_backbone` reads them back as fp32)."""
     backbone.unet.save_pretrained(os.path.join(folder, "unet"))
     backbone.text_encoder.save_pretrained(os.path.join(folder, "text_encoder"))
     backbone.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
     backbone.noise_scheduler.save_pretrained(os.path.join(folder, "scheduler"))
     if backbone.vae is not None:
         backbone.vae.save_pretrained(os.path.join(folder, "vae"))
+    if half:
+        for name in weight_files(folder):
+            tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(name).items()}
+            save_file(tensors, name, metadata={"format": "pt"})
 
 
 def resolve_model_dir(path_or_id: str, cache_dir: str | None = None) -> str:

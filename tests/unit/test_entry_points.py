@@ -24,3 +24,23 @@ def test_world_app_writes_the_corpus_and_mine_app_names_what_is_missing(tmp_path
     failed = run_app("apps.mine", "experiment=smoke", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/hydra")
     assert failed.returncode != 0
     assert f"toy scorer not found at '{tmp_path}/scorer' (set by config key `paths.scorer`)" in failed.stderr
+
+
+def test_pretrain_app_runs_time_boxed_resumable_runs_that_report_each_run(tmp_path):
+    import json
+
+    common = ["experiment=smoke", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/hydra", "pretrain.eval_n=8"]
+    first = run_app("apps.pretrain", *common, "pretrain.steps=4", "pretrain.save_every=3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_app("apps.pretrain", *common, "pretrain.steps=6")
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads((tmp_path / "base" / "report.json").read_text())
+    assert report["step"] == 6 and report["recipe"]["preset"] == "tiny"
+    runs = report["runs"]
+    assert [(r["from_step"], r["to_step"]) for r in runs] == [(0, 4), (4, 6)]
+    assert runs[1]["command"].startswith("python -m apps.pretrain experiment=smoke")
+    assert 0.0 <= runs[1]["test_identity"]["identity"] <= 1.0 and runs[1]["test_identity"]["samples"] == 8
+    done = run_app("apps.pretrain", *common, "pretrain.steps=6")
+    assert done.returncode == 0 and "has all 6 steps already" in done.stdout
+    changed = run_app("apps.pretrain", *common, "pretrain.steps=8", "pretrain.prediction_type=v_prediction")
+    assert changed.returncode != 0 and "pretrain.resume=false" in changed.stderr

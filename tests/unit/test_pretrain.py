@@ -78,3 +78,63 @@ def test_the_recipe_reaches_the_model_and_a_budget_ends_training_with_marks_on_t
     assert 2 <= len(losses) < 10**6 and all(np.isfinite(losses))  # the 3-second budget ended it, not the steps
     assert [m[0] for m in marks] == [1.0, 2.0] and marks[0][1] <= marks[1][1] <= len(losses) and marks[0][2] == 2
     assert sample(backbone, ["a red ball with blue dots on sand"], num_inference_steps=2).shape == (1, 32, 32, 3)
+
+
+def test_a_resumed_schedule_continues_at_its_step_after_a_short_ramp():
+    import torch
+
+    from core.models.schedules import warmup_cosine
+
+    def lrs(n: int, **kwargs) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = warmup_cosine(opt, 100, **kwargs)
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    whole = lrs(100)
+    assert lrs(60, start_step=40) == whole[40:]  # not a second warm-up and decay
+    ramped = lrs(60, start_step=40, ramp_steps=10)
+    assert ramped[0] < 0.2 * whole[40] and abs(ramped[9] - whole[49]) < 1e-12 and ramped[20:] == whole[60:]
+
+
+def test_a_checkpoint_ships_fp16_ema_weights_and_a_later_run_continues_from_its_step(tmp_path):
+    import json
+
+    import pytest
+    import torch
+
+    from core.toy.pretrain import checkpoint_recipe, load_checkpoint, save_checkpoint
+
+    train, _ = tw.split_subjects(0, 0.2)
+    cfg = PretrainConfig(steps=6, batch_size=4, lr=1e-3, ema_decay=0.99)
+    recipe = checkpoint_recipe("tiny", cfg, 2)
+    folder = str(tmp_path / "base")
+    assert load_checkpoint(folder, recipe) is None
+    backbone = create_backbone("tiny", seed=0)
+    report = {"recipe": recipe, "runs": [{"command": "first"}]}
+    pretrain(
+        backbone,
+        train,
+        PretrainConfig(steps=4, batch_size=4, lr=1e-3, ema_decay=0.99),
+        progress=False,
+        world_version=2,
+        save_state=lambda s: save_checkpoint(backbone, s, folder, report),
+        save_every=3,
+    )
+    saved = json.loads((tmp_path / "base" / "report.json").read_text())
+    assert saved["step"] == 4 and saved["runs"] == [{"command": "first"}] and not (tmp_path / "base.old").exists()
+    loaded, resume, _ = load_checkpoint(folder, recipe)
+    assert int(resume["step"]) == 4 and next(loaded.unet.parameters()).dtype == torch.float32
+    for got, want in zip(loaded.unet.parameters(), backbone.unet.parameters()):  # the EMA weights, in fp16
+        assert torch.allclose(got, want, atol=2e-3, rtol=2e-3)
+    more = pretrain(loaded, train, cfg, progress=False, world_version=2, resume=resume)
+    assert len(more) == 2  # steps 5 and 6 only
+    with pytest.raises(ValueError, match="another recipe.*prediction_type"):
+        load_checkpoint(folder, {**recipe, "prediction_type": "v_prediction"})
+    # A crash between replace_dir's two renames leaves the previous checkpoint as base.old: it is still found.
+    (tmp_path / "base").rename(tmp_path / "base.old")
+    assert int(load_checkpoint(folder, recipe)[1]["step"]) == 4
