@@ -1,5 +1,6 @@
-"""The toy tokenizer: a transformers `CLIPTokenizer` built from the BPE vocabulary that open_clip ships (nothing
-is downloaded), and tokenizing for any backbone's tokenizer."""
+"""Toy tokenizers, made with nothing downloaded: a transformers `CLIPTokenizer` built from the BPE vocabulary that
+open_clip ships, or a word-level one for the toy world's own vocabulary; and tokenizing for any backbone's tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +9,24 @@ import gzip
 import os
 
 import torch
-from transformers import CLIPTokenizer
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTokenizer, PreTrainedTokenizerFast
+
+# Every word of the toy world's captions and prompts (core/toy/world.py; tests/unit/test_toyworld.py checks that none
+# is missing). A word-level text encoder over these has 51 embedding rows where CLIP's BPE has 49,408.
+TOY_WORDS = tuple(
+    word
+    for kind in (
+        "a with on wearing style , of photo",
+        "ball box cone kite cross egg tower bowl",
+        "red green blue yellow purple orange white black",
+        "stripes bars dots checks",
+        "grass sand sky stone night wood snow brick",
+        "hat flag balloon pedestal",
+        "grayscale blocky negative upright upside - down",
+    )
+    for word in kind.split()
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,6 +66,27 @@ def create_tokenizer(max_length: int) -> CLIPTokenizer:
         merges=list(merges),
         model_max_length=max_length,
         pad_token="<|endoftext|>",
+    )
+
+
+def create_word_tokenizer(max_length: int, words: tuple[str, ...] = tuple(TOY_WORDS)) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (lower-cased, split on spaces and punctuation; unknown words become <unk>), wrapped as
+    a transformers fast tokenizer so it saves and loads with the backbone like any other."""
+    special = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    vocab = {w: i for i, w in enumerate([*special, *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=max_length,
     )
 
 

@@ -116,3 +116,18 @@ def test_corpus_is_deterministic_and_noisy():
             by_url.setdefault(r["url"], set()).add(r["truth_subject_id"])
     assert any(len(v) > 1 for v in by_url.values())  # some groups mix subjects
     assert any(len(v) == 1 for v in by_url.values())
+
+
+def test_the_word_tokenizer_knows_every_word_of_the_toy_worlds_captions_and_prompts():
+    from core.models.tokenizer import create_word_tokenizer
+    from core.toy.pretrain import toy_scenes
+
+    tokenizer = create_word_tokenizer(24)
+    rng = np.random.default_rng(0)
+    subjects = tw.all_subjects()
+    _, _, captions = toy_scenes(subjects, 2000, rng, 32, version=2)
+    prompts = [p.text for s in subjects[:64] for p, _ in tw.prompts_for(s.class_name, 23, rng)]
+    for text in captions + prompts + [tw.class_caption(s, tw.random_scene(rng)) for s in subjects[:64]]:
+        ids = tokenizer(text).input_ids
+        assert tokenizer.unk_token_id not in ids and len(ids) <= 24, text
+    assert tokenizer("a zebra").input_ids.count(tokenizer.unk_token_id) == 1
