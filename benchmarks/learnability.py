@@ -5,7 +5,7 @@ candidates that pair a world version with a training recipe.
     python -m benchmarks.learnability --work W --candidates v2,v2-v-minsnr --budget-min 30 --marks 10,20,30
     python -m benchmarks.learnability --work W --quick               # a minute in all: every code path
 
-Each candidate trains the `toy` preset from scratch with the pretraining stage's own loop
+Each candidate trains its preset (`toy` unless named) from scratch with the pretraining stage's own loop
 (`core.toy.pretrain.pretrain`: train subjects, identity-spelling captions, batch 32, EMA weights) for `--budget-min`
 minutes of training time. At each of `--marks` (training minutes; sampling time excluded) its EMA weights draw
 `--eval-n` full captions of *test* subjects (unseen combinations of seen attribute values) at guidance
@@ -49,9 +49,12 @@ class Candidate:
     world_version: int
     recipe: PretrainConfig
     note: str
+    preset: str = "toy"
 
 
-BASE_RECIPE = PretrainConfig(steps=10**7, batch_size=32, lr=1e-3, schedule="constant", ema_decay=0.995, threads=2)
+BASE_RECIPE = PretrainConfig(
+    steps=10**7, batch_size=32, lr=1e-3, schedule="constant", ema_decay=0.995, threads=2, budget_schedule=True
+)
 CANDIDATES = {
     c.name: c
     for c in (
@@ -68,6 +71,40 @@ CANDIDATES = {
             1,
             replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0),
             "world v1; v-prediction with Min-SNR-5 weighting",
+        ),
+        Candidate(
+            "v2-v-minsnr-plain",
+            2,
+            replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0, plain_steps=1000),
+            "world v2; v-prediction, Min-SNR-5; a curriculum: plain scenes (no style, no edit) for 1,000 steps",
+        ),
+        Candidate(
+            "v2-pooled",
+            2,
+            replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0),
+            "world v2; v-prediction, Min-SNR-5; the toy-pooled preset (pooled text added to the timestep embedding)",
+            preset="toy-pooled",
+        ),
+        Candidate(
+            "v2-words",
+            2,
+            replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0),
+            "world v2; v-prediction, Min-SNR-5; the toy-words preset (a word-level tokenizer and text encoder)",
+            preset="toy-words",
+        ),
+        Candidate(
+            "v2-words-plain",
+            2,
+            replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0, plain_steps=1000),
+            "world v2; v-prediction, Min-SNR-5, plain scenes for 1,000 steps; the toy-words preset",
+            preset="toy-words",
+        ),
+        Candidate(
+            "v2-pooled-plain",
+            2,
+            replace(BASE_RECIPE, prediction_type="v_prediction", snr_gamma=5.0, plain_steps=1000),
+            "world v2; v-prediction, Min-SNR-5, plain scenes for 1,000 steps; the toy-pooled preset",
+            preset="toy-pooled",
         ),
     )
 }
@@ -99,7 +136,7 @@ def readers_for(version: int, work: str, minutes: float, seed: int) -> tuple[rd.
 
 def run_candidate(c: Candidate, reader, args, budget_s: float, marks_s: list[float]) -> tuple[dict, np.ndarray]:
     train, test = tw.split_subjects(0, 0.2)
-    backbone = bb.create_backbone("toy", seed=args.seed)
+    backbone = bb.create_backbone(c.preset, seed=args.seed)
     recipe = replace(c.recipe, budget_s=budget_s, seed=args.seed)
     points, last = [], {}
 
@@ -128,6 +165,7 @@ def run_candidate(c: Candidate, reader, args, budget_s: float, marks_s: list[flo
     eval_s = sum(p["eval_s"] for p in points)
     result = {
         "world_version": c.world_version,
+        "preset": c.preset,
         "note": c.note,
         "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("steps",)},
         "steps": len(losses),
@@ -188,10 +226,10 @@ def markdown(result: dict) -> str:
             f"samples per point; chance {result['chance']:.3f}), by training minutes on {result['machine']}."
         ),
         "",
-        "| candidate | world | recipe | s/step | "
+        "| candidate | world | preset | recipe | s/step | "
         + " | ".join(f"{m:g} min" for m in result["marks_min"])
         + " | readers on clean test renders |",
-        "|---|---|---|---|" + "---|" * len(result["marks_min"]) + "---|",
+        "|---|---|---|---|---|" + "---|" * len(result["marks_min"]) + "---|",
     ]
     for name, r in result["candidates"].items():
         by_mark = {p["minutes"]: p["identity"] for p in r["points"]}
@@ -200,8 +238,25 @@ def markdown(result: dict) -> str:
         recipe = r["recipe"]
         kind = "v" if recipe["prediction_type"] == "v_prediction" else "eps"
         snr = f", min-SNR {recipe['snr_gamma']:g}" if recipe["snr_gamma"] else ""
-        row = f"| {name} | v{r['world_version']} | {kind}{snr}, lr {recipe['lr']:g}, batch {recipe['batch_size']} |"
+        plain = f", plain scenes for {recipe['plain_steps']:,} steps" if recipe.get("plain_steps") else ""
+        row = (
+            f"| {name} | v{r['world_version']} | {r.get('preset', 'toy')} | {kind}{snr}, lr {recipe['lr']:g}, "
+            f"batch {recipe['batch_size']}{plain} |"
+        )
         lines.append(f"{row} {r['seconds_per_step']} | " + " | ".join(cells) + f" | {readers:.3f} |")
+    attributes = ("body", "pattern", "pattern_colour", "class_name", "background", "accessory", "style")
+    lines += [
+        "",
+        "Each attribute at the last mark (the readers' accuracy; identity is the mean of the first three):",
+        "",
+        "| candidate | minutes | " + " | ".join(attributes) + " |",
+        "|---|---|" + "---|" * len(attributes),
+    ]
+    for name, r in result["candidates"].items():
+        if r["points"]:
+            last = r["points"][-1]
+            cells = " | ".join(f"{last[a]:.3f}" for a in attributes)
+            lines.append(f"| {name} | {last['minutes']:g} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
