@@ -6,10 +6,13 @@ it to `paths.base`.
 
 A run trains for `pretrain.budget_s` seconds (or up to `pretrain.steps`), then writes a checkpoint to `paths.base`:
 the EMA weights in fp16 and `report.json` (the step reached, the recipe, and per run its command, steps, minutes and,
-with `pretrain.eval_n`, the identity that the readers at `paths.readers` read from its samples of test subjects).
+with `pretrain.eval_n`, the identity that the readers at `paths.readers` read from its samples of test subjects, and
+the readers' accuracy on test renders this base noised halfway and denoised).
 The checkpoint is also rewritten every `pretrain.save_every` steps, so a killed run loses at most that much. With
 `pretrain.resume` (the default) a run continues from the checkpoint there: the learning-rate schedule is a function
-of the step, so a series of time-boxed runs follows one schedule.
+of the step, so a series of time-boxed runs follows one schedule. `pretrain.eval_every_s` adds a point to the run's
+identity curve every so many seconds of training (the time spent measuring is not counted). `pretrain.budget_s=0`
+trains nothing and only measures the checkpoint (a run of no steps in the report).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
     import numpy as np
     import torch
 
-    from core.models.backbone import create_backbone
+    from core.models.backbone import Backbone, create_backbone
     from core.models.device import pick_device
     from core.toy import readers as rd
     from core.toy import world as toyworld
-    from core.toy.evaluation import base_identity
+    from core.toy.evaluation import base_identity, measure_identity, readers_on_renoised
     from core.toy.pretrain import checkpoint_recipe, load_checkpoint, pretrain, save_checkpoint
 
     cfg, world = config.pretrain, config.world
@@ -44,7 +47,7 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
     else:
         backbone, resume, report = found
     start = int(resume["step"]) if resume is not None else 0
-    if start >= cfg.steps:
+    if start >= cfg.steps and cfg.budget_s != 0:
         return {"steps": start, "note": f"the checkpoint at {config.paths.base} has all {cfg.steps} steps already"}
     device = pick_device()
     backbone.to(device)
@@ -56,41 +59,62 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
         "threads": cfg.threads,
         "from_step": start,
     }
-    began = time.perf_counter()
-
-    def save_state(state: dict) -> None:
-        run.update(to_step=int(state["step"]), minutes=round((time.perf_counter() - began) / 60, 1))
-        save_checkpoint(backbone, state, config.paths.base, {**report, "runs": [*runs, run]})
-
-    losses = pretrain(
-        backbone,
-        train,
-        cfg,
-        world_version=world.version,
-        resume=resume,
-        save_state=save_state,
-        save_every=cfg.save_every,
-    )
-    run["last_loss"] = round(float(np.mean(losses[-100:])), 4)
+    reader = None
     if cfg.eval_n:
         storage.require(config.paths.readers, "paths.readers", f"attribute readers of world version {world.version}")
         reader = rd.load_readers(storage.local_dir(config.paths.readers)).to(device)
+    began, measuring = time.perf_counter(), {"s": 0.0}
+
+    def save_state(state: dict) -> None:
+        minutes = (time.perf_counter() - began - measuring["s"]) / 60  # training time: the curve's points excluded
+        run.update(to_step=int(state["step"]), minutes=round(minutes, 1))
+        save_checkpoint(backbone, state, config.paths.base, {**report, "runs": [*runs, run]})
+
+    def on_mark(seconds: float, step: int, modules: torch.nn.ModuleList) -> None:
+        """A point of the run's identity curve, from the EMA weights."""
+        t = time.perf_counter()
+        view = Backbone(modules[0], modules[1], backbone.tokenizer, backbone.noise_scheduler, backbone.resolution)
+        rng = np.random.default_rng(cfg.seed + 3)
         acc, _ = base_identity(
-            backbone,
-            reader,
-            test,
-            cfg.eval_n,
-            np.random.default_rng(cfg.seed + 3),
-            cfg.seed + 2000,
-            cfg.eval_guidance,
-            version=world.version,
+            view, reader, test, cfg.eval_n, rng, cfg.seed + 2000, cfg.eval_guidance, version=world.version
         )
-        run["test_identity"] = {"guidance": cfg.eval_guidance, "samples": cfg.eval_n, **acc}
+        run.setdefault("curve", []).append({"step": step, "minutes": round(seconds / 60, 1), **acc})
+        measuring["s"] += time.perf_counter() - t
+
+    if cfg.budget_s == 0:  # measure only: the checkpoint's weights as they are
+        losses = []
+        backbone.noise_scheduler = type(backbone.noise_scheduler).from_config(
+            backbone.noise_scheduler.config, prediction_type=cfg.prediction_type
+        )
+        run.update(to_step=start, minutes=0.0)
+    else:
+        every = cfg.eval_every_s if reader is not None and cfg.eval_every_s else None
+        marks = tuple(np.arange(every, cfg.budget_s or 0.0, every)) if every else ()
+        losses = pretrain(
+            backbone,
+            train,
+            cfg,
+            world_version=world.version,
+            resume=resume,
+            save_state=save_state,
+            save_every=cfg.save_every,
+            marks_s=marks,
+            on_mark=on_mark,
+        )
+        run["last_loss"] = round(float(np.mean(losses[-100:])), 4)
+    if reader is not None:
+        run["test_identity"] = measure_identity(
+            backbone, reader, test, cfg.eval_n, cfg.eval_guidance, cfg.seed, world.version
+        )
+        # Whether the readers can be trusted on what this base draws: test renders it noised halfway and denoised.
+        run["readers_on_renoised_test"] = readers_on_renoised(
+            backbone, reader, test, cfg.eval_n, 0.5, cfg.seed + 5, world.version
+        )
     # The final weights again (the backbone holds the EMA weights now), with the run's loss and identity.
     weights = torch.nn.ModuleList([backbone.unet, backbone.text_encoder]).state_dict()
     state = {"model": weights, "step": torch.tensor(start + len(losses))}
     save_checkpoint(backbone, state, config.paths.base, {**report, "runs": [*runs, run]})
-    return {"first_loss": losses[0], **run}
+    return {"first_loss": losses[0] if losses else None, **run}
 
 
 def run(config: PipelineConfig) -> dict:

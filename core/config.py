@@ -80,6 +80,7 @@ class PretrainConfig:
     # `paths.readers` give its identity (recorded in the checkpoint's report; 0: not measured).
     eval_n: int = 0
     eval_guidance: float = 3.0
+    eval_every_s: float | None = None  # also measure every so many seconds of training: the run's identity curve
 
 
 @dataclass

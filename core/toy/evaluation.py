@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from core.config import EvaluateConfig, WorldConfig
 from core.data.images import from_png, to_png
-from core.models.sampling import sample
+from core.models.sampling import renoise, sample
 from core.models.scorer import Scorer
 from core.toy import readers as rd
 from core.toy import world as toyworld
@@ -59,6 +59,53 @@ def base_identity(
     acc = rd.accuracy(reader, images, labels)
     acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
     return {k: round(v, 4) for k, v in acc.items()}, images[:64]
+
+
+CHECK_SAMPLES = 32  # the quick re-measurement recorded beside a base's identity
+
+
+def measure_identity(backbone, reader, subjects: list, n: int, guidance: float, seed: int, version: int) -> dict:
+    """`base_identity` on `n` samples, as a base's report records it, plus `check`: the same measurement on the first
+    `CHECK_SAMPLES` of those captions and seeds, which anyone (a test) can repeat in seconds."""
+    acc, _ = base_identity(
+        backbone, reader, subjects, n, np.random.default_rng(seed + 3), seed + 2000, guidance, version=version
+    )
+    small = min(n, CHECK_SAMPLES)
+    check, _ = base_identity(
+        backbone, reader, subjects, small, np.random.default_rng(seed + 3), seed + 2000, guidance, version=version
+    )
+    return {"guidance": guidance, "samples": n, "seed": seed, **acc, "check": {"samples": small, **check}}
+
+
+def readers_on_renoised(
+    backbone,
+    reader,
+    subjects: list,
+    n: int,
+    strength: float,
+    seed: int,
+    version: int,
+    batch: int = 256,
+) -> dict:
+    """How well the readers read images the base has made: renders of `n` full captions of `subjects` (the scenes of
+    `base_identity`) noised to `strength` and denoised by `backbone` (SDEdit), read back. Per attribute, and
+    `identity`."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in rng.choice(len(subjects), size=n):
+        scene = toyworld.random_scene(rng, 32, version, accessory=rng.choice([None, None, *toyworld.ACCESSORIES]))
+        pairs.append((subjects[int(i)], scene))
+    images = np.stack([toyworld.render(s, sc, 32, rng) for s, sc in pairs])
+    captions = [toyworld.full_caption(s, sc) for s, sc in pairs]
+    out = np.concatenate(
+        [
+            renoise(backbone, images[i : i + batch], captions[i : i + batch], strength=strength, seed=seed + i)
+            for i in range(0, n, batch)
+        ]
+    )
+    acc = rd.accuracy(reader, out, np.asarray([rd.label_row(s, sc) for s, sc in pairs]))
+    acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
+    return {"strength": strength, "samples": n, **{k: round(v, 4) for k, v in acc.items()}}
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:

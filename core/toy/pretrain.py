@@ -142,12 +142,12 @@ def pretrain(
 
     The recipe is `cfg`'s: prediction type (set on the backbone's noise schedule here, so its samplers follow),
     Min-SNR weighting, schedule, EMA, and `cfg.budget_s` seconds of training. `on_mark(seconds, step, modules)`
-    is called once training time passes each of `marks_s`, with the EMA weights when there are some; its own time
-    does not count as training time. `save_state(state)` is called every `save_every` steps, and once more at the
-    end, with a dict of tensors (weights, EMA, optimizer, step); passing such a dict back as `resume` continues from
-    it (the data stream moves on to new batches). `resume` may hold only "step" (a shipped checkpoint,
-    `load_checkpoint`: the backbone then holds its EMA weights, which training and EMA both continue from, and the
-    schedule goes on from "step")."""
+    is called once training time passes each of `marks_s` (once per step, with the last mark it passed), with the
+    EMA weights when there are some; its own time does not count as training time. `save_state(state)` is called
+    every `save_every` steps, and once more at the end, with a dict of tensors (weights, EMA, optimizer, step);
+    passing such a dict back as `resume` continues from it (the data stream moves on to new batches). `resume` may
+    hold only "step" (a shipped checkpoint, `load_checkpoint`: the backbone then holds its EMA weights, which
+    training and EMA both continue from, and the schedule goes on from "step")."""
     if backbone.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     if backbone.noise_scheduler.config.get("prediction_type") != cfg.prediction_type:
@@ -233,8 +233,10 @@ def pretrain(
         if save_state is not None and (step + 1) % save_every == 0:
             save_state(training_state(modules, ema, opt, step + 1))
         trained["s"] += time.perf_counter() - step_start
-        while marks and trained["s"] >= marks[0] and on_mark is not None:
-            on_mark(marks.pop(0), step + 1, ema if ema is not None else modules)
+        passed = [m for m in marks if trained["s"] >= m]
+        if passed and on_mark is not None:  # one measurement, however many marks this step passed
+            marks = marks[len(passed) :]
+            on_mark(passed[-1], step + 1, ema if ema is not None else modules)
             modules.train()
         step_start = time.perf_counter()
         if deadline is not None and time.monotonic() > deadline:

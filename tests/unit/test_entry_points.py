@@ -32,15 +32,28 @@ def test_pretrain_app_runs_time_boxed_resumable_runs_that_report_each_run(tmp_pa
     common = ["experiment=smoke", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/hydra", "pretrain.eval_n=8"]
     first = run_app("apps.pretrain", *common, "pretrain.steps=4", "pretrain.save_every=3")
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_app("apps.pretrain", *common, "pretrain.steps=6")
+    second = run_app(
+        "apps.pretrain", *common, "pretrain.steps=6", "pretrain.budget_s=600", "pretrain.eval_every_s=0.01"
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads((tmp_path / "base" / "report.json").read_text())
     assert report["step"] == 6 and report["recipe"]["preset"] == "tiny"
     runs = report["runs"]
     assert [(r["from_step"], r["to_step"]) for r in runs] == [(0, 4), (4, 6)]
     assert runs[1]["command"].startswith("python -m apps.pretrain experiment=smoke")
-    assert 0.0 <= runs[1]["test_identity"]["identity"] <= 1.0 and runs[1]["test_identity"]["samples"] == 8
+    measured = runs[1]["test_identity"]
+    assert 0.0 <= measured["identity"] <= 1.0 and measured["samples"] == 8 and measured["check"]["samples"] == 8
+    assert measured["check"]["identity"] == measured["identity"]  # the same 8 captions and seeds
+    curve = runs[1]["curve"]  # a point every 0.01 s of training: after each step
+    assert [p["step"] for p in curve] == [5, 6] and all(0.0 <= p["identity"] <= 1.0 for p in curve)
+    renoised = runs[1]["readers_on_renoised_test"]
+    assert renoised["strength"] == 0.5 and renoised["samples"] == 8 and 0.0 <= renoised["identity"] <= 1.0
     done = run_app("apps.pretrain", *common, "pretrain.steps=6")
     assert done.returncode == 0 and "has all 6 steps already" in done.stdout
+    again = run_app("apps.pretrain", *common, "pretrain.steps=6", "pretrain.budget_s=0")  # measure only
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads((tmp_path / "base" / "report.json").read_text())
+    assert report["step"] == 6 and (report["runs"][2]["from_step"], report["runs"][2]["to_step"]) == (6, 6)
+    assert report["runs"][2]["test_identity"]["identity"] == measured["identity"]
     changed = run_app("apps.pretrain", *common, "pretrain.steps=8", "pretrain.prediction_type=v_prediction")
     assert changed.returncode != 0 and "pretrain.resume=false" in changed.stderr
