@@ -35,8 +35,8 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
     from core.models.device import pick_device
     from core.toy import readers as rd
     from core.toy import world as toyworld
-    from core.toy.evaluation import base_identity, measure_identity, readers_on_renoised
-    from core.toy.pretrain import checkpoint_recipe, load_checkpoint, pretrain, save_checkpoint
+    from core.toy.evaluation import measure_identity, readers_on_renoised
+    from core.toy.pretrain import checkpoint_recipe, load_checkpoint, pretrain, save_checkpoint, write_report
 
     cfg, world = config.pretrain, config.world
     train, test = toyworld.split_subjects(world.seed, world.test_fraction)
@@ -46,6 +46,8 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
         backbone, resume, report = create_backbone(config.model.preset, seed=cfg.seed), None, {"recipe": recipe}
     else:
         backbone, resume, report = found
+    if found is None and cfg.budget_s == 0:
+        raise ValueError(f"pretrain.budget_s=0 measures a checkpoint, and there is none at {config.paths.base}")
     start = int(resume["step"]) if resume is not None else 0
     if start >= cfg.steps and cfg.budget_s != 0:
         return {"steps": start, "note": f"the checkpoint at {config.paths.base} has all {cfg.steps} steps already"}
@@ -74,18 +76,12 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
         """A point of the run's identity curve, from the EMA weights."""
         t = time.perf_counter()
         view = Backbone(modules[0], modules[1], backbone.tokenizer, backbone.noise_scheduler, backbone.resolution)
-        rng = np.random.default_rng(cfg.seed + 3)
-        acc, _ = base_identity(
-            view, reader, test, cfg.eval_n, rng, cfg.seed + 2000, cfg.eval_guidance, version=world.version
-        )
+        acc = measure_identity(view, reader, test, cfg.eval_n, cfg.eval_guidance, cfg.seed, world.version, check=False)
         run.setdefault("curve", []).append({"step": step, "minutes": round(seconds / 60, 1), **acc})
         measuring["s"] += time.perf_counter() - t
 
-    if cfg.budget_s == 0:  # measure only: the checkpoint's weights as they are
+    if cfg.budget_s == 0:  # measure only: the checkpoint's weights (its scheduler has the recipe's prediction type)
         losses = []
-        backbone.noise_scheduler = type(backbone.noise_scheduler).from_config(
-            backbone.noise_scheduler.config, prediction_type=cfg.prediction_type
-        )
         run.update(to_step=start, minutes=0.0)
     else:
         every = cfg.eval_every_s if reader is not None and cfg.eval_every_s else None
@@ -110,10 +106,8 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
         run["readers_on_renoised_test"] = readers_on_renoised(
             backbone, reader, test, cfg.eval_n, 0.5, cfg.seed + 5, world.version
         )
-    # The final weights again (the backbone holds the EMA weights now), with the run's loss and identity.
-    weights = torch.nn.ModuleList([backbone.unet, backbone.text_encoder]).state_dict()
-    state = {"model": weights, "step": torch.tensor(start + len(losses))}
-    save_checkpoint(backbone, state, config.paths.base, {**report, "runs": [*runs, run]})
+    # The weights are in the checkpoint already (written at the end of training): now the run's loss and identity.
+    write_report(config.paths.base, {**report, "runs": [*runs, run]}, start + len(losses))
     return {"first_loss": losses[0] if losses else None, **run}
 
 

@@ -69,7 +69,7 @@ def create_tokenizer(max_length: int) -> CLIPTokenizer:
     )
 
 
-def create_word_tokenizer(max_length: int, words: tuple[str, ...] = tuple(TOY_WORDS)) -> PreTrainedTokenizerFast:
+def create_word_tokenizer(max_length: int, words: tuple[str, ...] = TOY_WORDS) -> PreTrainedTokenizerFast:
     """A word-level tokenizer (lower-cased, split on spaces and punctuation; unknown words become <unk>), wrapped as
     a transformers fast tokenizer so it saves and loads with the backbone like any other."""
     special = ["<pad>", "<unk>", "<bos>", "<eos>"]

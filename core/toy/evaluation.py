@@ -38,10 +38,7 @@ def base_identity(
     """The base model drawing `n` full captions of `subjects` (scenes of world `version`, accessories but no style
     or edit) at `guidance`: the readers' accuracy per attribute, and `identity`, the mean over `IDENTITY`.
     Returns (accuracies, the first 64 images)."""
-    pairs = []
-    for i in rng.choice(len(subjects), size=n):
-        scene = toyworld.random_scene(rng, 32, version, accessory=rng.choice([None, None, *toyworld.ACCESSORIES]))
-        pairs.append((subjects[int(i)], scene))
+    pairs = identity_pairs(subjects, n, rng, version)
     captions = [toyworld.full_caption(s, sc) for s, sc in pairs]
     images = np.concatenate(
         [
@@ -55,21 +52,39 @@ def base_identity(
             for i in range(0, n, batch)
         ]
     )
-    labels = np.asarray([rd.label_row(s, sc) for s, sc in pairs])
-    acc = rd.accuracy(reader, images, labels)
+    return read_identity(reader, images, pairs), images[:64]
+
+
+def identity_pairs(subjects: list, n: int, rng: np.random.Generator, version: int) -> list[tuple]:
+    """`n` (subject, scene) pairs for measuring identity: scenes of world `version`, accessories, no style or edit."""
+    pairs = []
+    for i in rng.choice(len(subjects), size=n):
+        scene = toyworld.random_scene(rng, 32, version, accessory=rng.choice([None, None, *toyworld.ACCESSORIES]))
+        pairs.append((subjects[int(i)], scene))
+    return pairs
+
+
+def read_identity(reader, images: np.ndarray, pairs: list[tuple]) -> dict:
+    """The readers' accuracy per attribute on images of `pairs`, and `identity`, the mean over `IDENTITY`."""
+    acc = rd.accuracy(reader, images, np.asarray([rd.label_row(s, sc) for s, sc in pairs]))
     acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
-    return {k: round(v, 4) for k, v in acc.items()}, images[:64]
+    return {k: round(v, 4) for k, v in acc.items()}
 
 
 CHECK_SAMPLES = 32  # the quick re-measurement recorded beside a base's identity
 
 
-def measure_identity(backbone, reader, subjects: list, n: int, guidance: float, seed: int, version: int) -> dict:
-    """`base_identity` on `n` samples, as a base's report records it, plus `check`: the same measurement on the first
-    `CHECK_SAMPLES` of those captions and seeds, which anyone (a test) can repeat in seconds."""
+def measure_identity(
+    backbone, reader, subjects: list, n: int, guidance: float, seed: int, version: int, check: bool = True
+) -> dict:
+    """`base_identity` on `n` samples, as a base's report records it, plus (with `check`) `check`: the same
+    measurement on the first `CHECK_SAMPLES` of those captions and seeds, which anyone (a test) can repeat in
+    seconds."""
     acc, _ = base_identity(
         backbone, reader, subjects, n, np.random.default_rng(seed + 3), seed + 2000, guidance, version=version
     )
+    if not check:
+        return {"guidance": guidance, "samples": n, "seed": seed, **acc}
     small = min(n, CHECK_SAMPLES)
     check, _ = base_identity(
         backbone, reader, subjects, small, np.random.default_rng(seed + 3), seed + 2000, guidance, version=version
@@ -91,10 +106,7 @@ def readers_on_renoised(
     `base_identity`) noised to `strength` and denoised by `backbone` (SDEdit), read back. Per attribute, and
     `identity`."""
     rng = np.random.default_rng(seed)
-    pairs = []
-    for i in rng.choice(len(subjects), size=n):
-        scene = toyworld.random_scene(rng, 32, version, accessory=rng.choice([None, None, *toyworld.ACCESSORIES]))
-        pairs.append((subjects[int(i)], scene))
+    pairs = identity_pairs(subjects, n, rng, version)
     images = np.stack([toyworld.render(s, sc, 32, rng) for s, sc in pairs])
     captions = [toyworld.full_caption(s, sc) for s, sc in pairs]
     out = np.concatenate(
@@ -103,9 +115,7 @@ def readers_on_renoised(
             for i in range(0, n, batch)
         ]
     )
-    acc = rd.accuracy(reader, out, np.asarray([rd.label_row(s, sc) for s, sc in pairs]))
-    acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
-    return {"strength": strength, "samples": n, **{k: round(v, 4) for k, v in acc.items()}}
+    return {"strength": strength, "samples": n, **read_identity(reader, out, pairs)}
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -293,6 +292,10 @@ def save_checkpoint(backbone: bb.Backbone, state: dict, folder: str, report: dic
     torch.nn.ModuleList([view.unet, view.text_encoder]).load_state_dict({k: v.cpu() for k, v in weights.items()})
     with tempfile.TemporaryDirectory() as tmp:
         bb.save_backbone(view, tmp, half=True)
-        with open(os.path.join(tmp, REPORT), "w") as f:
-            json.dump({**report, "step": int(state["step"])}, f, indent=1)
+        write_report(tmp, report, int(state["step"]))
         storage.replace_dir(tmp, folder)
+
+
+def write_report(folder: str, report: dict, step: int) -> None:
+    """A checkpoint's `report.json` (written whole, under a temporary name first)."""
+    storage.write_bytes(storage.join(folder, REPORT), json.dumps({**report, "step": step}, indent=1).encode())
