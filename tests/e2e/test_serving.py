@@ -240,11 +240,22 @@ def test_web_page_draws_in_headless_chromium(served, tmp_path):
             page.set_input_files("#files", [str(broken)])
             page.wait_for_selector("#caption-0")
             page.click("#generate")
-            page.wait_for_function("document.getElementById('error').textContent.includes('422')", timeout=60_000)
+            page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=60_000)
             error = page.text_content("#error")
+            stale = page.locator("img.result").count()  # the earlier result is gone once an error shows
+            # A server failure whose body is not JSON (a proxy's error page, say): still one plain sentence.
+            page.route(
+                "**/v1/generate",
+                lambda route: route.fulfill(status=500, body="Internal Server Error", content_type="text/plain"),
+            )
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('error').textContent.includes('500')", timeout=60_000)
+            failure = page.text_content("#error")
         finally:
             browser.close()
-    assert "demos[0].image" in error, error
+    assert "demos[0].image" in error and "{" not in error and "[" not in error.replace("demos[0]", ""), error
+    assert stale == 0
+    assert "JSON" not in failure and "Unexpected token" not in failure and failure.endswith("."), failure
     assert src.startswith("data:image/png;base64,")
     drawn = from_png(base64.b64decode(src.split(",", 1)[1]))
     two = dict(body, demos=body["demos"][:2])
