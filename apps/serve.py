@@ -14,7 +14,7 @@ import requests
 from ray import serve
 
 from actors.cluster import ray_cluster
-from actors.serve_app import ServeArgs, build_app
+from actors.serve_app import HEALTH_APP_SUFFIX, ServeArgs, build_app, build_health_app
 from apps.config import stage_main
 from core.config import PipelineConfig
 from core.data import storage
@@ -36,9 +36,16 @@ def start(config: PipelineConfig) -> str:
     """Deploy the app (or redeploy it: with only `paths.apprentice` changed, the running replicas swap checkpoints in
     place through `user_config`, without downtime); returns its base URL."""
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.start(http_options=http_options(config))
     serve.run(build_app(serve_args(config)), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_health_app({"app_name": APP_NAME}), name=APP_NAME + HEALTH_APP_SUFFIX, route_prefix="/healthz")
     return f"http://{config.serve.host}:{config.serve.port}"
+
+
+def http_options(config: PipelineConfig) -> dict:
+    """Serve's HTTP proxy: where it listens, and the end-to-end time limit of a request (answered with 408)."""
+    s = config.serve
+    return {"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
 
 
 def example_request(config: PipelineConfig) -> dict:

@@ -12,24 +12,32 @@ from __future__ import annotations
 
 import yaml
 
+from actors.serve_app import HEALTH_APP_SUFFIX
 from apps.config import stage_main
-from apps.serve import APP_NAME, serve_args
+from apps.serve import APP_NAME, http_options, serve_args
 from core.config import PipelineConfig
 from core.data import storage
 
 
 def deploy_config(config: PipelineConfig) -> dict:
-    """A Ray Serve config (`ServeDeploySchema`): one application built by `actors.serve_app:build_app`."""
+    """A Ray Serve config (`ServeDeploySchema`): the application built by `actors.serve_app:build_app`, and beside it
+    the health application at /healthz."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": config.serve.host, "port": config.serve.port},
+        "http_options": http_options(config),
         "applications": [
             {
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "actors.serve_app:build_app",
                 "args": serve_args(config).model_dump(),
-            }
+            },
+            {
+                "name": APP_NAME + HEALTH_APP_SUFFIX,
+                "route_prefix": "/healthz",
+                "import_path": "actors.serve_app:build_health_app",
+                "args": {"app_name": APP_NAME},
+            },
         ],
     }
 

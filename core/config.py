@@ -184,11 +184,30 @@ class ServeConfig:
     max_demos: int = 8
     max_prompt_chars: int = 300
     # Request limits: over one, a request gets a 4xx naming the field.
+    # The pixels all of a request's demos decode to, in millions (a JPEG is decoded towards the model's resolution
+    # and counts for what it decodes to): bounds the memory one request can make a replica allocate.
+    max_request_megapixels: float = 64.0
+    decode_threads: int = 2  # demos decoded at once per ingress replica, off its event loop
     # Request batching on the apprentice replicas (@serve.batch): up to max_batch_size requests share one reverse
     # process; 1 turns batching off.
     max_batch_size: int = 4
     batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 16  # per apprentice replica; at least max_batch_size, or batches never fill
+    # Beyond ongoing + queued requests, a request is answered at once with 503 and a Retry-After of retry_after_s
+    # seconds, rather than waiting without bound: max_queued_requests waiting for an apprentice replica at each
+    # ingress replica, ingress_max_queued_requests waiting for an ingress replica at the HTTP proxy.
+    max_queued_requests: int = 32
+    ingress_max_ongoing_requests: int = 8  # per ingress replica (Serve's default of 5 is too few)
+    ingress_max_queued_requests: int = 16
+    # What an ingress replica may grow by while it holds ingress_max_ongoing_requests bodies of max_body_bytes and
+    # decodes decode_threads demos at once: the app refuses to start with limits that could exceed it
+    # (actors.serve_app.ingress_memory_bound_mb; benchmarks/serve_memory.py measures it).
+    ingress_memory_budget_mb: int = 1024
+    retry_after_s: int = 5
+    # A client that stops sending its body for body_read_timeout_s seconds gets a 408 and frees its slot; no request
+    # takes longer than request_timeout_s end to end (Serve's HTTP proxy answers 408).
+    body_read_timeout_s: float = 10.0
+    request_timeout_s: float = 300.0
     # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); when not empty it
     # replaces num_replicas. Set on the command line with `+serve.autoscaling='{min_replicas: 1, max_replicas: 4}'`.
     autoscaling: dict[str, Any] = field(default_factory=dict)

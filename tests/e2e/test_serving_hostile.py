@@ -36,8 +36,9 @@ def hostile(smoke):
         port=free_port(),
         ingress_max_ongoing_requests=INGRESS_LIMIT,
         ingress_max_queued_requests=INGRESS_LIMIT,
-        max_ongoing_requests=4,
-        max_queued_requests=2,
+        max_batch_size=2,
+        max_ongoing_requests=2,
+        max_queued_requests=1,
         body_read_timeout_s=BODY_TIMEOUT_S,
         retry_after_s=3,
         max_request_megapixels=20.0,
@@ -94,16 +95,16 @@ def test_bad_values_are_422_naming_the_field_without_echoing_the_request(hostile
     # the prompt itself, with a lone surrogate: refused before it reaches the model
     reply = _post_raw(url, json.dumps(dict(good, prompt="a \udfff in the snow")).encode())
     assert reply.status_code == 422 and reply.json()["detail"].startswith("prompt:"), reply.text[:300]
-    # an unknown key holding a surrogate is named without breaking the reply's encoding
+    # a key that is not Unicode text: refused without breaking the reply's encoding
     reply = _post_raw(url, json.dumps(dict(good, **{"\ud800": float("nan")})).encode())
-    assert reply.status_code == 422, reply.text[:300]
-    assert "not permitted" in reply.json()["detail"]
+    assert reply.status_code == 422 and isinstance(reply.json()["detail"], str), reply.text[:300]
     assert requests.post(f"{url}/v1/generate", json=good, timeout=120).status_code == 200
 
 
 def _hostile_bodies(good: dict):
-    """Hypothesis strategy: JSON bodies built from the good request with each field replaced, at random, by a hostile
-    value (non-finite floats, lone surrogates, type confusion, nesting) or left alone."""
+    """Hypothesis strategy: the good request with one field replaced by a hostile value (non-finite floats, lone
+    surrogates, type confusion, nesting) or a valid one; bodies of fields drawn at random; or a JSON value that is
+    not an object at all."""
     from hypothesis import strategies as st
 
     surrogate = st.sampled_from(["\ud800", "\udfff", "x\udbff", "\udc00y"])
@@ -136,8 +137,9 @@ def _hostile_bodies(good: dict):
         "num_images": st.one_of(st.just(1), junk),
         "seed": st.one_of(st.integers(0, 2**31 - 1), junk),
     }
+    one_field = st.sampled_from(sorted(fields)).flatmap(lambda k: fields[k].map(lambda v: {**good, k: v}))
     body = st.fixed_dictionaries({}, optional={**fields, **{k: junk for k in ("extra", "\ud800", "")}})
-    return st.one_of(body, junk)
+    return st.one_of(one_field, body, junk)
 
 
 def test_hostile_fuzzer_gets_no_server_error(hostile):
@@ -263,8 +265,8 @@ def test_stalled_clients_cannot_take_the_service_down(hostile):
 
 
 def test_a_full_queue_is_answered_at_once_with_503_and_retry_after(hostile):
-    """More concurrent generations than the apprentice's ongoing + queued limits: the surplus is refused at once with
-    503 and Retry-After (not left waiting), the rest are drawn, and /healthz answers meanwhile."""
+    """More concurrent generations than the apprentice's and the ingress's ongoing + queued limits: the surplus is
+    refused at once with 503 and Retry-After (not left waiting), the rest are drawn, and /healthz answers meanwhile."""
     from apps.serve import example_request
 
     config, url = hostile
@@ -280,13 +282,15 @@ def test_a_full_queue_is_answered_at_once_with_503_and_retry_after(hostile):
         health_s = time.monotonic() - start
         results = [f.result() for f in futures]
     codes = [r.status_code for _, r in results]
-    assert codes.count(200) >= 4 and codes.count(503) >= 1, codes
+    assert codes.count(200) >= 3 and codes.count(503) >= 1, codes
     assert set(codes) <= {200, 503}, codes
-    for _, r in results:
-        if r.status_code == 503:
-            assert int(r.headers["retry-after"]) == config.serve.retry_after_s
-            assert r.elapsed.total_seconds() < 10, r.elapsed  # refused at once, not after a wait
-            assert "detail" in r.json()
+    refusals = [r for _, r in results if r.status_code == 503]
+    for r in refusals:
+        assert int(r.headers["retry-after"]) == config.serve.retry_after_s
+        assert r.elapsed.total_seconds() < 10, r.elapsed  # refused at once, not after a wait
+    # The apprentice's queue (2 ongoing + 1 queued) is smaller than the ingress's (4): the ingress itself refuses some,
+    # with a JSON detail; the HTTP proxy refuses the surplus beyond the ingress's own queue.
+    assert any("queue is full" in r.text for r in refusals), [r.text[:100] for r in refusals]
     assert health_s < 2.0, health_s
 
 

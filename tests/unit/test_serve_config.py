@@ -16,6 +16,7 @@ def test_deploy_config_is_a_valid_serve_config_carrying_the_hydra_values(tmp_pat
             f"paths.root={tmp_path}",
             "serve.max_batch_size=8",
             "serve.port=8100",
+            "serve.request_timeout_s=60",
             "+serve.autoscaling={min_replicas: 1, max_replicas: 3, target_ongoing_requests: 2}",
         ]
     )
@@ -23,8 +24,11 @@ def test_deploy_config_is_a_valid_serve_config_carrying_the_hydra_values(tmp_pat
     data = yaml.safe_load(storage.read_bytes(summary["out"]))
     schema = ServeDeploySchema.model_validate(data)
     assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8100
-    (app,) = schema.applications
-    assert app.import_path == "actors.serve_app:build_app"
+    app, health = schema.applications
+    assert app.import_path == "actors.serve_app:build_app" and app.route_prefix == "/"
+    assert health.import_path == "actors.serve_app:build_health_app" and health.route_prefix == "/healthz"
+    assert health.args == {"app_name": app.name}
+    assert schema.http_options.request_timeout_s == config.serve.request_timeout_s
     args = ServeArgs(**app.args)
     assert args.apprentice == config.paths.apprentice and args.serve.max_batch_size == 8
     assert args.serve.autoscaling == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
