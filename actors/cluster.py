@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import ray
+from ray._private import ray_constants
 
 from core.config import ClusterConfig
 
 PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+# Ray's single-machine mode: with it off, Ray takes 127.0.0.1 as the node's address, and every server of a cluster
+# started here (GCS, raylet, object manager, agents, metrics exporters, workers) binds that address.
+_MULTI_NODE_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Start the local clusters of this block on the loopback interface only (see `ClusterConfig.loopback_only`).
+
+    Ray reads the setting from the environment when it is imported: the processes a cluster starts inherit the
+    variable, and this driver, which imported Ray already, gets the constant set for the block's duration.
+    """
+    saved_env, saved_flag = os.environ.get(_MULTI_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_MULTI_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_MULTI_NODE_ENV, None)
+        else:
+            os.environ[_MULTI_NODE_ENV] = saved_env
+
+
+def start_local_cluster(cfg: ClusterConfig, **init_kwargs) -> None:
+    """`ray.init` a local cluster as `cfg` says: its logical CPUs, no dashboard, a bounded object store, and by
+    default every port on 127.0.0.1."""
+    scope = loopback_only() if cfg.loopback_only else contextlib.nullcontext()
+    with scope:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
+            # Workers do not see the driver's sys.path: point them at this checkout, installed or not.
+            runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
+            **init_kwargs,
+        )
 
 
 @contextlib.contextmanager
@@ -24,13 +66,7 @@ def ray_cluster(cfg: ClusterConfig):
     if cfg.address:
         ray.init(address=cfg.address)
     else:
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            include_dashboard=False,
-            object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
-            # Workers do not see the driver's sys.path: point them at this checkout, installed or not.
-            runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
-        )
+        start_local_cluster(cfg)
     try:
         yield
     finally:

@@ -81,7 +81,9 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    from actors.cluster import start_local_cluster
     from actors.g_dataset import read_g
+    from core.config import ClusterConfig
     from core.method import apprentice as ap
     from core.models import backbone as bb
 
@@ -102,7 +104,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_cluster(ClusterConfig(num_cpus=4), log_to_driver=False)
     try:
 
         def dataset(seed: int):

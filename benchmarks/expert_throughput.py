@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
+    from actors.cluster import start_local_cluster
+    from core.config import ClusterConfig
     from core.models.backbone import create_backbone, save_backbone
     from core.models.scorer import create_scorer, save_scorer
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps=steps, batch_size=8, threads=1, num_cpus=1, max_tasks_in_flight=1, num_inference_steps=10, max_retries=0
     )
     work = records(n)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    start_local_cluster(ClusterConfig(num_cpus=os.cpu_count()), log_to_driver=False)
 
     runs: list[dict] = []
     order = [("ray", 1), ("plain", 1), ("ray", 2), ("plain", 2)]

@@ -264,6 +264,9 @@ class ClusterConfig:
     address: str | None = None
     num_cpus: int = 4  # logical CPUs of a local cluster; Ray Data needs room beside Train workers
     object_store_memory_mb: int = 512
+    # A local cluster binds every port (Ray's gRPC servers, its /metrics exporters, agents, Serve) to 127.0.0.1, as
+    # Ray does on macOS and Windows; false keeps Ray's Linux default of all interfaces, for machines that join it.
+    loopback_only: bool = True
 
 
 @dataclass

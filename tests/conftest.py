@@ -14,18 +14,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local cluster per session: fixed logical CPUs (room for Ray Data beside a Train worker), no dashboard,
-    a bounded object store, and a temp dir of its own that is removed afterwards."""
+    """One local cluster per session, started as the apps start theirs (every port on 127.0.0.1): fixed logical CPUs
+    (room for Ray Data beside a Train worker), no dashboard, a bounded object store, and a temp dir of its own that
+    is removed afterwards."""
     import ray
 
+    from actors.cluster import start_local_cluster
+    from core.config import ClusterConfig
+
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        object_store_memory=512 * 1024 * 1024,
-        _temp_dir=temp_dir,
-        log_to_driver=False,
-    )
+    start_local_cluster(ClusterConfig(num_cpus=4, object_store_memory_mb=512), _temp_dir=temp_dir, log_to_driver=False)
     try:
         yield ray
     finally:
