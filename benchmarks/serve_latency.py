@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from ray import serve
 
+    from actors.cluster import start_local_cluster
     from actors.serve_app import ServeArgs, build_app
     from apps.config import compose
+    from core.config import ClusterConfig
     from core.method.apprentice import Apprentice
     from core.models import backbone as bb
     from core.pipelines.suti import save_apprentice
@@ -142,12 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
         "threads_per_replica": config.apprentice.threads,
         "settings": [],
     }
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_local_cluster(ClusterConfig(num_cpus=4), log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
         for batching, max_batch in (("off", 1), ("on", 4)):
-            sargs = ServeArgs(apprentice=apprentice_dir, threads=config.apprentice.threads, max_batch_size=max_batch)
+            limits = dataclasses.replace(config.serve, max_batch_size=max_batch)
+            sargs = ServeArgs(apprentice=apprentice_dir, threads=config.apprentice.threads, serve=limits)
             serve.run(build_app(sargs), name="bench", route_prefix="/", blocking=False)
             _load(url, [_request_body(num_demos, steps, 1, 999)] * 2, 1)  # warm-up
             for concurrency in (1, 4):
