@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from actors.expert_pool import run_pool, run_subject
-from core.config import ExpertConfig, FilterConfig, ScorerConfig
+from core.config import ClusterConfig, ExpertConfig, FilterConfig, ScorerConfig
 from core.data.images import to_png
 from core.toy import world as tw
 
@@ -134,7 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from actors.cluster import start_local_cluster
-    from core.config import ClusterConfig
     from core.models.backbone import create_backbone, save_backbone
     from core.models.scorer import create_scorer, save_scorer
 
