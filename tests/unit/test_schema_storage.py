@@ -90,3 +90,39 @@ def test_uris_go_through_pyarrow_fs(tmp_path):
     assert "Mock" in type(fs).__name__
     storage.write_bytes(str(tmp_path / "a" / "b.txt"), b"hi")
     assert storage.read_bytes(str(tmp_path / "a" / "b.txt")) == b"hi"
+
+
+def _write_corpus_shard(folder, name: str = "ok") -> str:
+    rows = [{"url": "u1", "image": b"png", "caption": "a ball", "truth_subject_id": None}]
+    return storage.write_shard(
+        schema.table_from_rows(rows, schema.CORPUS_SCHEMA), str(folder), schema.CORPUS_SCHEMA, name
+    )
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated", "not parquet"])
+def test_an_unreadable_shard_is_an_error_naming_its_path_and_config_key(tmp_path, damage):
+    folder = tmp_path / "corpus"
+    _write_corpus_shard(folder, "ok")
+    good = (folder / "ok.parquet").read_bytes()
+    bad = {"zero-byte": b"", "truncated": good[: len(good) // 2], "not parquet": b"<html>not found</html>"}[damage]
+    (folder / "bad.parquet").write_bytes(bad)
+    for read in (
+        lambda: storage.read_table(str(folder), schema.CORPUS_SCHEMA, "paths.corpus", "corpus"),
+        lambda: storage.check_shards(storage.list_shards(str(folder)), "paths.corpus", "corpus"),
+    ):
+        with pytest.raises(storage.UnreadableInputError, match=r"bad\.parquet.*`paths\.corpus`") as err:
+            read()
+        assert "ok.parquet" not in str(err.value)
+    storage.check_shards([storage.join(str(folder), "ok.parquet")], "paths.corpus", "corpus")  # a good shard passes
+
+
+def test_a_null_in_a_non_nullable_column_names_the_shard_column_and_config_key(tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    loose = pa.schema([f.with_nullable(True) for f in schema.CORPUS_SCHEMA])  # a writer that did not check
+    table = pa.Table.from_pylist([{"url": None, "image": b"png", "caption": "c", "truth_subject_id": None}], loose)
+    pq.write_table(table, folder / "nulls.parquet")
+    with pytest.raises(schema.SchemaError, match=r"nulls\.parquet.*`paths\.corpus`.*\['url'\]"):
+        storage.read_table(str(folder), schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
