@@ -19,7 +19,6 @@ as well as `python -m apps.serve`. Client mistakes get a 4xx naming the field; t
 import asyncio
 import base64
 import binascii
-import io
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +37,9 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from core.config import ApprenticeConfig, ServeConfig
+from core.data.images import MAX_IMAGE_PIXELS, ImageTooLarge, open_image
 
-MAX_DEMO_PIXELS = 4096 * 4096  # size bound per demo image as its header states it: refuses decompression bombs
+MAX_DEMO_PIXELS = MAX_IMAGE_PIXELS  # size bound per demo image as its header states it: refuses decompression bombs
 # Memory per request in an ingress replica: the body read whole, its parsed JSON, the validated strings and the
 # decoded base64 are about 4 copies of the body; a demo being decoded holds its pixels twice (PIL stores RGB in
 # 4 bytes a pixel, and the RGB conversion copies it) until it is resized, one demo at a time per decode thread.
@@ -173,22 +173,18 @@ def open_demo(data: str, field: str, resolution: int):
     """base64 PNG/JPEG -> an opened PIL image, nothing decoded yet; a JPEG is set to decode at the smallest DCT
     scale (1/2, 1/4 or 1/8) that still covers `resolution`, and its `size` is then what it will decode to.
     HTTPException(422) naming `field` when it is bad."""
-    from PIL import Image
-
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPException(422, detail=f"{field}: not valid base64")
     try:
-        im = Image.open(io.BytesIO(raw))
-    except Exception as err:  # noqa: BLE001  PIL raises many types for corrupt data, DecompressionBombError among them
-        raise HTTPException(422, detail=f"{field}: not a decodable image ({type(err).__name__})")
+        im = open_image(raw, MAX_DEMO_PIXELS)
+    except ValueError as err:  # corrupt bytes, or a header stating a decompression bomb
+        reason = str(err) if isinstance(err, ImageTooLarge) else "not a decodable image"
+        raise HTTPException(422, detail=f"{field}: {reason}")
     if im.format not in ("PNG", "JPEG"):
         im.close()
         raise HTTPException(422, detail=f"{field}: image must be PNG or JPEG, got {im.format}")
-    if im.width * im.height > MAX_DEMO_PIXELS:
-        im.close()
-        raise HTTPException(422, detail=f"{field}: image of {im.width}x{im.height} pixels is too large")
     if im.format == "JPEG":
         im.draft("RGB", (resolution, resolution))
     return im
