@@ -93,6 +93,7 @@ def mine_with_ray_data(
         raise storage.MissingInputError(
             f"corpus: no complete parquet shards under '{corpus_uri}' (config key `paths.corpus`)"
         )
+    storage.check_shards(shards, "paths.corpus", "corpus")  # a bad file named here, not deep in a read task
     fs, paths = storage.shard_paths(corpus_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.CORPUS_SCHEMA)

@@ -117,11 +117,11 @@ def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     if missing or extra:
         raise SchemaError(f"{what}: columns do not match the schema (missing {missing}, unexpected {extra})")
     table = table.select(schema.names)
+    check_non_null(table, schema, what)  # before the cast, which refuses nulls without naming the input
     try:
         table = table.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise SchemaError(f"{what}: {err}") from err
-    check_non_null(table, schema, what)
     return table
 
 

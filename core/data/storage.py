@@ -26,6 +26,11 @@ class MissingInputError(FileNotFoundError):
     """A stage's input is absent; the message names the path and the config key that set it."""
 
 
+class UnreadableInputError(ValueError):
+    """A stage's input is there but cannot be read (zero-byte, truncated, not parquet); the message names the file and
+    the config key that set it."""
+
+
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
@@ -99,16 +104,38 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
     shards = list_shards(folder_uri)
     if not shards:
         raise MissingInputError(f"{what}: no parquet shards under '{folder_uri}' (config key `{config_key}`)")
-    return pa.concat_tables([read_shard(shard, schema, what) for shard in shards])
+    return pa.concat_tables([read_shard(shard, schema, what, config_key) for shard in shards])
 
 
-def read_shard(shard_uri: str, schema: pa.Schema, what: str) -> pa.Table:
-    """One parquet shard, validated against `schema`."""
+def _unreadable(shard_uri: str, what: str, config_key: str | None, err: Exception) -> UnreadableInputError:
+    key = f" (config key `{config_key}`)" if config_key else ""
+    return UnreadableInputError(f"{what}: cannot read '{shard_uri}'{key}: {type(err).__name__}: {err}")
+
+
+def read_shard(shard_uri: str, schema: pa.Schema, what: str, config_key: str | None = None) -> pa.Table:
+    """One parquet shard, validated against `schema`; an unreadable file is an UnreadableInputError naming it."""
     from core.data.schema import validate
 
     fs, path = resolve(shard_uri)
-    # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
-    return validate(pq.read_table(path, filesystem=fs), schema, f"{what} shard {shard_uri}")
+    try:
+        # Read as written, then validate: reading "with" a schema would fill a missing column with nulls.
+        table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise _unreadable(shard_uri, what, config_key, err) from err
+    key = f" (config key `{config_key}`)" if config_key else ""
+    return validate(table, schema, f"{what} shard {shard_uri}{key}")
+
+
+def check_shards(shards: list[str], config_key: str, what: str) -> None:
+    """Read each shard's parquet footer (a few KB, no data): an UnreadableInputError naming the first file that is
+    zero-byte, truncated or not parquet. For readers such as Ray Data that would fail deep inside a task."""
+    for shard in shards:
+        fs, path = resolve(shard)
+        try:
+            with fs.open_input_file(path) as f:
+                pq.read_metadata(f)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _unreadable(shard, what, config_key, err) from err
 
 
 def read_columns(shard_uri: str, columns: list[str]) -> pa.Table:
