@@ -149,3 +149,37 @@ def test_training_waits_for_g_and_reads_shards_written_while_it_runs(smoke, tmp_
     assert grown, epochs
     assert grown[0]["rows_read"] > epochs[0]["kept_rows"]  # rows of the later shards were trained on
     assert state["step"] == cfg.steps
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_and_a_finished_run_is_a_no_op(smoke, tmp_path):
+    config, _ = smoke
+    cfg = dataclasses.replace(
+        config.apprentice, steps=8, batch_size=4, checkpoint_every=4, log_every=2, passes_per_epoch=1, threads=1
+    )
+    root, run = str(tmp_path / "train"), "corrupt"
+    thread, out = start_fit(config, cfg, config.paths.g, root, run)
+    thread.join(timeout=600)
+    first = final_state(out)
+    assert first["step"] == 8 and first["resumes"] == []
+
+    # The same run again: it is finished, says so, and trains nothing (no resume is recorded).
+    thread, again = start_fit(config, cfg, config.paths.g, root, run)
+    thread.join(timeout=600)
+    assert again["result"].already_finished
+    assert final_state(again) == first
+
+    # Truncate the weights of the newest checkpoint, as a disk that filled up would: the run resumes from the
+    # newest good one instead of failing on every retry, and records which it took and which it skipped.
+    newest = out["result"].checkpoint.path
+    ema = Path(newest, "ema.safetensors")
+    ema.write_bytes(ema.read_bytes()[:100])
+    longer = dataclasses.replace(cfg, steps=12)
+    thread, resumed = start_fit(config, longer, config.paths.g, root, run)
+    thread.join(timeout=600)
+    state = final_state(resumed)
+    assert not resumed["result"].already_finished
+    assert state["step"] == 12 and len(state["losses"]) == 12
+    (resume,) = state["resumes"]
+    assert resume["checkpoint_step"] == 4 and resume["first_step"] == 5
+    assert resume["skipped"] == [os.path.basename(newest)]
+    assert resume["checkpoint"] != os.path.basename(newest)
