@@ -13,12 +13,15 @@ actors, then the similarity filters run per URL group.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import numpy as np
 
 from core.config import MineConfig
 from core.data import storage
+
+logger = logging.getLogger(__name__)
 
 
 class EmbedBatch:
@@ -75,7 +78,8 @@ def select_group(group: dict[str, np.ndarray], cfg: MineConfig) -> dict[str, np.
         "demo_images": np.asarray([[bytes(group["image"][i]) for i in chosen]], dtype=object),
         "demo_captions": np.asarray([[str(group["caption"][i] or "") for i in chosen]], dtype=object),
         "truths": np.asarray([json.dumps([None if truths[i] is None else str(truths[i]) for i in chosen])]),
-        "all_truths": np.asarray([json.dumps([None if t is None else str(t) for t in truths])]),
+        # Purity counts the subjects among decodable images only, as the in-process miner sees them.
+        "all_truths": np.asarray([json.dumps([None if truths[i] is None else str(truths[i]) for i in members])]),
     }
 
 
@@ -95,6 +99,16 @@ def mine_with_ray_data(
         )
     storage.check_shards(shards, "paths.corpus", "corpus")  # a bad file named here, not deep in a read task
     fs, paths = storage.shard_paths(corpus_uri, shards)
+    # The scorer actors hold a CPU each for the whole run: leave one for Ray Data's read and groupby tasks, or they
+    # wait forever behind the actors.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if num_actors > cpus - 1:
+        if cpus < 2:
+            raise RuntimeError(f"mining with Ray Data needs at least 2 CPUs in the cluster, it has {cpus}")
+        logger.warning(
+            "mine.num_actors=%d leaves no CPU for Ray Data's tasks on %d CPUs: using %d", num_actors, cpus, cpus - 1
+        )
+        num_actors = cpus - 1
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.CORPUS_SCHEMA)
     ds = ds.map_batches(
@@ -128,5 +142,7 @@ def mine_with_ray_data(
             )
         )
     summary["kept"] = len(rows)
-    summary.update(purity([set(json.loads(g["all_truths"])) for g in groups], kept_truths))
+    summary.update(
+        purity([set(json.loads(g["all_truths"])) for g in groups if int(g["images"]) > int(g["corrupt"])], kept_truths)
+    )
     return rows, dict(summary)

@@ -5,6 +5,7 @@ python -m apps.mine experiment=smoke
 
 from __future__ import annotations
 
+from actors.cluster import ray_cluster
 from apps.config import stage_main
 from core.config import PipelineConfig
 from core.data import schema, storage
@@ -19,14 +20,15 @@ def run(config: PipelineConfig) -> dict:
     if config.mine.engine == "ray_data":
         from actors.mining_pool import mine_with_ray_data
 
-        rows, summary = mine_with_ray_data(
-            config.paths.corpus,
-            config.paths.scorer,
-            config.mine,
-            config.world.resolution,
-            config.mine.num_actors,
-            config.mine.batch_size,
-        )
+        with ray_cluster(config.cluster):  # the configured cluster, as every stage that uses Ray
+            rows, summary = mine_with_ray_data(
+                config.paths.corpus,
+                config.paths.scorer,
+                config.mine,
+                config.world.resolution,
+                config.mine.num_actors,
+                config.mine.batch_size,
+            )
     elif config.mine.engine == "local":
         corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
         scorer = load_scorer(storage.local_dir(config.paths.scorer))
