@@ -8,6 +8,8 @@ keeps it up until Ctrl-C).
 from __future__ import annotations
 
 import base64
+import signal
+import threading
 import time
 
 import requests
@@ -63,6 +65,28 @@ def example_request(config: PipelineConfig) -> dict:
     }
 
 
+def wait_for_stop(url: str) -> str:
+    """Serve until SIGINT or SIGTERM, whichever comes first; its name. Both are handled here, so the cluster and the
+    Serve app are shut down even for a server started in the background (which starts with SIGINT ignored) or
+    stopped by a process manager's SIGTERM."""
+    stop, received = threading.Event(), []
+
+    def handler(signum, _frame) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"serving on {url} (POST /v1/generate, docs at {url}/docs); Ctrl-C or SIGTERM to stop", flush=True)
+        while not stop.wait(1.0):  # a timed wait: the handler runs between waits
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    print(f"{received[0]} received: shutting down", flush=True)
+    return received[0]
+
+
 def run(config: PipelineConfig) -> dict:
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     with ray_cluster(config.cluster):
@@ -77,14 +101,12 @@ def run(config: PipelineConfig) -> dict:
             storage.write_bytes(
                 storage.join(config.paths.eval, "serve_sample.png"), base64.b64decode(reply.json()["images"][0])
             )
-            if config.serve.keep_serving:
-                print(f"serving on {url} (POST /v1/generate, docs at {url}/docs); Ctrl-C to stop")
-                while True:
-                    time.sleep(3600)
+            stopped_by = wait_for_stop(url) if config.serve.keep_serving else None
         finally:
             serve.shutdown()
     return {
         "stage": "serve",
+        "stopped_by": stopped_by,
         "url": url,
         "prompt": body["prompt"],
         "latency_s": round(latency, 3),
