@@ -12,18 +12,26 @@ schedule), and `train_state.json` (step, losses, epochs read, resumes, gates, th
 lr, samples/s) go to `ray.train.report` every `log_every` steps and to TensorBoard (tensorboardX) under the run's
 folder. A killed worker restarts from the latest checkpoint (`FailureConfig`); the resume is logged with the step
 it continues at and a fingerprint of the optimizer state it restored.
+
+Every checkpoint folder ends with `checkpoint_complete.json` (its step, metrics and the SHA-256 of each file), written
+last: a folder without it, or whose files no longer match it, is partial or damaged. A resume takes the newest
+checkpoint that is whole and loads, logging and recording (`resumes[-1]["skipped"]`) any newer one it passed over;
+a run whose newest good checkpoint is already at `apprentice.steps` is not started again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
@@ -43,6 +51,95 @@ from core.models.backbone import load_backbone
 from core.models.device import step_done
 from core.models.schedules import warmup_cosine
 from core.pipelines.suti import load_apprentice, save_apprentice
+
+logger = logging.getLogger(__name__)
+
+COMPLETE = "checkpoint_complete.json"  # written last into every checkpoint folder
+
+
+def _file_digests(folder: str) -> dict[str, str]:
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel != COMPLETE:
+                with open(path, "rb") as f:
+                    digests[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
+def mark_complete(folder: str, step: int, metrics: dict) -> None:
+    """Seal a checkpoint folder: its step, metrics and every file's SHA-256, written after everything else."""
+    marker = {"step": step, "metrics": metrics, "files": _file_digests(folder)}
+    with open(os.path.join(folder, COMPLETE), "w") as f:
+        json.dump(marker, f)
+
+
+def verify_checkpoint(folder: str) -> dict:
+    """The checkpoint's marker when the folder is whole; ValueError naming what is wrong when it is not."""
+    try:
+        with open(os.path.join(folder, COMPLETE)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"no completeness marker ({type(err).__name__}): a partial checkpoint") from err
+    found = _file_digests(folder)
+    bad = sorted(n for n, digest in marker["files"].items() if found.get(n) != digest)
+    if bad:
+        raise ValueError(f"files missing or changed since the checkpoint was written: {bad}")
+    return marker
+
+
+def run_checkpoints(latest: Checkpoint) -> list[Checkpoint]:
+    """`latest`, then the other sealed checkpoints of its run folder, newest step first."""
+    fs, path = latest.filesystem, latest.path
+    parent = path.rsplit("/", 1)[0]
+    others = []
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_") or info.path == path:
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{COMPLETE}") as f:
+                step = json.loads(f.read())["step"]
+        except (OSError, ValueError, KeyError):  # partial: never a candidate
+            continue
+        others.append((step, info.path))
+    return [latest] + [Checkpoint(path=p, filesystem=fs) for _, p in sorted(others, reverse=True)]
+
+
+def finished_checkpoint(storage_uri: str, run_name: str, steps: int) -> tuple[Checkpoint, dict] | None:
+    """The newest whole checkpoint of run `run_name` when it is already at `steps`, with its marker; else None."""
+    fs, path = storage.resolve(storage.join(storage_uri, run_name))
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.Directory and info.path.rsplit("/", 1)[-1].startswith("checkpoint_"):
+            try:
+                with fs.open_input_stream(f"{info.path}/{COMPLETE}") as f:
+                    found.append((json.loads(f.read())["step"], info.path))
+            except (OSError, ValueError, KeyError):
+                continue
+    for step, ckpt_path in sorted(found, reverse=True):
+        if step < steps:
+            return None
+        checkpoint = Checkpoint(path=ckpt_path, filesystem=fs)
+        try:
+            with checkpoint.as_directory() as folder:
+                return checkpoint, verify_checkpoint(folder)
+        except ValueError as err:
+            logger.warning("checkpoint %s is damaged (%s); looking at an older one", ckpt_path, err)
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What `fit` returns: the final checkpoint, its metrics, and whether the run had already finished before."""
+
+    checkpoint: Checkpoint
+    metrics: dict
+    already_finished: bool = False
 
 
 class ApprenticeLoss(torch.nn.Module):
@@ -126,20 +223,43 @@ class WorkerRun:
         self.tokenizer_uri = storage.join(job.base_uri, "tokenizer")
         self.window_start, self.window_samples, self.metrics = time.perf_counter(), 0, {}
 
-    def restore(self, checkpoint: Checkpoint) -> None:
-        with checkpoint.as_directory() as folder:
-            self.apprentice.load_state_dict(load_apprentice(folder).state_dict())
-            saved = torch.load(os.path.join(folder, "optimizer.pt"), weights_only=True, map_location=self.device)
-            self.opt.load_state_dict(saved["optimizer"])
-            self.schedule.load_state_dict(saved["lr_schedule"])
-            shadow = load_file(os.path.join(folder, "ema.safetensors"))
-            self.ema.shadow_params = [shadow[n].to(self.device) for n in self.params]
-            with open(os.path.join(folder, "train_state.json")) as f:
-                self.state = json.load(f)
-            self.ema.optimization_step = self.state["step"]
+    def restore(self, latest: Checkpoint) -> None:
+        """Continue from the newest checkpoint of the run that is whole and loads, `latest` first."""
+        skipped = []
+        for checkpoint in run_checkpoints(latest):
+            name = checkpoint.path.rsplit("/", 1)[-1]
+            try:
+                with checkpoint.as_directory() as folder:
+                    verify_checkpoint(folder)
+                    weights = load_apprentice(folder).state_dict()
+                    saved = torch.load(
+                        os.path.join(folder, "optimizer.pt"), weights_only=True, map_location=self.device
+                    )
+                    shadow = load_file(os.path.join(folder, "ema.safetensors"))
+                    with open(os.path.join(folder, "train_state.json")) as f:
+                        state = json.load(f)
+            except Exception as err:  # noqa: BLE001  any damage: safetensors, torch, JSON and OS errors differ
+                logger.warning(
+                    "checkpoint %s is unusable (%s: %s); trying an older one", name, type(err).__name__, err
+                )
+                skipped.append(name)
+                continue
+            break
+        else:
+            raise RuntimeError(f"no usable checkpoint to resume from under {latest.path.rsplit('/', 1)[0]}: {skipped}")
+        self.apprentice.load_state_dict(weights)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["lr_schedule"])
+        self.ema.shadow_params = [shadow[n].to(self.device) for n in self.params]
+        self.state = state
+        self.ema.optimization_step = self.state["step"]
+        if skipped:
+            logger.warning("resuming from checkpoint %s at step %d; skipped %s", name, state["step"], skipped)
         self.state["resumes"].append(
             {
+                "checkpoint": name,
                 "checkpoint_step": self.state["step"],
+                "skipped": skipped,
                 "optimizer_fingerprint_saved": self.state.pop("optimizer_fingerprint"),
                 "optimizer_fingerprint_loaded": optimizer_fingerprint(self.opt),
                 "first_step": None,
@@ -171,6 +291,7 @@ class WorkerRun:
             }
             with open(os.path.join(folder, "train_state.json"), "w") as f:
                 json.dump(state, f)
+            mark_complete(folder, step, metrics)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
     def epoch_rows(self, shards: list[str], waited: float) -> int:
@@ -310,7 +431,16 @@ def fit(
     run_name: str,
     config_dict: dict,
 ):
-    """Train the apprentice; returns the final `ray.train.Checkpoint`."""
+    """Train the apprentice (or find that run `run_name` has already reached `cfg.steps`); the final checkpoint."""
+    if done := finished_checkpoint(storage_uri, run_name, cfg.steps):
+        checkpoint, marker = done
+        logger.warning(
+            "apprentice run %s already finished at step %d (%s): nothing to train",
+            run_name,
+            marker["step"],
+            checkpoint.path,
+        )
+        return TrainResult(checkpoint, marker["metrics"], already_finished=True)
     fs, path = storage.resolve(storage_uri)
     # TensorBoard writes local files: beside the checkpoints for local storage, else on the rank-0 node.
     tb_root = storage.absolute_uri(storage_uri) if storage.is_local(storage_uri) else tempfile.gettempdir()
@@ -339,4 +469,4 @@ def fit(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"apprentice training produced no checkpoint: {result.error}")
-    return result
+    return TrainResult(result.checkpoint, result.metrics)

@@ -56,6 +56,7 @@ def run(config: PipelineConfig) -> dict:
         "max_abs_gate": max((abs(gate) for gate in state["gates"]), default=None),  # no gates with attention="joint"
         "final_metrics": {m: result.metrics.get(m) for m in ("loss", "lr", "samples_per_s")},
         "run_name": run_name,
+        "already_finished": result.already_finished,  # the run had reached apprentice.steps: nothing was trained
         "checkpoint": result.checkpoint.path,
         "weights": "ema" if acfg.export_ema else "raw",
         "out": config.paths.apprentice,
