@@ -64,7 +64,11 @@ def ray_cluster(cfg: ClusterConfig):
         yield
         return
     if cfg.address:
-        ray.init(address=cfg.address)
+        # A cluster on this machine's loopback interface is joined in the same single-machine mode it was started in.
+        host = cfg.address.split("://")[-1].rsplit(":", 1)[0]
+        scope = loopback_only() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext()
+        with scope:
+            ray.init(address=cfg.address)
     else:
         start_local_cluster(cfg)
     try:

@@ -42,6 +42,9 @@ def hostile(smoke):
         body_read_timeout_s=BODY_TIMEOUT_S,
         retry_after_s=3,
         max_request_megapixels=20.0,
+        # The smoke sampler's 8 steps at most: a valid fuzzed request of up to 200 steps could outlast the client's
+        # timeout on a loaded 2-core machine, and says nothing about hostile input.
+        max_steps=config.apprentice.num_inference_steps,
     )
     config = dataclasses.replace(config, serve=limits)
     url = start(config)
