@@ -34,7 +34,9 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         raise ValueError(f"not a decodable image ({type(err).__name__}: {err})") from err
     if im.width * im.height > max_pixels:
         im.close()
-        raise ImageTooLarge(f"image of {im.width}x{im.height} pixels is too large (the limit is {max_pixels:,} pixels)")
+        raise ImageTooLarge(
+            f"image of {im.width}x{im.height} pixels is too large (the limit is {max_pixels:,} pixels)"
+        )
     return im
 
 
