@@ -90,22 +90,26 @@ def verify_checkpoint(folder: str) -> dict:
     return marker
 
 
-def run_checkpoints(latest: Checkpoint) -> list[Checkpoint]:
-    """`latest`, then the other sealed checkpoints of its run folder, newest step first."""
-    fs, path = latest.filesystem, latest.path
-    parent = path.rsplit("/", 1)[0]
-    others = []
-    for info in fs.get_file_info(pafs.FileSelector(parent)):
-        name = info.path.rsplit("/", 1)[-1]
-        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_") or info.path == path:
+def sealed_checkpoints(fs: pafs.FileSystem, run_folder: str) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoint folders in a run folder that carry a completeness marker, newest step first;
+    a folder without one is partial and never listed."""
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(run_folder)):
+        if info.type != pafs.FileType.Directory or not info.path.rsplit("/", 1)[-1].startswith("checkpoint_"):
             continue
         try:
             with fs.open_input_stream(f"{info.path}/{COMPLETE}") as f:
-                step = json.loads(f.read())["step"]
-        except (OSError, ValueError, KeyError):  # partial: never a candidate
+                found.append((json.loads(f.read())["step"], info.path))
+        except (OSError, ValueError, KeyError):
             continue
-        others.append((step, info.path))
-    return [latest] + [Checkpoint(path=p, filesystem=fs) for _, p in sorted(others, reverse=True)]
+    return sorted(found, reverse=True)
+
+
+def run_checkpoints(latest: Checkpoint) -> list[Checkpoint]:
+    """`latest`, then the other sealed checkpoints of its run folder, newest step first."""
+    fs, path = latest.filesystem, latest.path
+    others = [p for _, p in sealed_checkpoints(fs, path.rsplit("/", 1)[0]) if p != path]
+    return [latest] + [Checkpoint(path=p, filesystem=fs) for p in others]
 
 
 def finished_checkpoint(storage_uri: str, run_name: str, steps: int) -> tuple[Checkpoint, dict] | None:
@@ -113,15 +117,7 @@ def finished_checkpoint(storage_uri: str, run_name: str, steps: int) -> tuple[Ch
     fs, path = storage.resolve(storage.join(storage_uri, run_name))
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return None
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(path)):
-        if info.type == pafs.FileType.Directory and info.path.rsplit("/", 1)[-1].startswith("checkpoint_"):
-            try:
-                with fs.open_input_stream(f"{info.path}/{COMPLETE}") as f:
-                    found.append((json.loads(f.read())["step"], info.path))
-            except (OSError, ValueError, KeyError):
-                continue
-    for step, ckpt_path in sorted(found, reverse=True):
+    for step, ckpt_path in sealed_checkpoints(fs, path):
         if step < steps:
             return None
         checkpoint = Checkpoint(path=ckpt_path, filesystem=fs)

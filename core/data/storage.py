@@ -107,9 +107,14 @@ def read_table(folder_uri: str, schema: pa.Schema, config_key: str, what: str) -
     return pa.concat_tables([read_shard(shard, schema, what, config_key) for shard in shards])
 
 
+def _key_note(config_key: str | None) -> str:
+    return f" (config key `{config_key}`)" if config_key else ""
+
+
 def _unreadable(shard_uri: str, what: str, config_key: str | None, err: Exception) -> UnreadableInputError:
-    key = f" (config key `{config_key}`)" if config_key else ""
-    return UnreadableInputError(f"{what}: cannot read '{shard_uri}'{key}: {type(err).__name__}: {err}")
+    return UnreadableInputError(
+        f"{what}: cannot read '{shard_uri}'{_key_note(config_key)}: {type(err).__name__}: {err}"
+    )
 
 
 def read_shard(shard_uri: str, schema: pa.Schema, what: str, config_key: str | None = None) -> pa.Table:
@@ -122,8 +127,7 @@ def read_shard(shard_uri: str, schema: pa.Schema, what: str, config_key: str | N
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as err:
         raise _unreadable(shard_uri, what, config_key, err) from err
-    key = f" (config key `{config_key}`)" if config_key else ""
-    return validate(table, schema, f"{what} shard {shard_uri}{key}")
+    return validate(table, schema, f"{what} shard {shard_uri}{_key_note(config_key)}")
 
 
 def check_shards(shards: list[str], config_key: str, what: str) -> None:
