@@ -52,3 +52,23 @@ def test_one_provenance_per_g(tmp_path):
         g.check_single_provenance(storage.list_shards(root))
     with pytest.raises(ValueError, match="its own `paths.g`"):
         g.done_subjects(str(tmp_path / "g"), row("c", "p0", 0.1, scorer="third"))
+
+
+def test_an_unreadable_shard_is_moved_aside_and_its_subject_is_not_done(tmp_path):
+    """A zero-byte or truncated shard (a disk that filled, a copy cut short) does not block a resume: it is moved
+    aside under `_corrupt/` (where no reader lists it), reported with its error, and its subject is rendered again."""
+    root = str(tmp_path / "g")
+    for subject in "abc":
+        g.write_subject([row(subject, "p0", 0.1), row(subject, "p1", 0.2)], root, subject)
+    zero, truncated = g.shard_uri(root, "b"), g.shard_uri(root, "c")
+    open(zero, "wb").close()
+    with open(truncated, "r+b") as f:
+        f.truncate(40)
+    state = g.resume_state(root, row("x", "p", 0.0))
+    assert state.done == {"a"}
+    assert sorted(m["shard"] for m in state.moved_aside) == [zero, truncated]
+    for moved in state.moved_aside:
+        assert storage.exists(moved["moved_to"]) and "/_corrupt/" in moved["moved_to"]
+        assert not storage.exists(moved["shard"]) and moved["error"]
+    assert storage.list_shards(root) == [g.shard_uri(root, "a")]
+    assert g.count_kept(root, None) == 2  # readers after the resume see only whole shards
