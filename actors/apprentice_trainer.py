@@ -410,8 +410,6 @@ def export(checkpoint_dir: str, out_uri: str, use_ema: bool) -> dict:
     with open(os.path.join(folder, "train_state.json"), "w") as f:
         json.dump(state, f)
     if not storage.is_local(out_uri):
-        import pyarrow.fs as pafs
-
         fs, path = storage.resolve(out_uri)
         fs.create_dir(path, recursive=True)
         pafs.copy_files(folder, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

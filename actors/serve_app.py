@@ -37,7 +37,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from core.config import ApprenticeConfig, ServeConfig
-from core.data.images import MAX_IMAGE_PIXELS, ImageTooLarge, open_image
+from core.data.images import MAX_IMAGE_PIXELS, ImageTooLarge, open_image, to_png
 
 MAX_DEMO_PIXELS = MAX_IMAGE_PIXELS  # size bound per demo image as its header states it: refuses decompression bombs
 # Memory per request in an ingress replica: the body read whole, its parsed JSON, the validated strings and the
@@ -285,7 +285,6 @@ class ApprenticeDeployment:
         return results
 
     def _draw(self, model, requests: list, steps: int) -> list[list[bytes]]:
-        from core.data.images import to_png
         from core.method.apprentice import sample_batch
 
         drawn = sample_batch(model, requests, sampler=self.sampler, num_inference_steps=steps)
