@@ -12,12 +12,13 @@ import concurrent.futures
 import dataclasses
 import io
 import json
-import socket
 import time
 
 import pytest
 import requests
 from PIL import Image
+
+from benchmarks.hostile import fuzz, stalled_connection
 
 INGRESS_LIMIT = 4
 BODY_TIMEOUT_S = 2.0
@@ -104,81 +105,14 @@ def test_bad_values_are_422_naming_the_field_without_echoing_the_request(hostile
     assert requests.post(f"{url}/v1/generate", json=good, timeout=120).status_code == 200
 
 
-def _hostile_bodies(good: dict):
-    """Hypothesis strategy: the good request with one field replaced by a hostile value (non-finite floats, lone
-    surrogates, type confusion, nesting) or a valid one; bodies of fields drawn at random; or a JSON value that is
-    not an object at all."""
-    from hypothesis import strategies as st
-
-    surrogate = st.sampled_from(["\ud800", "\udfff", "x\udbff", "\udc00y"])
-    hostile_text = st.one_of(surrogate, st.text(max_size=8), st.just(""), st.just("x" * 400))
-    non_finite = st.sampled_from([float("nan"), float("inf"), float("-inf")])
-    junk = st.one_of(
-        non_finite,
-        surrogate,
-        st.booleans(),
-        st.none(),
-        st.integers(min_value=-(2**70), max_value=2**70),
-        st.floats(allow_nan=True, allow_infinity=True),
-        hostile_text,
-        st.lists(st.one_of(st.integers(), non_finite, surrogate), max_size=3),
-        st.dictionaries(hostile_text, st.one_of(non_finite, surrogate, st.integers()), max_size=2),
-    )
-    demo = good["demos"][0]
-    demo_value = st.one_of(
-        st.just(demo),
-        st.fixed_dictionaries({"image": st.one_of(st.just(demo["image"]), junk), "caption": hostile_text}),
-        st.dictionaries(hostile_text, junk, max_size=3),
-        junk,
-    )
-    fields = {
-        "prompt": st.one_of(st.just(good["prompt"]), hostile_text, junk),
-        "demos": st.one_of(st.just(good["demos"][:1]), st.lists(demo_value, max_size=3), junk),
-        "steps": st.one_of(st.sampled_from([1, 2]), junk),
-        "guidance_scale": st.one_of(st.floats(0, 50), junk),
-        "demo_guidance_scale": st.one_of(st.none(), st.floats(0, 50), junk),
-        "num_images": st.one_of(st.just(1), junk),
-        "seed": st.one_of(st.integers(0, 2**31 - 1), junk),
-    }
-    one_field = st.sampled_from(sorted(fields)).flatmap(lambda k: fields[k].map(lambda v: {**good, k: v}))
-    body = st.fixed_dictionaries({}, optional={**fields, **{k: junk for k in ("extra", "\ud800", "")}})
-    return st.one_of(one_field, body, junk)
-
-
 def test_hostile_fuzzer_gets_no_server_error(hostile):
     """At least 2,000 requests of non-finite numbers, lone surrogates and confused types: never a 5xx, every 4xx a
     JSON `detail` string, and the service still draws afterwards."""
-    from hypothesis import HealthCheck, Phase, given, settings
-
     from apps.serve import example_request
 
     config, url = hostile
     good = dict(example_request(config), steps=1)
-    statuses, errors = [], []
-    session = requests.Session()
-
-    @settings(
-        max_examples=2000,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,
-    )
-    @given(body=_hostile_bodies(good))
-    def fuzz(body):
-        reply = session.post(
-            f"{url}/v1/generate",
-            data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
-            timeout=60,
-        )
-        statuses.append(reply.status_code)
-        unexplained = 400 <= reply.status_code < 500 and not isinstance(reply.json().get("detail"), str)
-        if reply.status_code >= 500 or unexplained:
-            errors.append((repr(body)[:200], reply.status_code, reply.text[:200]))
-
-    fuzz()
+    statuses, errors = fuzz(url, good, 2000)
     assert len(statuses) >= 2000, len(statuses)
     assert not errors, (len(errors), errors[:3])
     assert statuses.count(200) > 0 and statuses.count(422) > 1000  # both paths were taken
@@ -219,17 +153,6 @@ def test_a_failure_inside_the_model_is_a_503_with_a_clear_message(hostile):
 # ---------------------------------------------------------------- stalled clients and full queues
 
 
-def _stalled_connection(url: str) -> socket.socket:
-    """A client that sends the headers and part of a body, then waits."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(
-        b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-        b'{"prompt": "a'
-    )
-    return sock
-
-
 def test_stalled_clients_cannot_take_the_service_down(hostile):
     """Twice the ingress limit of clients that send half a body and wait: /healthz still answers within 2 s, a real
     request completes (retrying after a 503's Retry-After), and each stalled client gets a 408 once the body-read
@@ -237,7 +160,7 @@ def test_stalled_clients_cannot_take_the_service_down(hostile):
     from apps.serve import example_request
 
     config, url = hostile
-    stalled = [_stalled_connection(url) for _ in range(2 * INGRESS_LIMIT)]
+    stalled = [stalled_connection(url) for _ in range(2 * INGRESS_LIMIT)]
     try:
         time.sleep(0.5)  # let them reach the ingress
         for _ in range(3):
@@ -273,7 +196,8 @@ def test_a_full_queue_is_answered_at_once_with_503_and_retry_after(hostile):
     from apps.serve import example_request
 
     config, url = hostile
-    body = dict(example_request(config), steps=60, num_images=4)
+    # The largest request the limits allow (the module's server caps steps at the smoke sampler's 8).
+    body = dict(example_request(config), steps=config.serve.max_steps, num_images=config.serve.max_images)
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         futures = [
             pool.submit(lambda: (time.monotonic(), requests.post(f"{url}/v1/generate", json=body, timeout=300)))
