@@ -8,6 +8,7 @@ data is bad is recorded as failed with its reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import time
@@ -18,6 +19,8 @@ import ray
 from actors.pool import run_actor_pool
 from core.config import ExpertConfig, FilterConfig
 from core.data import g, storage
+
+logger = logging.getLogger(__name__)
 
 
 @ray.remote
@@ -77,13 +80,17 @@ def run_pool(
     actor, retrying a subject whose actor died up to `max_retries` times.
 
     Returns (one result dict per subject, summary counts). With `g_uri`, subjects whose shard is already there are
-    skipped (a re-run resumes); without it, result dicts carry their G rows.
+    skipped (a re-run resumes), and an unreadable shard found there is moved aside, listed in the summary's
+    `moved_aside`, and its subject rendered again; without it, result dicts carry their G rows.
     """
-    done_before = g.done_subjects(g_uri, provenance) if g_uri else set()
-    todo = [r for r in records if r["subject_id"] not in done_before]
+    found = g.resume_state(g_uri, provenance) if g_uri else g.ResumeState(set(), [])
+    for moved in found.moved_aside:
+        logger.warning("G shard %s is unreadable (%s): moved to %s", moved["shard"], moved["error"], moved["moved_to"])
+    todo = [r for r in records if r["subject_id"] not in found.done]
     summary = Counter(subjects=len(records), skipped_already_in_g=len(records) - len(todo))
+    moved = {"moved_aside": [m["shard"] for m in found.moved_aside]} if found.moved_aside else {}
     if not todo:
-        return [], dict(summary)
+        return [], {**summary, **moved}
 
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
     start = time.perf_counter()
@@ -110,4 +117,4 @@ def run_pool(
             summary["rejected"] += result["total"] - result["kept"]
         else:
             summary["failed"] += 1
-    return results, dict(summary)
+    return results, {**summary, **moved}

@@ -2,7 +2,8 @@
 
 - One parquet shard per subject, named `subject-<subject_id>.parquet` (`shard_name`), written under a temporary
   name and renamed (`storage.write_shard`), so a re-run knows which subjects are done from the file names alone
-  and a half-written shard is never listed.
+  and a half-written shard is never listed. A shard that is there but cannot be read (a disk that filled, a copy
+  cut short) is moved aside under `_corrupt/` when a run resumes, and its subject is rendered again (`resume_state`).
 - A row is keyed by `KEY` = (subject_id, prompt_id, sample_index) (`schema.G_KEY`).
 - Every row carries its provenance, `PROVENANCE`: the base checkpoint, the expert config and the scorer that made
   and scored it. One G holds one provenance; a threshold sweep over renders of different scorers or bases would
@@ -15,8 +16,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from core.data import schema, storage
 
@@ -84,11 +87,26 @@ def check_single_provenance(shards: list[str], expected: Mapping | None = None) 
         )
 
 
-def done_subjects(g_uri: str, provenance: Mapping) -> set[str]:
-    """Subjects whose shard is already in G, after checking that G was made by this very `provenance`."""
-    shards = storage.list_shards(g_uri)
-    check_single_provenance(shards, provenance)
-    return {subject_of(s) for s in shards}
+class ResumeState(NamedTuple):
+    done: set[str]  # subjects whose shard is in G and readable
+    moved_aside: list[dict]  # {"shard", "moved_to", "error"} for each unreadable shard found
+
+
+def resume_state(g_uri: str, provenance: Mapping) -> ResumeState:
+    """What a run adding to G with this `provenance` finds there: the subjects whose shard is already in G, after
+    checking that G was made by this very provenance. A shard that cannot be read (zero-byte, truncated, not parquet)
+    is moved aside under `_corrupt/` and reported, and its subject is not done: the run renders it again."""
+    readable, moved = [], []
+    for shard in storage.list_shards(g_uri):
+        try:
+            storage.check_shards([shard], "paths.g", "G")
+            shard_provenance(shard)
+        except (storage.UnreadableInputError, pa.ArrowInvalid, OSError) as err:
+            moved.append({"shard": shard, "moved_to": storage.move_aside(shard), "error": str(err)})
+            continue
+        readable.append(shard)
+    check_single_provenance(readable, provenance)
+    return ResumeState({subject_of(s) for s in readable}, moved)
 
 
 def count_kept(g_uri: str, min_delta: float | None, shards: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -140,6 +141,19 @@ def check_shards(shards: list[str], config_key: str, what: str) -> None:
                 pq.read_metadata(f)
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(shard, what, config_key, err) from err
+
+
+def move_aside(shard_uri: str, folder: str = "_corrupt") -> str:
+    """Move an unreadable shard into `folder` beside it, under a name no reader lists (its name, a UTC time stamp
+    and `.corrupt`), keeping its bytes for whoever wants to look. Returns where it went."""
+    fs, path = resolve(shard_uri)
+    parent, name = path.rsplit("/", 1)
+    fs.create_dir(f"{parent}/{folder}", recursive=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{parent}/{folder}/{name}.{stamp}-{uuid.uuid4().hex[:6]}.corrupt"
+    fs.move(path, target)
+    prefix = shard_uri.split("://", 1)[0] + "://" if not is_local(shard_uri) else ""
+    return prefix + target
 
 
 def read_columns(shard_uri: str, columns: list[str]) -> pa.Table:

@@ -41,7 +41,7 @@ def test_threshold_counts_from_delta_at_read_time(tmp_path):
     assert g.count_kept(root, 0.0) == 3
     assert g.count_kept(root, 0.02) == 1  # strictly above lambda, as the paper keeps delta > lambda
     assert list(g.passes([0.1, -0.1], 0.0)) == [True, False] and list(g.passes([0.1, -0.1], None)) == [True, True]
-    assert g.done_subjects(root, row("x", "p", 0.0)) == {"a", "b"}
+    assert g.resume_state(root, row("x", "p", 0.0)).done == {"a", "b"}
 
 
 def test_one_provenance_per_g(tmp_path):
@@ -51,7 +51,7 @@ def test_one_provenance_per_g(tmp_path):
     with pytest.raises(ValueError, match="mixes 2 provenances"):
         g.check_single_provenance(storage.list_shards(root))
     with pytest.raises(ValueError, match="its own `paths.g`"):
-        g.done_subjects(str(tmp_path / "g"), row("c", "p0", 0.1, scorer="third"))
+        g.resume_state(str(tmp_path / "g"), row("c", "p0", 0.1, scorer="third"))
 
 
 def test_an_unreadable_shard_is_moved_aside_and_its_subject_is_not_done(tmp_path):
