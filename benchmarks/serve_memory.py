@@ -30,6 +30,8 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.processes import processes_named
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,19 +41,6 @@ def _status_kb(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(key)
-
-
-def _pids(prefix: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(prefix):
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def largest_body(limits, caption: str, prompt: str) -> bytes:
@@ -113,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         post = lambda: requests.post(url, data=body, headers=headers, timeout=600)
         warm = post()
         assert warm.status_code == 200, warm.text[:300]
-        (pid,) = _pids(b"ray::ServeReplica:memory:SuTIIngress")
+        (pid,) = processes_named(b"ray::ServeReplica:memory:SuTIIngress")
         baseline_kb = _status_kb(pid, "VmRSS")
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")  # reset the peak (VmHWM) to the current resident size

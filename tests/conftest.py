@@ -31,21 +31,6 @@ def ray_session():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def processes_named(prefix: bytes) -> list[int]:
-    """Pids of processes whose command line starts with `prefix`: Ray names a worker after the actor or task it runs
-    (setproctitle, e.g. b"ray::ExpertActor.run"), and /proc shows it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(prefix):
-                        found.append(int(entry))
-            except OSError:  # the process ended while we looked
-                pass
-    return found
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import processes_named
-
 from actors.apprentice_trainer import fit
+from benchmarks.processes import processes_named
 from core.config import to_dict
 from core.data import storage
 

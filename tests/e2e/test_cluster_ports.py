@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.processes import descendants
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,24 +27,6 @@ with ray_cluster(ClusterConfig(num_cpus=2, object_store_memory_mb=128)):
     sys.stdin.readline()
     serve.shutdown()
 """
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def _socket_inodes(pids: set[int]) -> dict[str, int]:
@@ -106,7 +89,7 @@ def test_a_local_cluster_listens_on_loopback_only():
     )
     try:
         assert proc.stdout.readline().strip() == "READY"
-        sockets = listening_sockets(_descendants(proc.pid))
+        sockets = listening_sockets(descendants(proc.pid))
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.wait(timeout=120) == 0

@@ -7,10 +7,9 @@ import signal
 import threading
 import time
 
-from conftest import processes_named
-
 from actors.expert_pool import run_pool
 from apps.experts import provenance
+from benchmarks.processes import processes_named
 from core.data import schema, storage
 
 

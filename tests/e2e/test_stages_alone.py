@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.processes import alive, descendants
 from tests.conftest import free_port
-from tests.e2e.test_cluster_ports import _descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
@@ -70,18 +70,6 @@ def test_every_stage_runs_alone_within_its_time_limit(alone):
     assert summaries["mine"]["kept"] > 0 and summaries["train"]["steps"] > 0
 
 
-def _alive(pids: set[int]) -> list[int]:
-    left = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            left.append(pid)
-    return left
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_backgrounded_server_stops_on_a_signal(alone, sig):
     folder, _ = alone
@@ -107,15 +95,15 @@ def test_a_backgrounded_server_stops_on_a_signal(alone, sig):
             if line.startswith("serving on") or time.monotonic() > deadline:
                 break
         assert line.startswith("serving on"), "the server never came up"
-        family = _descendants(proc.pid)
+        family = descendants(proc.pid)
         assert len(family) > 3  # the driver and the local cluster it started
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, proc.returncode
         assert summary(out)["stopped_by"] == sig.name
         deadline = time.monotonic() + 30
-        while _alive(family) and time.monotonic() < deadline:
+        while alive(family) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not _alive(family), "processes of the server's cluster outlived it"
+        assert not alive(family), "processes of the server's cluster outlived it"
     finally:
         proc.kill()
