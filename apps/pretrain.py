@@ -12,7 +12,8 @@ The checkpoint is also rewritten every `pretrain.save_every` steps, so a killed 
 `pretrain.resume` (the default) a run continues from the checkpoint there: the learning-rate schedule is a function
 of the step, so a series of time-boxed runs follows one schedule. `pretrain.eval_every_s` adds a point to the run's
 identity curve every so many seconds of training (the time spent measuring is not counted). `pretrain.budget_s=0`
-trains nothing and only measures the checkpoint (a run of no steps in the report).
+trains nothing and only measures the checkpoint (a run of no steps in the report). With `pretrain.guidance_sweep`, the
+guidance scale of that measurement is chosen first, by identity on train subjects.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
     from core.models.device import pick_device
     from core.toy import readers as rd
     from core.toy import world as toyworld
-    from core.toy.evaluation import measure_identity, readers_on_renoised
+    from core.toy.evaluation import choose_guidance, measure_identity, readers_on_renoised
     from core.toy.pretrain import checkpoint_recipe, load_checkpoint, pretrain, save_checkpoint, write_report
 
     cfg, world = config.pretrain, config.world
@@ -99,9 +100,13 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
         )
         run["last_loss"] = round(float(np.mean(losses[-100:])), 4)
     if reader is not None:
-        run["test_identity"] = measure_identity(
-            backbone, reader, test, cfg.eval_n, cfg.eval_guidance, cfg.seed, world.version
-        )
+        guidance = cfg.eval_guidance
+        if cfg.guidance_sweep:  # chosen on train subjects; the test subjects are measured at the chosen scale only
+            run["guidance_choice"] = choose_guidance(
+                backbone, reader, train, list(cfg.guidance_sweep), cfg.eval_n, cfg.seed, world.version
+            )
+            guidance = run["guidance_choice"]["chosen"]
+        run["test_identity"] = measure_identity(backbone, reader, test, cfg.eval_n, guidance, cfg.seed, world.version)
         # Whether the readers can be trusted on what this base draws: test renders it noised halfway and denoised.
         run["readers_on_renoised_test"] = readers_on_renoised(
             backbone, reader, test, cfg.eval_n, 0.5, cfg.seed + 5, world.version

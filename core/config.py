@@ -80,6 +80,9 @@ class PretrainConfig:
     # `paths.readers` give its identity (recorded in the checkpoint's report; 0: not measured).
     eval_n: int = 0
     eval_guidance: float = 3.0
+    # With scales here, the run first measures identity on `eval_n` full captions of *train* subjects at each of
+    # them and measures the test subjects at the best one instead of `eval_guidance` (the choice is recorded).
+    guidance_sweep: list[float] = field(default_factory=list)
     eval_every_s: float | None = None  # also measure every so many seconds of training: the run's identity curve
 
 

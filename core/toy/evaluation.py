@@ -92,6 +92,20 @@ def measure_identity(
     return {"guidance": guidance, "samples": n, "seed": seed, **acc, "check": {"samples": small, **check}}
 
 
+def choose_guidance(backbone, reader, subjects: list, scales: list[float], n: int, seed: int, version: int) -> dict:
+    """The classifier-free guidance scale at which the base draws `subjects` best: `base_identity` on `n` full
+    captions at each of `scales`, the same captions and seeds for each; a tie goes to the lower scale. Pass train
+    subjects: the scale is a choice, and the test subjects are only ever measured at the scale chosen."""
+    by_scale = {}
+    for g in scales:
+        acc, _ = base_identity(
+            backbone, reader, subjects, n, np.random.default_rng(seed + 11), seed + 3000, g, version=version
+        )
+        by_scale[str(float(g))] = acc["identity"]
+    chosen = max((float(g) for g in scales), key=lambda g: (by_scale[str(g)], -g))
+    return {"subjects": "train", "samples": n, "seed": seed, "identity_by_guidance": by_scale, "chosen": chosen}
+
+
 def readers_on_renoised(
     backbone,
     reader,
