@@ -229,11 +229,27 @@ def case_corrupt_g_shard(work: Work) -> dict:
 
 
 def sealed_steps(storage_root: str) -> list[int]:
+    """Steps of the checkpoints written whole (sealed) under a Ray Train storage folder."""
     steps = []
     for marker in glob.glob(os.path.join(storage_root, "*", "checkpoint_*", "checkpoint_complete.json")):
         try:
             steps.append(int(json.loads(Path(marker).read_text())["step"]))
         except (OSError, ValueError, KeyError):
+            pass
+    return sorted(steps)
+
+
+def registered_steps(storage_root: str) -> list[int]:
+    """Steps of the checkpoints Ray Train has registered (listed in its run snapshot): what a restarted worker group
+    resumes from. A worker killed before the first registration restarts from scratch, by Ray Train's design."""
+    steps = []
+    for snapshot in glob.glob(os.path.join(storage_root, "*", "checkpoint_manager_snapshot.json")):
+        try:
+            names = [r["checkpoint_dir_name"] for r in json.loads(Path(snapshot).read_text())["checkpoint_results"]]
+            for name in names:
+                marker = Path(snapshot).parent / name / "checkpoint_complete.json"
+                steps.append(int(json.loads(marker.read_text())["step"]))
+        except (OSError, ValueError, KeyError):  # not written yet, or being replaced
             pass
     return sorted(steps)
 
@@ -255,9 +271,9 @@ def case_train_worker(work: Work) -> dict:
     shutil.rmtree(storage_root, ignore_errors=True)  # a case starts from nothing
     extra = ["apprentice.num_workers=2", f"paths.train_storage={storage_root}", f"paths.run={storage_root}/run"]
     proc = work.start("train", *TRAIN, *extra)
-    wait_for(lambda: sealed_steps(storage_root), 600)
+    wait_for(lambda: registered_steps(storage_root), 600)
     workers = processes_named(b"ray::RayTrainWorker")
-    at_kill = max(sealed_steps(storage_root), default=None)
+    at_kill = max(registered_steps(storage_root), default=None)
     injected = bool(workers) and sigkill(workers[-1])
     out, _ = proc.communicate(timeout=900)
     result = summary(out)
@@ -502,6 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default=None, help="folder for the suite's files (default: a temporary one)")
     parser.add_argument("--fuzz", type=int, default=2000, help="requests the fuzzer sends")
     parser.add_argument("--out", default=str(RESULTS / "faults.json"))
+    parser.add_argument("--merge", action="store_true", help="keep the other cases of the report at --out")
     args = parser.parse_args(argv)
     names = [c for c in args.cases.split(",") if c]
     unknown = set(names) - set(CASES) - set(SERVE_CASES)
@@ -539,14 +556,20 @@ def main(argv: list[str] | None = None) -> dict:
             stopped = server.stop()
         for name in serve_names:
             results[name].update(stopped)
+    command = "python -m benchmarks.faults " + " ".join(argv if argv is not None else sys.argv[1:])
+    stamp = {"date": time.strftime("%Y-%m-%d"), "command": command.strip()}
+    cases = {name: {"passed": passed(case), **case, **stamp} for name, case in results.items()}
+    if args.merge and Path(args.out).exists():  # the cases run now replace theirs in the last report
+        last = json.loads(Path(args.out).read_text())
+        kept = {n: {"date": last.get("date"), "command": last.get("command"), **c} for n, c in last["cases"].items()}
+        cases = {**kept, **cases}
     report = {
         "benchmark": "faults",
-        "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-        "command": "python -m benchmarks.faults " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **stamp,
         "seconds": round(time.perf_counter() - began, 1),
-        "all_passed": all(passed(c) for c in results.values()),
-        "cases": {name: {"passed": passed(case), **case} for name, case in results.items()},
+        "all_passed": all(c["passed"] for c in cases.values()),
+        "cases": cases,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
