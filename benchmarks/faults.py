@@ -18,6 +18,7 @@ checkpoint, corrupt corpus) are also tests (`tests/unit/test_g_contract.py`,
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import glob
 import json
 import os
@@ -434,8 +435,6 @@ def case_stalled_clients(server: Server) -> dict:
 
 
 def case_largest_requests(server: Server) -> dict:
-    import concurrent.futures
-
     import requests
 
     from benchmarks.serve_memory import largest_body
