@@ -73,11 +73,15 @@ def shard_provenance(shard: str) -> set[tuple[str, ...]]:
 def check_single_provenance(shards: list[str], expected: Mapping | None = None) -> None:
     """Refuse a G whose renders come from more than one (base, expert config, scorer), or from another one than
     `expected` (a provenance dict: the run about to add to G)."""
+    _check_provenances({shard: shard_provenance(shard) for shard in shards}, expected)
+
+
+def _check_provenances(by_shard: Mapping[str, set[tuple[str, ...]]], expected: Mapping | None) -> None:
     seen: dict[tuple[str, ...], str] = {}
     if expected is not None:
         seen[provenance_of(expected)] = "this run"
-    for shard in shards:
-        for prov in shard_provenance(shard):
+    for shard, provenances in by_shard.items():
+        for prov in provenances:
             seen.setdefault(prov, shard)
     if len(seen) > 1:
         listed = "; ".join(f"{dict(zip(PROVENANCE, p, strict=True))} ({s})" for p, s in seen.items())
@@ -95,18 +99,17 @@ class ResumeState(NamedTuple):
 def resume_state(g_uri: str, provenance: Mapping) -> ResumeState:
     """What a run adding to G with this `provenance` finds there: the subjects whose shard is already in G, after
     checking that G was made by this very provenance. A shard that cannot be read (zero-byte, truncated, not parquet)
-    is moved aside under `_corrupt/` and reported, and its subject is not done: the run renders it again."""
-    readable, moved = [], []
+    is moved aside under `_corrupt/` and reported, and its subject is not done: the run renders it again. Each shard
+    is opened once, for its provenance columns."""
+    by_shard, moved = {}, []
     for shard in storage.list_shards(g_uri):
         try:
-            storage.check_shards([shard], "paths.g", "G")
-            shard_provenance(shard)
-        except (storage.UnreadableInputError, pa.ArrowInvalid, OSError) as err:
-            moved.append({"shard": shard, "moved_to": storage.move_aside(shard), "error": str(err)})
-            continue
-        readable.append(shard)
-    check_single_provenance(readable, provenance)
-    return ResumeState({subject_of(s) for s in readable}, moved)
+            by_shard[shard] = shard_provenance(shard)
+        except (pa.ArrowInvalid, OSError) as err:
+            error = f"{type(err).__name__}: {err}"
+            moved.append({"shard": shard, "moved_to": storage.move_aside(shard), "error": error})
+    _check_provenances(by_shard, provenance)
+    return ResumeState({subject_of(s) for s in by_shard}, moved)
 
 
 def count_kept(g_uri: str, min_delta: float | None, shards: list[str] | None = None) -> int:
