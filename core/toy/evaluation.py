@@ -65,10 +65,23 @@ def identity_pairs(subjects: list, n: int, rng: np.random.Generator, version: in
 
 
 def read_identity(reader, images: np.ndarray, pairs: list[tuple]) -> dict:
-    """The readers' accuracy per attribute on images of `pairs`, and `identity`, the mean over `IDENTITY`."""
-    acc = rd.accuracy(reader, images, np.asarray([rd.label_row(s, sc) for s, sc in pairs]))
+    """The readers' accuracy per attribute on images of `pairs`, `identity` (the mean over `IDENTITY`), and
+    `by_value`: for each identity attribute, the accuracy on the images whose subject has each value."""
+    labels = np.asarray([rd.label_row(s, sc) for s, sc in pairs])
+    pred = rd.predict(reader, images)
+    acc = rd.accuracy_of(pred, labels)
     acc["identity"] = float(np.mean([acc[k] for k in IDENTITY]))
-    return {k: round(v, 4) for k, v in acc.items()}
+    out = {k: round(v, 4) for k, v in acc.items()}
+    out["by_value"] = {}
+    for head in IDENTITY:
+        i = list(rd.HEADS).index(head)
+        hits = pred[:, i] == labels[:, i]
+        out["by_value"][head] = {
+            value: round(float(hits[labels[:, i] == v].mean()), 4)
+            for v, value in enumerate(rd.HEADS[head])
+            if (labels[:, i] == v).any()
+        }
+    return out
 
 
 CHECK_SAMPLES = 32  # the quick re-measurement recorded beside a base's identity

@@ -207,7 +207,11 @@ def read(reader: AttributeReader, images: np.ndarray | list[np.ndarray]) -> list
 
 def accuracy(reader: AttributeReader, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy per head over the labelled (non-IGNORE) entries, plus their mean as "mean"."""
-    pred = predict(reader, images)
+    return accuracy_of(predict(reader, images), labels)
+
+
+def accuracy_of(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """`accuracy` of predicted class indices `pred` (B, len(HEADS)) against `labels`."""
     out = {}
     for i, name in enumerate(HEADS):
         mask = labels[:, i] != IGNORE

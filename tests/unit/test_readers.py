@@ -3,6 +3,7 @@ see its report.json for the command, seed, device and time)."""
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from core.toy import readers as rd
 from core.toy import world as tw
+from core.toy.evaluation import identity_pairs, read_identity
 
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy")
 
@@ -70,3 +72,23 @@ def test_shipped_artifacts_load_fit_the_budget_and_say_how_they_were_made():
     for stage in ("readers", "scorer", "base", "finish"):
         assert {"command", "seed", "seconds", "device", "date"} <= set(report[stage]), stage
         assert report[stage]["command"].startswith("python -m apps.toy_pretrain")
+
+
+def test_identity_reports_each_pattern_on_its_own():
+    """`read_identity` gives the accuracy per value of each identity attribute, so a value that is drawn wrong (one
+    line orientation for the other, say) shows by name: here the labels call every striped subject barred."""
+    reader = rd.load_readers(os.path.join(ARTIFACTS + "-v2", "readers"))
+    rng = np.random.default_rng(5)
+    _, test = tw.split_subjects(0, 0.2)
+    pairs = identity_pairs(test, 64, rng, 2)
+    images = np.stack([tw.render(s, sc, rng=rng) for s, sc in pairs])
+    clean = read_identity(reader, images, pairs)
+    assert set(clean["by_value"]["pattern"]) == set(tw.PATTERNS)
+    assert min(clean["by_value"]["pattern"].values()) >= 0.9
+
+    mislabelled = [(replace(s, pattern="bars") if s.pattern == "stripes" else s, sc) for s, sc in pairs]
+    wrong = read_identity(reader, images, mislabelled)
+    assert "stripes" not in wrong["by_value"]["pattern"]
+    assert wrong["by_value"]["pattern"]["bars"] < 0.7
+    assert wrong["by_value"]["pattern"]["dots"] == clean["by_value"]["pattern"]["dots"]
+    assert wrong["pattern"] < clean["pattern"]
