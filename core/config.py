@@ -132,6 +132,19 @@ class ExpertConfig:
 
 
 @dataclass
+class GLayoutConfig:
+    """How G's files are laid out (core/data/g_manifest.py): experts write one small shard per subject, the stage's
+    driver records them in the manifest in batches and merges them into shards of about `shard_rows` rows."""
+
+    shard_rows: int = 1024  # rows per merged shard; a read is split among workers shard by shard
+    commit_every: int = 64  # finished subjects per manifest commit
+    commit_every_s: float = 30.0  # ...or this many seconds, whichever comes first
+    compact_every: int = 1024  # finished subjects between merges
+    snapshot_every: int = 32  # manifest commits between snapshots
+    retention_s: float = 600.0  # a shard merged away is deleted this long after (an epoch may be reading it)
+
+
+@dataclass
 class FilterConfig:
     min_delta: float | None = 0.0  # the paper's lambda (0.02 there); None keeps every render
 
@@ -161,7 +174,7 @@ class ApprenticeConfig:
     export_ema: bool = True  # paths.apprentice gets the EMA weights; checkpoints keep both
     # G is listed again every epoch, so shards written while training runs are read at the next epoch.
     passes_per_epoch: int | None = (
-        None  # None: enough to cover the remaining steps (at most 32); 1-2 re-lists G sooner
+        None  # None: enough to cover the remaining steps (at most 32); 1-2 re-plans from G's manifest sooner
     )
     g_wait_s: float = 0.0  # how long a worker waits for G's first rows (the expert stage still writing) before failing
     max_failures: int = 2  # Ray Train restarts from the latest checkpoint after a lost worker, this many times
@@ -306,6 +319,7 @@ class PipelineConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    g_layout: GLayoutConfig = field(default_factory=GLayoutConfig)
     apprentice: ApprenticeConfig = field(default_factory=ApprenticeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

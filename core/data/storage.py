@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,12 +68,20 @@ def require(uri: str, config_key: str, what: str) -> None:
 
 
 def list_shards(uri: str) -> list[str]:
-    """Complete parquet shards under a folder URI, sorted; temporary files are never listed."""
+    """Complete parquet shards under a folder URI, sorted; temporary files are never listed, nor anything under a
+    folder whose name starts with "_" or "." (a G's `_manifest/` and `_corrupt/`, as Hive and Spark hide theirs)."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    found = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(SHARD_SUFFIX))
+    root = path.rstrip("/") + "/"
+    found = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.endswith(SHARD_SUFFIX)
+        and not any(part.startswith(("_", ".")) for part in i.path[len(root) :].split("/")[:-1])
+    )
     prefix = uri.split("://", 1)[0] + "://" if not is_local(uri) else ""
     return [prefix + p for p in found]
 
@@ -131,16 +140,44 @@ def read_shard(shard_uri: str, schema: pa.Schema, what: str, config_key: str | N
     return validate(table, schema, f"{what} shard {shard_uri}{_key_note(config_key)}")
 
 
-def check_shards(shards: list[str], config_key: str, what: str) -> None:
+def iter_rows(
+    folder_uri: str, schema: pa.Schema, config_key: str, what: str, batch_size: int = 64
+) -> tuple[int, Iterator[dict]]:
+    """(rows, a stream of row dicts) of every complete shard under a folder URI, `batch_size` rows in memory at a
+    time, each batch validated against `schema`. Every footer is read first, so a cut shard stops the reader before
+    any row is used, naming the file."""
+    from core.data.schema import validate
+
+    require(folder_uri, config_key, what)
+    shards = list_shards(folder_uri)
+    if not shards:
+        raise MissingInputError(f"{what}: no parquet shards under '{folder_uri}' (config key `{config_key}`)")
+    rows = check_shards(shards, config_key, what)
+
+    def stream() -> Iterator[dict]:
+        for shard in shards:
+            fs, path = resolve(shard)
+            with fs.open_input_file(path) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+                    table = pa.Table.from_batches([batch])
+                    yield from validate(table, schema, f"{what} shard {shard}{_key_note(config_key)}").to_pylist()
+
+    return rows, stream()
+
+
+def check_shards(shards: list[str], config_key: str, what: str) -> int:
     """Read each shard's parquet footer (a few KB, no data): an UnreadableInputError naming the first file that is
-    zero-byte, truncated or not parquet. For readers such as Ray Data that would fail deep inside a task."""
+    zero-byte, truncated or not parquet. For readers such as Ray Data that would fail deep inside a task. Returns
+    the shards' rows."""
+    rows = 0
     for shard in shards:
         fs, path = resolve(shard)
         try:
             with fs.open_input_file(path) as f:
-                pq.read_metadata(f)
+                rows += pq.read_metadata(f).num_rows
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(shard, what, config_key, err) from err
+    return rows
 
 
 def move_aside(shard_uri: str, folder: str = "_corrupt") -> str:

@@ -1,8 +1,12 @@
-"""The G contract (`core.data.g`): shard names, the key, provenance, and the threshold applied when G is read."""
+"""The G contract (`core.data.g`, `core.data.g_manifest`): shard names, the key, provenance, the threshold applied
+when G is read, the manifest that plans a read without opening a shard, merging and resume."""
+
+import os
 
 import pytest
 
 from core.data import g, schema, storage
+from core.data import g_manifest as manifest
 
 
 def row(subject: str, prompt: str, delta: float, scorer: str = "s") -> dict:
@@ -40,6 +44,7 @@ def test_threshold_counts_from_delta_at_read_time(tmp_path):
     assert g.count_kept(root, None) == 4
     assert g.count_kept(root, 0.0) == 3
     assert g.count_kept(root, 0.02) == 1  # strictly above lambda, as the paper keeps delta > lambda
+    assert g.count_kept(root, 0.015) == 2  # a threshold the manifest does not record: counted from the shards
     assert list(g.passes([0.1, -0.1], 0.0)) == [True, False] and list(g.passes([0.1, -0.1], None)) == [True, True]
     assert g.resume_state(root, row("x", "p", 0.0)).done == {"a", "b"}
 
@@ -49,7 +54,7 @@ def test_one_provenance_per_g(tmp_path):
     g.write_subject([row("a", "p0", 0.1)], root, "a")
     g.write_subject([row("b", "p0", 0.1, scorer="other")], root, "b")
     with pytest.raises(ValueError, match="mixes 2 provenances"):
-        g.check_single_provenance(storage.list_shards(root))
+        g.check_single_provenance(root)
     with pytest.raises(ValueError, match="its own `paths.g`"):
         g.resume_state(str(tmp_path / "g"), row("c", "p0", 0.1, scorer="third"))
 
@@ -72,3 +77,74 @@ def test_an_unreadable_shard_is_moved_aside_and_its_subject_is_not_done(tmp_path
         assert not storage.exists(moved["shard"]) and moved["error"]
     assert storage.list_shards(root) == [g.shard_uri(root, "a")]
     assert g.count_kept(root, None) == 2  # readers after the resume see only whole shards
+
+
+def subject_rows(subject: str, n: int, delta: float = 0.1) -> list[dict]:
+    return [row(subject, f"p{i}", delta + 0.001 * i) for i in range(n)]
+
+
+def test_planning_reads_the_manifest_only_and_splits_g_into_disjoint_balanced_parts(tmp_path):
+    root = str(tmp_path / "g")
+    sizes = {f"s{i:02d}": 3 + (i * 7) % 11 for i in range(40)}
+    for subject, n in sizes.items():
+        g.write_subject(subject_rows(subject, n), root, subject)
+    for shard in storage.list_shards(root):  # the data files are gone: a plan that opened one would fail
+        os.remove(shard)
+    plan = manifest.plan(root, 0.0, 4)
+    assert plan.opened == 0
+    parts = [set(p) for p in plan.shards]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 40  # disjoint, and every shard read once
+    assert sum(plan.rows) == sum(sizes.values()) and plan.balance >= 0.9, plan.rows
+    assert manifest.plan(root, 0.0, 4).shards == plan.shards  # the same plan on every worker that makes it
+
+
+def test_merging_keeps_every_key_once_and_a_reader_sees_one_layout_or_the_other(tmp_path):
+    root = str(tmp_path / "g")
+    for i in range(10):
+        g.write_subject(subject_rows(f"s{i}", 4), root, f"s{i}")
+    keys = sorted(map(tuple, g.read_table(root, list(g.KEY)).to_pylist()))
+    before = set(storage.list_shards(root))
+    merged = manifest.compact(root, target_rows=16, final=True)
+    assert len(merged) == 3  # 16 + 16 + 8 rows
+    assert sorted(map(tuple, g.read_table(root, list(g.KEY)).to_pylist())) == keys
+    assert set(g.live_shards(root)) == set(merged)
+    assert before <= set(storage.list_shards(root))  # merged-away files stay for epochs planned before the merge
+    assert manifest.vacuum(root, retention_s=3600) == []
+    assert len(manifest.vacuum(root, retention_s=0)) == 10
+    assert set(storage.list_shards(root)) == set(merged)
+    assert g.resume_state(root, row("x", "p", 0.0)).done == {f"s{i}" for i in range(10)}
+    assert g.count_kept(root, 0.0) == 40
+
+
+def test_a_snapshot_folds_the_segments_and_later_commits_still_count(tmp_path):
+    root = str(tmp_path / "g")
+    for subject in "abc":
+        g.write_subject(subject_rows(subject, 2), root, subject)
+    manifest.write_snapshot(root)
+    snapshots, segments = manifest._list(root)
+    assert len(snapshots) == 1 and segments == []
+    g.write_subject(subject_rows("d", 2), root, "d")
+    assert manifest.read(root).subjects() == set("abcd") and g.count_kept(root, None) == 8
+
+
+def test_a_shard_whose_commit_never_came_is_adopted_on_resume(tmp_path):
+    """A driver killed after an expert wrote its shard but before the manifest commit: the shard is not part of G
+    for readers, and the next run adds it rather than rendering its subject again."""
+    root = str(tmp_path / "g")
+    g.write_subject(subject_rows("a", 2), root, "a")
+    g.write_subject(subject_rows("b", 3), root, "b", commit=False)
+    assert g.count_kept(root, None) == 2
+    state = g.resume_state(root, row("x", "p", 0.0))
+    assert state.done == {"a", "b"} and state.adopted == 1
+    assert g.count_kept(root, None) == 5
+
+
+def test_a_g_from_before_the_manifest_is_refused_by_readers_until_migrated(tmp_path):
+    root = str(tmp_path / "g")
+    for subject in "ab":
+        table = schema.table_from_rows(subject_rows(subject, 2), schema.G_SCHEMA)
+        storage.write_shard(table, root, schema.G_SCHEMA, name=g.shard_name(subject))
+    with pytest.raises(storage.MissingInputError, match="apps.g_compact"):
+        g.count_kept(root, None)
+    _, moved, adopted = g.sync_manifest(root)
+    assert adopted == 2 and not moved and g.count_kept(root, None) == 4

@@ -1,0 +1,359 @@
+"""G's manifest: which shard files make up G, what each holds, and how a read of G is planned without opening one.
+
+G is a folder of parquet shards plus `_manifest/`, a log of small parquet files (`MANIFEST_SCHEMA`, one row per
+shard added or removed):
+
+- `segment-<time>-<id>.parquet`: one commit. Writers add shards in batches (the expert stage's driver commits every
+  `g_layout.commit_every` finished subjects); compaction adds a merged shard and removes the shards it merged in the
+  same segment, so a reader sees either the small shards or the merged one, never both and never neither.
+- `snapshot-<time>-<id>.parquet`: the state after folding every segment it names (its schema metadata); the folded
+  segments are deleted after it is written. A reader takes the newest snapshot plus the segments it did not fold.
+
+Each entry records the shard's rows, its kept rows at each of `KEPT_THRESHOLDS` (so the rows a threshold keeps are
+known without reading a `delta` column), its subjects (resume by name), its provenance and its kind, so planning an
+epoch reads the manifest only. A file is part of G when the manifest lists it: a shard written whose commit never
+came (a driver killed in between) is an orphan until the expert stage adopts it at its next start (`adopt`), and a
+shard merged away is deleted only `retention_s` after its removal, so an epoch planned before the merge can still
+read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from core.data import schema, storage
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "_manifest"
+PROVENANCE = ("base_checkpoint_hash", "expert_config_hash", "scorer_hash")
+KINDS = ("finetune", "oracle", "raw")  # expert renders; true renders of each prompt; another image of the subject
+# Thresholds (the paper's lambda) whose kept rows every entry records; any other threshold is counted from the
+# shards' `delta` columns (and planning then opens each shard once).
+KEPT_THRESHOLDS = (0.0, 0.01, 0.02, 0.03)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("op", pa.string(), nullable=False),  # "add" or "remove"
+        pa.field("shard", pa.string(), nullable=False),  # file name inside G
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("kept", pa.list_(pa.int64()), nullable=False),  # rows with delta > t, for t in KEPT_THRESHOLDS
+        pa.field("subjects", pa.list_(pa.string()), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        *(pa.field(k, pa.string(), nullable=False) for k in PROVENANCE),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("committed_at", pa.float64(), nullable=False),  # seconds since the epoch, at commit
+    ]
+)
+
+
+def kept_counts(delta: np.ndarray) -> list[int]:
+    delta = np.asarray(delta, dtype=np.float64)
+    return [int((delta > t).sum()) for t in KEPT_THRESHOLDS]
+
+
+def entry(name: str, table: pa.Table, kind: str, nbytes: int) -> dict:
+    """The manifest entry (an "add") of shard file `name` holding G rows `table`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of G {kind!r}; one of {KINDS}")
+    prov = {k: pc.unique(table.column(k)).to_pylist() for k in PROVENANCE}
+    if any(len(v) != 1 for v in prov.values()):
+        raise ValueError(f"shard {name} mixes provenances: {prov}")
+    return {
+        "op": "add",
+        "shard": name,
+        "rows": table.num_rows,
+        "kept": kept_counts(table.column("delta").to_numpy()),
+        "subjects": sorted(pc.unique(table.column("subject_id")).to_pylist()),
+        "kind": kind,
+        **{k: v[0] for k, v in prov.items()},
+        "bytes": int(nbytes),
+        "committed_at": 0.0,
+    }
+
+
+def _folder(g_uri: str) -> str:
+    return storage.join(g_uri, MANIFEST)
+
+
+def _stamp() -> str:
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def commit(g_uri: str, adds: Iterable[Mapping] = (), removes: Iterable[str] = ()) -> str | None:
+    """Append one segment: `adds` (entries) and `removes` (shard names), visible together or not at all."""
+    now = time.time()
+    rows = [{**a, "committed_at": now} for a in adds]
+    blank = {"rows": 0, "kept": [], "subjects": [], "kind": "", "bytes": 0, **dict.fromkeys(PROVENANCE, "")}
+    rows += [{**blank, "op": "remove", "shard": name, "committed_at": now} for name in removes]
+    if not rows:
+        return None
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return storage.write_shard(table, _folder(g_uri), MANIFEST_SCHEMA, name=f"segment-{_stamp()}")
+
+
+@dataclass
+class Manifest:
+    """G's state: the live shards' entries (one table row each, in shard-name order) and the shards removed but
+    not yet deleted (`tombstones`: name -> removal time)."""
+
+    live: pa.Table
+    tombstones: dict[str, float] = field(default_factory=dict)
+    snapshot: str | None = None
+    segments: list[str] = field(default_factory=list)  # segment files not folded into the snapshot
+
+    @property
+    def shards(self) -> list[str]:
+        return self.live.column("shard").to_pylist()
+
+    def subjects(self) -> set[str]:
+        return set(pc.list_flatten(self.live.column("subjects")).to_pylist())
+
+    def provenances(self) -> set[tuple[str, ...]]:
+        cols = [self.live.column(k).to_pylist() for k in (*PROVENANCE, "kind")]
+        return set(zip(*cols, strict=True))
+
+    def kept(self, min_delta: float | None) -> np.ndarray | None:
+        """Kept rows per live shard at `min_delta` (None when the manifest does not record that threshold)."""
+        if min_delta is None:
+            return self.live.column("rows").to_numpy()
+        for i, t in enumerate(KEPT_THRESHOLDS):
+            if float(min_delta) == t:
+                return np.asarray([k[i] for k in self.live.column("kept").to_pylist()], dtype=np.int64)
+        return None
+
+
+def _empty() -> pa.Table:
+    return MANIFEST_SCHEMA.empty_table()
+
+
+def _list(g_uri: str) -> tuple[list[str], list[str]]:
+    """(snapshots, segments): complete manifest files, sorted by name (time)."""
+    fs, path = storage.resolve(_folder(g_uri))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return [], []
+    names = sorted(
+        i.base_name for i in fs.get_file_info(pafs.FileSelector(path)) if i.base_name.endswith(storage.SHARD_SUFFIX)
+    )
+    return [n for n in names if n.startswith("snapshot-")], [n for n in names if n.startswith("segment-")]
+
+
+def exists(g_uri: str) -> bool:
+    snapshots, segments = _list(g_uri)
+    return bool(snapshots or segments)
+
+
+def read(g_uri: str) -> Manifest:
+    """G's manifest now: the newest snapshot and the segments it did not fold, applied (opens no data shard)."""
+    snapshots, segments = _list(g_uri)
+    fs, folder = storage.resolve(_folder(g_uri))
+    tables, folded, snapshot = [], set(), None
+    if snapshots:
+        snapshot = snapshots[-1]
+        table = pq.read_table(f"{folder}/{snapshot}", filesystem=fs)
+        folded = set(json.loads((table.schema.metadata or {}).get(b"folded", b"[]")))
+        tables.append(table.replace_schema_metadata(None))
+    pending = [s for s in segments if s not in folded]
+    tables += [pq.read_table(f"{folder}/{s}", filesystem=fs) for s in pending]
+    log = pa.concat_tables(tables) if tables else _empty()
+    ops = log.column("op")
+    removes = log.filter(pc.equal(ops, "remove"))
+    removed = dict(zip(removes.column("shard").to_pylist(), removes.column("committed_at").to_pylist(), strict=True))
+    adds = log.filter(pc.equal(ops, "add"))
+    if removed:
+        adds = adds.filter(pc.invert(pc.is_in(adds.column("shard"), pa.array(list(removed), pa.string()))))
+    # A shard committed twice (a retried subject whose first result was lost) counts once: its last entry.
+    last = {name: i for i, name in enumerate(adds.column("shard").to_pylist())}
+    order = sorted(last)
+    live = adds.take(pa.array([last[n] for n in order], pa.int64())) if adds.num_rows else adds
+    return Manifest(live, removed, snapshot, pending)
+
+
+def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
+    """Fold the segments into a new snapshot, then delete them and older snapshots. Returns the snapshot's URI."""
+    m = manifest or read(g_uri)
+    fs, folder = storage.resolve(_folder(g_uri))
+    snapshots, _ = _list(g_uri)
+    tomb_rows = [
+        {"op": "remove", "shard": n, "rows": 0, "kept": [], "subjects": [], "kind": "", "bytes": 0,
+         **dict.fromkeys(PROVENANCE, ""), "committed_at": t}
+        for n, t in sorted(m.tombstones.items())
+    ]  # fmt: skip
+    table = pa.concat_tables([m.live, pa.Table.from_pylist(tomb_rows, schema=MANIFEST_SCHEMA)])
+    folded = sorted(m.segments)
+    if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
+        prev = pq.read_schema(f"{folder}/{m.snapshot}", filesystem=fs).metadata or {}
+        folded = sorted(set(folded) | set(json.loads(prev.get(b"folded", b"[]"))))
+    table = table.replace_schema_metadata({"folded": json.dumps(folded)})
+    name = f"snapshot-{_stamp()}"
+    tmp = f"{folder}/.{name}{storage.TMP_SUFFIX}"
+    fs.create_dir(folder, recursive=True)
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, f"{folder}/{name}{storage.SHARD_SUFFIX}")
+    for old in [*m.segments, *snapshots]:
+        _delete(fs, f"{folder}/{old}")
+    return storage.join(_folder(g_uri), name + storage.SHARD_SUFFIX)
+
+
+def _delete(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def vacuum(g_uri: str, retention_s: float) -> list[str]:
+    """Delete the files of shards removed more than `retention_s` ago; the next snapshot forgets them."""
+    m = read(g_uri)
+    fs, root = storage.resolve(g_uri)
+    now, deleted = time.time(), []
+    for name, removed_at in m.tombstones.items():
+        if now - removed_at >= retention_s:
+            _delete(fs, f"{root}/{name}")
+            deleted.append(name)
+    if deleted:
+        for name in deleted:
+            m.tombstones.pop(name)
+        write_snapshot(g_uri, m)
+    return deleted
+
+
+def check_single(m: Manifest, expected: Mapping | None = None) -> None:
+    """Refuse a G whose shards come from more than one (base, expert config, scorer, kind), or from another one
+    than `expected` (the provenance of a run about to add to G; its kind defaults to "finetune")."""
+    seen: dict[tuple[str, ...], str] = {}
+    if expected is not None:
+        seen[(*(expected[k] for k in PROVENANCE), expected.get("kind", "finetune"))] = "this run"
+    cols = [m.live.column(k).to_pylist() for k in ("shard", *PROVENANCE, "kind")]
+    for shard, *prov in zip(*cols, strict=True):
+        seen.setdefault(tuple(prov), shard)
+    if len(seen) > 1:
+        listed = "; ".join(f"{dict(zip((*PROVENANCE, 'kind'), p, strict=True))} ({s})" for p, s in seen.items())
+        raise ValueError(
+            f"G mixes {len(seen)} provenances (base, expert config, scorer, kind): {listed}. "
+            "Write each to its own `paths.g`."
+        )
+
+
+def kind_of(m: Manifest) -> str | None:
+    kinds = set(m.live.column("kind").to_pylist())
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+# ---------------------------------------------------------------- planning a read
+
+
+@dataclass
+class Plan:
+    """One epoch's read of G: for each of `world` workers, the shards it reads (disjoint) and their kept rows."""
+
+    shards: list[list[str]]  # URIs, per worker
+    rows: list[int]  # kept rows, per worker
+    opened: int = 0  # shards opened while planning (only for a threshold the manifest does not record)
+
+    @property
+    def balance(self) -> float:
+        """The fewest rows a worker gets over the most (1.0: equal)."""
+        return min(self.rows) / max(self.rows) if self.rows and max(self.rows) else 1.0
+
+
+def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | None = None) -> Plan:
+    """Split G's live shards among `world` workers, each shard to one worker, balancing kept rows (largest first,
+    each to the worker with the fewest rows so far). Reads the manifest only, unless `min_delta` is a threshold it
+    does not record: then each shard's `delta` column is read once."""
+    m = manifest or read(g_uri)
+    check_single(m)
+    names = m.shards
+    kept, opened = m.kept(min_delta), 0
+    if kept is None:
+        logger.warning("filter.min_delta=%s is not among %s: counting kept rows from each shard", min_delta,
+                       KEPT_THRESHOLDS)  # fmt: skip
+        kept = np.asarray([_count(storage.join(g_uri, n), min_delta) for n in names], dtype=np.int64)
+        opened = len(names)
+    parts: list[list[str]] = [[] for _ in range(world)]
+    rows = [0] * world
+    for i in sorted(range(len(names)), key=lambda i: (-int(kept[i]), names[i])):
+        if kept[i] == 0:
+            continue
+        w = min(range(world), key=lambda w: (rows[w], w))
+        parts[w].append(storage.join(g_uri, names[i]))
+        rows[w] += int(kept[i])
+    return Plan([sorted(p) for p in parts], rows, opened)
+
+
+def _count(shard_uri: str, min_delta: float | None) -> int:
+    delta = storage.read_columns(shard_uri, ["delta"]).column("delta").to_numpy().astype(np.float64)
+    return int(len(delta) if min_delta is None else (delta > min_delta).sum())
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def compact(g_uri: str, target_rows: int, eligible: set[str] | None = None, final: bool = False) -> list[str]:
+    """Merge live shards smaller than `target_rows` / 2 into shards of about `target_rows` rows, each merge one
+    commit (add the merged shard, remove the ones it holds). `eligible` (subject ids) limits it to shards whose
+    subjects are all finished, as their writer knows them; `final` merges the last group even when small. The
+    merged-away files stay until `vacuum`. Returns the merged shards' URIs."""
+    m = read(g_uri)
+    small = [
+        (name, rows, subjects)
+        for name, rows, subjects in zip(
+            m.shards, m.live.column("rows").to_pylist(), m.live.column("subjects").to_pylist(), strict=True
+        )
+        if rows < target_rows / 2 and (eligible is None or set(subjects) <= eligible)
+    ]
+    groups, group, total = [], [], 0
+    for item in small:
+        group.append(item)
+        total += item[1]
+        if total >= target_rows:
+            groups.append(group)
+            group, total = [], 0
+    if group and (final or total >= target_rows) and len(group) > 1:
+        groups.append(group)
+    kind = kind_of(m) or "finetune"
+    merged = []
+    for group in groups:
+        merged.append(_merge(g_uri, [name for name, _, _ in group], kind))
+    return merged
+
+
+def _merge(g_uri: str, names: list[str], kind: str) -> str:
+    fs, root = storage.resolve(g_uri)
+    name = f"part-{uuid.uuid4().hex}"
+    tmp, final = f"{root}/.{name}{storage.TMP_SUFFIX}", f"{root}/{name}{storage.SHARD_SUFFIX}"
+    deltas, subjects, provs, rows = [], set(), set(), 0
+    with pq.ParquetWriter(tmp, schema.G_SCHEMA, filesystem=fs) as writer:
+        for shard in names:  # one shard in memory at a time
+            table = pq.read_table(f"{root}/{shard}", filesystem=fs, schema=schema.G_SCHEMA)
+            writer.write_table(table, row_group_size=table.num_rows)
+            deltas.append(table.column("delta").to_numpy())
+            subjects |= set(table.column("subject_id").to_pylist())
+            provs |= {tuple(pc.unique(table.column(k)).to_pylist()[0] for k in PROVENANCE)}
+            rows += table.num_rows
+    fs.move(tmp, final)
+    (prov,) = provs
+    add = {
+        "op": "add",
+        "shard": name + storage.SHARD_SUFFIX,
+        "rows": rows,
+        "kept": kept_counts(np.concatenate(deltas)),
+        "subjects": sorted(subjects),
+        "kind": kind,
+        **dict(zip(PROVENANCE, prov, strict=True)),
+        "bytes": fs.get_file_info(final).size,
+        "committed_at": 0.0,
+    }
+    commit(g_uri, [add], names)
+    return storage.join(g_uri, add["shard"])
