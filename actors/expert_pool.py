@@ -13,12 +13,14 @@ import os
 import resource
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 import ray
 
 from actors.pool import run_actor_pool
-from core.config import ExpertConfig, FilterConfig
+from core.config import ExpertConfig, FilterConfig, GLayoutConfig
 from core.data import g, storage
+from core.data import g_manifest as manifest
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ class ExpertActor:
 
 def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None) -> dict:
     """One subject's whole unit of work, as an actor does it (and `benchmarks.expert_throughput`'s plain processes):
-    fine-tune, render, score, write the shard. Carries the worker's pid and peak memory so far."""
+    fine-tune, render, score, write the shard. The result carries the shard's manifest entry (`entry`), which the
+    driver commits, the worker's pid and its peak memory so far."""
     try:
         rows, stats = expert.run_subject(record)
     except ValueError as err:  # bad subject data (an undecodable demo): fail it, don't retry it
@@ -60,14 +63,60 @@ def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None
     if g_uri is None:
         out["rows"] = rows
     else:
-        g.write_subject(rows, g_uri, record["subject_id"])
+        out["entry"] = g.write_subject(rows, g_uri, record["subject_id"], commit=False)
     out["pid"] = os.getpid()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     return out
 
 
+class ManifestWriter:
+    """The driver's side of G's manifest during a run: commits finished subjects' entries in batches, folds the
+    manifest's segments into a snapshot now and then, and merges small shards into shards of about
+    `layout.shard_rows` rows. Only entries whose results reached the driver are committed, so a merge never holds a
+    subject that a retry may write again."""
+
+    def __init__(self, g_uri: str, layout: GLayoutConfig):
+        self.g_uri, self.layout = g_uri, layout
+        self.pending: list[dict] = []
+        self.last_commit = time.monotonic()
+        self.segments = self.since_merge = 0
+        self.merged: list[str] = []
+
+    def add(self, entry: dict) -> None:
+        self.pending.append(entry)
+        self.since_merge += 1
+        due = time.monotonic() - self.last_commit >= self.layout.commit_every_s
+        if len(self.pending) >= self.layout.commit_every or due:
+            self.commit()
+        if self.since_merge >= self.layout.compact_every:
+            self.merge(final=False)
+
+    def commit(self) -> None:
+        if self.pending:
+            manifest.commit(self.g_uri, self.pending)
+            self.pending, self.segments = [], self.segments + 1
+        self.last_commit = time.monotonic()
+        if self.segments >= self.layout.snapshot_every:
+            manifest.write_snapshot(self.g_uri)
+            self.segments = 0
+
+    def merge(self, final: bool) -> None:
+        self.commit()
+        self.merged += manifest.compact(self.g_uri, self.layout.shard_rows, final=final)
+        self.since_merge = 0
+
+    def close(self) -> dict:
+        """Commit the rest, merge small shards into whole groups of `shard_rows` (fewer rows left over stay as they
+        are, so a small G keeps a shard per subject to split among workers), delete what was merged away
+        `retention_s` ago, snapshot."""
+        self.merge(final=False)
+        deleted = manifest.vacuum(self.g_uri, self.layout.retention_s)
+        manifest.write_snapshot(self.g_uri)
+        return {"merged_shards": len(self.merged), "deleted_after_merge": len(deleted)}
+
+
 def run_pool(
-    records: list[dict],
+    records: Iterable[dict],
     base_uri: str,
     scorer_uri: str,
     cfg: ExpertConfig,
@@ -75,28 +124,58 @@ def run_pool(
     g_uri: str | None,
     filter_cfg: FilterConfig,
     progress: bool = True,
+    layout: GLayoutConfig | None = None,
+    total: int | None = None,
+    keep_rows: bool = False,
+    actor_class=None,
 ) -> tuple[list[dict], dict]:
-    """Run every record through the pool (`actors.pool.run_actor_pool`) with at most `max_tasks_in_flight` tasks per
-    actor, retrying a subject whose actor died up to `max_retries` times.
+    """Run a stream of D_S records through the pool (`actors.pool.run_actor_pool`) with at most
+    `max_tasks_in_flight` tasks per actor, retrying a subject whose actor died up to `max_retries` times.
 
-    Returns (one result dict per subject, summary counts). With `g_uri`, subjects whose shard is already there are
-    skipped (a re-run resumes), and an unreadable shard found there is moved aside, listed in the summary's
-    `moved_aside`, and its subject rendered again; without it, result dicts carry their G rows.
+    Returns (the failed subjects' results, or every result when `keep_rows` or without `g_uri`, summary counts).
+    Results are summarised as they arrive, so the driver's memory does not grow with the subjects. With `g_uri`,
+    subjects already in G are skipped (a re-run resumes), an unreadable shard found there is moved aside, listed in
+    the summary's `moved_aside`, and its subject rendered again, and the manifest is written by a `ManifestWriter`;
+    without it, result dicts carry their G rows. `actor_class` (default `ExpertActor`) is any Ray actor class with
+    the same constructor and `run` (the scale benchmark's stub expert, which writes rows without a model).
     """
     found = g.resume_state(g_uri, provenance) if g_uri else g.ResumeState(set(), [])
     for moved in found.moved_aside:
         logger.warning("G shard %s is unreadable (%s): moved to %s", moved["shard"], moved["error"], moved["moved_to"])
-    todo = [r for r in records if r["subject_id"] not in found.done]
-    summary = Counter(subjects=len(records), skipped_already_in_g=len(records) - len(todo))
-    moved = {"moved_aside": [m["shard"] for m in found.moved_aside]} if found.moved_aside else {}
-    if not todo:
-        return [], {**summary, **moved}
+    summary = Counter(subjects=0, skipped_already_in_g=0)
+    if found.adopted:
+        summary["adopted_into_manifest"] = found.adopted
+
+    def todo():
+        for record in records:
+            summary["subjects"] += 1
+            if record["subject_id"] in found.done:
+                summary["skipped_already_in_g"] += 1
+                continue
+            yield record
+
+    writer = ManifestWriter(g_uri, layout or GLayoutConfig()) if g_uri else None
+    kept: list[dict] = []
+
+    def on_result(result: dict) -> None:
+        if result["status"] == "done":
+            summary["done"] += 1
+            summary["renders"] += result["total"]
+            summary["kept"] += result["kept"]
+            summary["rejected"] += result["total"] - result["kept"]
+            if writer is not None:
+                writer.add(result.pop("entry"))
+            if keep_rows or g_uri is None:
+                kept.append(result)
+        else:
+            summary["failed"] += 1
+            kept.append(result)
 
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
     start = time.perf_counter()
-    results, restarts = run_actor_pool(
-        lambda: ExpertActor.options(**options).remote(base_uri, scorer_uri, cfg, provenance),
-        todo,
+    _, restarts = run_actor_pool(
+        lambda: (actor_class or ExpertActor).options(**options).remote(base_uri, scorer_uri, cfg, provenance),
+        todo(),
         lambda actor, record: actor.run.remote(record, g_uri, filter_cfg.min_delta),
         key=lambda record: record["subject_id"],
         key_field="subject_id",
@@ -105,16 +184,16 @@ def run_pool(
         max_retries=cfg.max_retries,
         desc="experts",
         progress=progress,
+        total=None if total is None else max(0, total - len(found.done)),
+        on_result=on_result,
     )
-    summary["seconds"] = round(time.perf_counter() - start, 2)
+    if summary["done"] or summary["failed"]:
+        summary["seconds"] = round(time.perf_counter() - start, 2)
     if restarts:
         summary["actor_restarts"] = restarts
-    for result in results:
-        if result["status"] == "done":
-            summary["done"] += 1
-            summary["renders"] += result["total"]
-            summary["kept"] += result["kept"]
-            summary["rejected"] += result["total"] - result["kept"]
-        else:
-            summary["failed"] += 1
-    return results, {**summary, **moved}
+    out = dict(summary)
+    if writer is not None:
+        out.update(writer.close())
+    if found.moved_aside:
+        out["moved_aside"] = [m["shard"] for m in found.moved_aside]
+    return kept, out

@@ -1,5 +1,6 @@
 """Stage `experts`: a pool of Ray actors fine-tunes one expert per D_S subject and writes G shards (kept and
-rejected renders, with delta-CLIP scores and provenance) to `paths.g`. Re-running skips subjects already in G.
+rejected renders, with delta-CLIP scores and provenance) to `paths.g`, recorded in G's manifest and merged into
+shards of about `g_layout.shard_rows` rows. D_S is streamed; re-running skips subjects already in G.
 
     python -m apps.experts experiment=smoke
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import islice
 
 from actors.cluster import ray_cluster
 from actors.expert_pool import run_pool
@@ -29,12 +31,14 @@ def provenance(config: PipelineConfig) -> dict:
 
 
 def run(config: PipelineConfig) -> dict:
-    ds = storage.read_table(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
+    # D_S streams in batches of rows: the driver never holds it whole (demo images included).
+    total, records = storage.iter_rows(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
     require_base(config)
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
-    records = ds.to_pylist()[: config.expert.max_subjects]
+    if config.expert.max_subjects is not None:
+        total, records = min(total, config.expert.max_subjects), islice(records, config.expert.max_subjects)
     with ray_cluster(config.cluster):
-        results, summary = run_pool(
+        failures, summary = run_pool(
             records,
             base_uri(config),
             config.paths.scorer,
@@ -42,8 +46,9 @@ def run(config: PipelineConfig) -> dict:
             provenance(config),
             config.paths.g,
             config.filter,
+            layout=config.g_layout,
+            total=total,
         )
-    failures = [r for r in results if r["status"] == "failed"]
     if failures:
         report = json.dumps({"summary": summary, "failed": failures}, indent=1, default=str).encode()
         storage.write_bytes(storage.join(config.paths.g, "_reports", f"experts-{int(time.time())}.json"), report)
