@@ -1,10 +1,12 @@
 """Ray Train job for the apprentice: `train_loop_per_worker` builds model, optimizer and data inside the worker;
 `fit` is the small driver.
 
-Data: every epoch, each worker lists G's complete shards again and streams its share of the rows (a hash of the
-row key picks the worker) through Ray Data (`actors.g_dataset.read_g`), so shards the expert stage writes while
-training runs are picked up at the next epoch; with `apprentice.g_wait_s` > 0 a worker waits that long for G's
-first rows instead of failing at once.
+Data: every epoch, rank 0 plans the read from G's manifest (`core.data.g_manifest.plan`: no shard is opened) and
+sends the plan to the other workers; each worker streams only its own shards through Ray Data
+(`actors.g_dataset.read_g`): disjoint parts balanced by kept rows, and every worker takes the same number of steps
+in an epoch, so DDP never waits on a short part. Shards the expert stage commits while training runs are picked up
+at the next epoch; with `apprentice.g_wait_s` > 0 the workers wait that long for G's first rows (a row for every
+worker) instead of failing at once.
 
 Checkpoints (every `checkpoint_every` steps and at the end, under the run's `storage_path`) hold the apprentice as
 a `SuTIPipeline` folder (safetensors), `ema.safetensors` (the EMA weights), `optimizer.pt` (optimizer and lr
@@ -44,8 +46,8 @@ from tqdm import tqdm
 
 from actors.g_dataset import read_g
 from core.config import ApprenticeConfig
-from core.data import storage
-from core.data.g import count_kept
+from core.data import g, storage
+from core.data import g_manifest as manifest
 from core.method.apprentice import Apprentice, training_loss
 from core.models.backbone import load_backbone
 from core.models.device import step_done
@@ -173,7 +175,7 @@ def ema_state(ema, names: list[str]) -> dict[str, torch.Tensor]:
 def epoch_passes(cfg: ApprenticeConfig, remaining_steps: int, world: int, rows: int) -> int:
     """How many times an epoch emits each row (each time with its own demos): enough to cover the remaining steps
     in one read (every epoch restarts Ray Data's execution, seconds on a small machine), at most
-    `passes_per_epoch` (streaming: a small number re-lists G sooner)."""
+    `passes_per_epoch` (streaming: a small number plans from the manifest again sooner)."""
     cap = cfg.passes_per_epoch or 32
     return max(1, min(cap, math.ceil(remaining_steps * cfg.batch_size / max(1, rows / world))))
 
@@ -290,14 +292,27 @@ class WorkerRun:
             mark_complete(folder, step, metrics)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
-    def epoch_rows(self, shards: list[str], waited: float) -> int:
-        """Rows of this epoch's shards passing the threshold; 0 means wait (up to `g_wait_s`) for G's first rows."""
-        rows = count_kept(self.job.g_uri, self.job.min_delta, shards)  # the very shards this epoch reads
-        if rows == 0 and waited >= self.cfg.g_wait_s:
+    def epoch_plan(self, waited: float) -> manifest.Plan | None:
+        """This epoch's read of G, planned by rank 0 from the manifest and the same on every worker; None means
+        wait (up to `g_wait_s`) for G's first rows, at least one shard with kept rows for every worker."""
+        found = None
+        if self.rank == 0:
+            found = manifest.plan(self.job.g_uri, self.job.min_delta, self.world, g.read_manifest(self.job.g_uri))
+        if self.world > 1:
+            box = [found]
+            torch.distributed.broadcast_object_list(box, src=0)
+            found = box[0]
+        if min(found.rows) > 0:
+            return found
+        if waited >= self.cfg.g_wait_s:
+            where = f"G under {self.job.g_uri}"
+            if not sum(found.rows):
+                raise RuntimeError(f"no G row {where} passes filter.min_delta={self.job.min_delta}: nothing to train")
             raise RuntimeError(
-                f"no G row under {self.job.g_uri} passes filter.min_delta={self.job.min_delta}: nothing to train on"
+                f"{where} has {sum(found.rows)} rows passing filter.min_delta={self.job.min_delta} in "
+                f"{sum(map(len, found.shards))} shards: too few for {self.world} workers (each needs a shard)"
             )
-        return rows
+        return None
 
     def step(self, batch: dict) -> None:
         loss = self.model(batch, self.generator)
@@ -333,29 +348,41 @@ class WorkerRun:
             if step < cfg.steps:
                 self.report(False)
 
-    def train_epoch(self, shards: list[str], rows: int) -> None:
-        """One pass over this worker's share of `shards`, ending early when the step budget is spent."""
+    def train_epoch(self, plan: manifest.Plan) -> None:
+        """One pass over this worker's part of G, `epoch_steps` steps (the same on every worker), ending early when
+        the step budget is spent."""
         cfg, state = self.cfg, self.state
-        passes = epoch_passes(cfg, cfg.steps - state["step"], self.world, rows)
+        fewest = min(plan.rows)
+        passes = epoch_passes(cfg, cfg.steps - state["step"], 1, fewest)
+        epoch_steps = max(1, fewest * passes // cfg.batch_size)
         seed = cfg.seed + len(state["epochs"])
-        share = (self.rank, self.world)
-        dataset = read_g(
-            self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, share, shards
-        )
+        shards, rows = plan.shards[self.rank], plan.rows[self.rank]
+        dataset = read_g(self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, shards)
         # Closed when the step budget ends the epoch early, so this epoch's Ray Data pipeline stops decoding rows
         # nobody will read (it would otherwise run on beside the next stage).
         batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=self.device))
-        seen_rows = 0
+        seen_rows = steps = 0
         for batch in batches:
             self.step(batch)
             seen_rows += len(batch["image"])
+            steps += 1
             self.bar.update(1)
             self.log()
-            if state["step"] >= cfg.steps:
+            if state["step"] >= cfg.steps or steps >= epoch_steps:
                 break
         if hasattr(batches, "close"):
             batches.close()
-        state["epochs"].append({"shards": len(shards), "kept_rows": rows, "passes": passes, "rows_read": seen_rows})
+        state["epochs"].append(
+            {
+                "shards": len(shards),
+                "kept_rows": rows,
+                "kept_rows_all": sum(plan.rows),
+                "balance": round(plan.balance, 4),
+                "passes": passes,
+                "steps": steps,
+                "rows_read": seen_rows,
+            }
+        )
         if seen_rows == 0:
             raise RuntimeError(
                 f"worker {self.rank} of {self.world} read no G rows in an epoch "
@@ -369,13 +396,12 @@ class WorkerRun:
         )
         waited = 0.0
         while self.state["step"] < cfg.steps:
-            shards = storage.list_shards(self.job.g_uri)
-            rows = self.epoch_rows(shards, waited)
-            if rows == 0:
+            plan = self.epoch_plan(waited)
+            if plan is None:
                 time.sleep(2.0)
                 waited += 2.0
                 continue
-            self.train_epoch(shards, rows)
+            self.train_epoch(plan)
         self.bar.close()
         if self.writer is not None:
             self.writer.close()

@@ -1,7 +1,7 @@
 """Ray Data over G: read the complete shards, filter by the delta threshold at read time, decode for training.
 
 The threshold (the paper's lambda, `filter.min_delta`) is applied here, not by the experts, so it can be swept
-without re-running them. Shards are listed when the dataset is built; only complete `*.parquet` files are listed.
+without re-running them. The shards read are the ones G's manifest lists (or a training worker's part of them).
 """
 
 from __future__ import annotations
@@ -60,13 +60,6 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
     }
 
 
-def in_shard(row_key: tuple, shard: tuple[int, int]) -> bool:
-    """Whether a G row (its key) belongs to worker `shard[0]` of `shard[1]`: a hash of the key, so every worker gets
-    about the same share of any set of shards, and a row stays with its worker as G grows."""
-    rank, world = shard
-    return world <= 1 or seed_for(*row_key) % world == rank
-
-
 def read_g(
     g_uri: str,
     min_delta: float | None,
@@ -74,28 +67,26 @@ def read_g(
     num_demos: int,
     seed: int = 0,
     passes: int = 1,
-    shard: tuple[int, int] = (0, 1),
     shards: list[str] | None = None,
 ) -> ray.data.Dataset:
     """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
 
     `passes` > 1 emits every row that many times (each with its own demos) within one read: every epoch restarts
     Ray Data's execution (seconds on a small machine), so a small G is better seen several times per epoch than
-    once per many short epochs. `shard` = (rank, world) keeps one training worker's share of the rows; `shards`
-    (default: listed now) are the complete shard files to read.
+    once per many short epochs. `shards` are the shard files to read: one training worker's part of an epoch's plan
+    (`core.data.g_manifest.plan`), or by default every shard G's manifest lists now.
     """
     storage.require(g_uri, "paths.g", "G (expert renders)")
-    shards = storage.list_shards(g_uri) if shards is None else shards
+    if shards is None:
+        g.check_single_provenance(g_uri)
+        shards = g.live_shards(g_uri)
     if not shards:
-        raise storage.MissingInputError(f"G: no complete parquet shards under '{g_uri}' (config key `paths.g`)")
-    g.check_single_provenance(shards)
+        raise storage.MissingInputError(f"G: no shards in the manifest under '{g_uri}' (config key `paths.g`)")
     fs, paths = storage.shard_paths(g_uri, shards)
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
     ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
     if min_delta is not None:
         ds = ds.filter(expr=col("delta") > float(min_delta))
-    if shard[1] > 1:
-        ds = ds.filter(lambda row: in_shard(g.row_key(row), shard))
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},

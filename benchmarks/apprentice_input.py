@@ -38,7 +38,7 @@ PROVENANCE = {
 
 
 def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> None:
-    from core.data import schema, storage
+    from core.data import g
     from core.toy import world as tw
 
     rng = np.random.default_rng(0)
@@ -65,9 +65,7 @@ def write_g(folder: str, shards: int, rows_per_shard: int, size: int = 32) -> No
                     **PROVENANCE,
                 }
             )
-        storage.write_shard(
-            schema.table_from_rows(rows, schema.G_SCHEMA, "G"), folder, schema.G_SCHEMA, name=f"subject-s{s}"
-        )
+        g.write_subject(rows, folder, f"s{s}")
 
 
 def spread(values: list[float]) -> dict:

@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.processes import alive, descendants, processes_named
+from core.data import g as gc
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -150,9 +151,9 @@ def expected_keys(work: Work, *extra: str) -> set[tuple]:
 
 def g_check(work: Work, g_uri: str, *extra: str) -> dict:
     """G's keys against the expected set: lost, duplicated, unexpected."""
-    from core.data import schema, storage
+    from core.data import schema
 
-    table = storage.read_table(g_uri, schema.G_SCHEMA, "paths.g", "G")
+    table = gc.read_table(g_uri)
     keys = list(zip(*(table.column(c).to_pylist() for c in schema.G_KEY), strict=True))
     expected = expected_keys(work, *extra)
     return {

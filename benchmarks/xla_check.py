@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 
+from core.data import g as gc
 from core.data.images import to_png
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")
@@ -49,7 +50,6 @@ def main() -> None:
 
     from actors.expert_pool import run_subject
     from core.config import ExpertConfig, ScorerConfig
-    from core.data import schema, storage
     from core.method.expert import Expert
     from core.models.backbone import create_backbone
     from core.models.device import pick_device
@@ -69,7 +69,7 @@ def main() -> None:
         start = time.perf_counter()
         out = run_subject(expert, record(), g, None)
         seconds = time.perf_counter() - start
-        table = storage.read_table(g, schema.G_SCHEMA, "paths.g", "G")
+        table = gc.read_table(g)
     param = next(backbone.unet.parameters())
     import torch_xla
 

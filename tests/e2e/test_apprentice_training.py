@@ -14,7 +14,8 @@ from pathlib import Path
 from actors.apprentice_trainer import fit
 from benchmarks.processes import processes_named
 from core.config import to_dict
-from core.data import storage
+from core.data import g as gc
+from core.data import g_manifest, storage
 
 
 def train_worker_processes() -> list[int]:
@@ -103,9 +104,10 @@ def test_two_worker_ddp_sigkilled_worker_resumes_from_its_checkpoint(smoke, tmp_
     assert resume["checkpoint_step"] in (4, 8) and resume["first_step"] == resume["checkpoint_step"] + 1
     assert resume["optimizer_fingerprint_saved"] > 0
     assert resume["optimizer_fingerprint_loaded"] == resume["optimizer_fingerprint_saved"]
-    # Two workers share G: each read about half of the rows in an epoch.
+    # Two workers split G: each reads its own part (here rank 0's), about half of the kept rows, in an epoch.
     first = state["epochs"][0]
-    assert 0 < first["rows_read"] < first["kept_rows"]
+    assert 0 < first["kept_rows"] < first["kept_rows_all"] and first["balance"] >= 0.5, first
+    assert 0 < first["rows_read"] <= first["kept_rows"] * first["passes"]
     assert state["resolved_config"]["apprentice"]["num_workers"] == 2
     metrics = out["result"].metrics
     assert metrics["final"] and metrics["step"] == cfg.steps and metrics["samples_per_s"] > 0 and metrics["lr"] > 0
@@ -123,9 +125,10 @@ def test_training_waits_for_g_and_reads_shards_written_while_it_runs(smoke, tmp_
     g = tmp_path / "g"
     g.mkdir()
 
-    def publish(shard: str) -> None:  # as the expert stage does: a temporary name, then a rename
+    def publish(shard: str) -> None:  # as the expert stage does: a temporary name, a rename, a manifest commit
         shutil.copy(shard, g / (os.path.basename(shard) + ".tmp"))
         os.rename(g / (os.path.basename(shard) + ".tmp"), g / os.path.basename(shard))
+        g_manifest.commit(str(g), [gc.shard_entry(str(g / os.path.basename(shard)), "finetune")])
 
     cfg = dataclasses.replace(
         config.apprentice, steps=14, batch_size=4, checkpoint_every=2, log_every=2, passes_per_epoch=1, g_wait_s=120

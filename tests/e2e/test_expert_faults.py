@@ -10,6 +10,7 @@ import time
 from actors.expert_pool import run_pool
 from apps.experts import provenance
 from benchmarks.processes import processes_named
+from core.data import g as gc
 from core.data import schema, storage
 
 
@@ -51,7 +52,7 @@ def test_sigkilled_expert_is_retried_and_every_key_lands_once(smoke, tmp_path):
     summary = out["summary"]
     assert summary["actor_restarts"] >= 1, summary
     assert summary["done"] == len(records) and summary.get("failed", 0) == 0, summary
-    g = storage.read_table(g_uri, schema.G_SCHEMA, "paths.g", "G")
+    g = gc.read_table(g_uri)
     keys = list(zip(*(g.column(c).to_pylist() for c in schema.G_KEY)))
     expected = {
         (r["subject_id"], pid, j) for r in records for pid in r["prompt_ids"] for j in range(cfg.samples_per_prompt)

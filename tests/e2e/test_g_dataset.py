@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from actors.g_dataset import read_g
-from core.data import schema, storage
+from core.data import g as gc
 from core.data.images import to_png
 from core.models.tokenizer import create_tokenizer
 from core.toy import world as toyworld
@@ -44,15 +44,8 @@ def tokenizer_dir(tmp_path_factory):
 
 def test_threshold_filters_at_read_time_and_batches_decode(ray_session, tmp_path, tokenizer_dir):
     g = str(tmp_path / "g")
-    storage.write_shard(
-        schema.table_from_rows(rows("a", [-0.1, 0.0, 0.01, 0.03]), schema.G_SCHEMA),
-        g,
-        schema.G_SCHEMA,
-        name="subject-a",
-    )
-    storage.write_shard(
-        schema.table_from_rows(rows("b", [0.02, 0.05]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b"
-    )
+    gc.write_subject(rows("a", [-0.1, 0.0, 0.01, 0.03]), g, "a")
+    gc.write_subject(rows("b", [0.02, 0.05]), g, "b")
     counts = {
         t: sum(len(b["image"]) for b in read_g(g, t, tokenizer_dir, num_demos=3).iter_batches(batch_size=16))
         for t in (None, 0.0, 0.02)
@@ -70,11 +63,7 @@ def test_threshold_filters_at_read_time_and_batches_decode(ray_session, tmp_path
 
 def test_g_mixing_scorers_is_refused(tmp_path, tokenizer_dir):
     g = str(tmp_path / "g")
-    storage.write_shard(
-        schema.table_from_rows(rows("a", [0.1]), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-a"
-    )
-    storage.write_shard(
-        schema.table_from_rows(rows("b", [0.1], scorer="other"), schema.G_SCHEMA), g, schema.G_SCHEMA, name="subject-b"
-    )
+    gc.write_subject(rows("a", [0.1]), g, "a")
+    gc.write_subject(rows("b", [0.1], scorer="other"), g, "b")
     with pytest.raises(ValueError, match="G mixes 2 provenances"):
         read_g(g, 0.0, tokenizer_dir, num_demos=3)

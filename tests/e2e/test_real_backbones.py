@@ -13,6 +13,7 @@ import torch
 
 from actors.expert_pool import run_pool
 from apps.experts import provenance
+from core.data import g as gc
 from core.data import schema, storage
 from core.data.images import from_png
 from core.method.expert import Expert
@@ -108,7 +109,7 @@ def test_one_subject_through_the_expert_farm(real_folder, smoke, tmp_path):
         progress=False,
     )
     assert summary["done"] == 1 and summary.get("failed", 0) == 0, results
-    g = storage.read_table(str(tmp_path / "g"), schema.G_SCHEMA, "paths.g", "G").to_pylist()
+    g = gc.read_table(str(tmp_path / "g")).to_pylist()
     assert {(r["subject_id"], r["prompt_id"]) for r in g} == {
         (records[0]["subject_id"], p) for p in records[0]["prompt_ids"]
     }

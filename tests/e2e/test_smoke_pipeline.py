@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from core.data import g as gc
 from core.data import schema, storage
 from core.data.images import from_png
 
@@ -27,7 +28,7 @@ def test_g_holds_every_render_once_matching_the_schema(smoke):
     tables = [pq.read_table(s) for s in shards]
     for t in tables:
         assert t.schema.equals(schema.G_SCHEMA, check_metadata=False)
-    g = storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G")
+    g = gc.read_table(config.paths.g)
     keys = list(zip(*(g.column(c).to_pylist() for c in schema.G_KEY)))
     assert len(keys) == len(set(keys)) == len(expected) == 4 * 2 * 4
     assert set(keys) == expected
@@ -51,7 +52,7 @@ def test_expert_stage_rerun_skips_subjects_already_in_g(smoke):
     assert sorted(storage.list_shards(config.paths.g)) == before
     # Another expert config must not top up (or be mixed into) this G.
     other = dataclasses.replace(config, expert=dataclasses.replace(config.expert, steps=config.expert.steps + 1))
-    with pytest.raises(ValueError, match=r"G mixes 2 provenances \(base, expert config, scorer\)"):
+    with pytest.raises(ValueError, match=r"G mixes 2 provenances \(base, expert config, scorer, kind\)"):
         experts.run(other)
 
 
@@ -72,7 +73,7 @@ def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
     meta = json.loads(storage.read_bytes(storage.join(config.paths.apprentice, "apprentice_config.json")))
     assert meta["config"]["resolved"]["experiment_name"] == "smoke"  # the resolved config sits beside the weights
 
-    g = storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G").to_pydict()
+    g = gc.read_table(config.paths.g).to_pydict()
     arrays = decode_batch(g, storage.join(config.paths.base, "tokenizer"), config.apprentice.num_demos, seed=0)
     batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
     models = {

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import yaml
 
-from core.data import schema, storage
+from core.data import g as gc
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_min_delta_sweep_trains_one_apprentice_per_value(smoke, ray_session, tmp_path):
     config, _ = smoke
-    deltas = sorted(storage.read_table(config.paths.g, schema.G_SCHEMA, "paths.g", "G").column("delta").to_pylist())
+    deltas = sorted(gc.read_table(config.paths.g).column("delta").to_pylist())
     threshold = round(deltas[len(deltas) // 2], 4)  # about half of G passes it
     kept = {"null": len(deltas), str(threshold): sum(d > threshold for d in deltas)}
     assert 0 < kept[str(threshold)] < len(deltas)
