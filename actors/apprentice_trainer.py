@@ -356,8 +356,9 @@ class WorkerRun:
         passes = epoch_passes(cfg, cfg.steps - state["step"], 1, fewest)
         epoch_steps = max(1, fewest * passes // cfg.batch_size)
         seed = cfg.seed + len(state["epochs"])
-        shards, rows = plan.shards[self.rank], plan.rows[self.rank]
-        dataset = read_g(self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, shards)
+        part, rows = plan.parts[self.rank], plan.rows[self.rank]
+        shards = [uri for uri, _ in part]
+        dataset = read_g(self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, part)
         # Closed when the step budget ends the epoch early, so this epoch's Ray Data pipeline stops decoding rows
         # nobody will read (it would otherwise run on beside the next stage).
         batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=self.device))

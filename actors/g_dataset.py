@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.expressions import col
 
 from core.data import g, schema, storage
 from core.data.images import from_png
@@ -60,6 +62,19 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
     }
 
 
+def read_pieces(batch: pa.Table, filesystem, min_delta: float | None) -> pa.Table:
+    """Read G rows from (path, row groups) pieces (no row groups: the whole shard), keeping delta > min_delta."""
+    tables = []
+    for path, groups in zip(batch.column("path").to_pylist(), batch.column("row_groups").to_pylist(), strict=True):
+        with filesystem.open_input_file(path) as f:
+            shard = pq.ParquetFile(f)
+            table = shard.read_row_groups(groups) if groups else shard.read()
+        if min_delta is not None:
+            table = table.filter(pc.greater(table.column("delta"), float(min_delta)))
+        tables.append(schema.validate(table, schema.G_SCHEMA, f"G shard {path}"))
+    return pa.concat_tables(tables)
+
+
 def read_g(
     g_uri: str,
     min_delta: float | None,
@@ -67,26 +82,27 @@ def read_g(
     num_demos: int,
     seed: int = 0,
     passes: int = 1,
-    shards: list[str] | None = None,
+    part: list[tuple[str, list[int] | None]] | None = None,
 ) -> ray.data.Dataset:
     """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
 
     `passes` > 1 emits every row that many times (each with its own demos) within one read: every epoch restarts
     Ray Data's execution (seconds on a small machine), so a small G is better seen several times per epoch than
-    once per many short epochs. `shards` are the shard files to read: one training worker's part of an epoch's plan
-    (`core.data.g_manifest.plan`), or by default every shard G's manifest lists now.
+    once per many short epochs. `part` is what to read: one training worker's part of an epoch's plan
+    (`core.data.g_manifest.plan`: shards and their row groups), by default every shard G's manifest lists now.
     """
     storage.require(g_uri, "paths.g", "G (expert renders)")
-    if shards is None:
+    if part is None:
         g.check_single_provenance(g_uri)
-        shards = g.live_shards(g_uri)
-    if not shards:
+        part = [(uri, None) for uri in g.live_shards(g_uri)]
+    if not part:
         raise storage.MissingInputError(f"G: no shards in the manifest under '{g_uri}' (config key `paths.g`)")
-    fs, paths = storage.shard_paths(g_uri, shards)
+    fs, paths = storage.shard_paths(g_uri, [uri for uri, _ in part])
     ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
-    ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema.G_SCHEMA)
-    if min_delta is not None:
-        ds = ds.filter(expr=col("delta") > float(min_delta))
+    pieces = [{"path": p, "row_groups": list(groups or [])} for p, (_, groups) in zip(paths, part, strict=True)]
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        read_pieces, fn_kwargs={"filesystem": fs, "min_delta": min_delta}, batch_format="pyarrow", batch_size=1
+    )
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},

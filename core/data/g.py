@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from core.data import g_manifest as manifest
 from core.data import schema, storage
@@ -96,9 +97,12 @@ def check_single_provenance(g_uri: str, expected: Mapping | None = None) -> None
 
 def shard_entry(shard: str, kind: str) -> dict:
     """A manifest entry for a complete shard found in G but not in its manifest (opens the shard)."""
-    table = storage.read_columns(shard, ["subject_id", "delta", *PROVENANCE])
     fs, path = storage.resolve(shard)
-    return manifest.entry(shard.rsplit("/", 1)[-1], table, kind, fs.get_file_info(path).size)
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        table = pf.read(columns=["subject_id", "delta", *PROVENANCE])
+        groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    return manifest.entry(shard.rsplit("/", 1)[-1], table, kind, fs.get_file_info(path).size, groups)
 
 
 class ResumeState(NamedTuple):

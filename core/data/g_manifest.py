@@ -49,6 +49,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("shard", pa.string(), nullable=False),  # file name inside G
         pa.field("rows", pa.int64(), nullable=False),
         pa.field("kept", pa.list_(pa.int64()), nullable=False),  # rows with delta > t, for t in KEPT_THRESHOLDS
+        # Per parquet row group of the shard: [rows, kept at each of KEPT_THRESHOLDS], so a read can be split
+        # between workers inside a shard (a merged shard keeps one row group per subject).
+        pa.field("groups", pa.list_(pa.list_(pa.int64())), nullable=False),
         pa.field("subjects", pa.list_(pa.string()), nullable=False),
         pa.field("kind", pa.string(), nullable=False),
         *(pa.field(k, pa.string(), nullable=False) for k in PROVENANCE),
@@ -63,8 +66,18 @@ def kept_counts(delta: np.ndarray) -> list[int]:
     return [int((delta > t).sum()) for t in KEPT_THRESHOLDS]
 
 
-def entry(name: str, table: pa.Table, kind: str, nbytes: int) -> dict:
-    """The manifest entry (an "add") of shard file `name` holding G rows `table`."""
+def group_counts(delta: np.ndarray, group_rows: list[int]) -> list[list[int]]:
+    """[rows, kept at each threshold] for each row group, the groups being consecutive runs of `group_rows`."""
+    out, start = [], 0
+    for n in group_rows:
+        out.append([int(n), *kept_counts(delta[start : start + n])])
+        start += n
+    return out
+
+
+def entry(name: str, table: pa.Table, kind: str, nbytes: int, group_rows: list[int] | None = None) -> dict:
+    """The manifest entry (an "add") of shard file `name` holding G rows `table`, written as row groups of
+    `group_rows` rows (default: one)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of G {kind!r}; one of {KINDS}")
     prov = {k: pc.unique(table.column(k)).to_pylist() for k in PROVENANCE}
@@ -75,6 +88,7 @@ def entry(name: str, table: pa.Table, kind: str, nbytes: int) -> dict:
         "shard": name,
         "rows": table.num_rows,
         "kept": kept_counts(table.column("delta").to_numpy()),
+        "groups": group_counts(table.column("delta").to_numpy(), group_rows or [table.num_rows]),
         "subjects": sorted(pc.unique(table.column("subject_id")).to_pylist()),
         "kind": kind,
         **{k: v[0] for k, v in prov.items()},
@@ -95,7 +109,8 @@ def commit(g_uri: str, adds: Iterable[Mapping] = (), removes: Iterable[str] = ()
     """Append one segment: `adds` (entries) and `removes` (shard names), visible together or not at all."""
     now = time.time()
     rows = [{**a, "committed_at": now} for a in adds]
-    blank = {"rows": 0, "kept": [], "subjects": [], "kind": "", "bytes": 0, **dict.fromkeys(PROVENANCE, "")}
+    blank = {"rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0}
+    blank.update(dict.fromkeys(PROVENANCE, ""))
     rows += [{**blank, "op": "remove", "shard": name, "committed_at": now} for name in removes]
     if not rows:
         return None
@@ -123,15 +138,6 @@ class Manifest:
     def provenances(self) -> set[tuple[str, ...]]:
         cols = [self.live.column(k).to_pylist() for k in (*PROVENANCE, "kind")]
         return set(zip(*cols, strict=True))
-
-    def kept(self, min_delta: float | None) -> np.ndarray | None:
-        """Kept rows per live shard at `min_delta` (None when the manifest does not record that threshold)."""
-        if min_delta is None:
-            return self.live.column("rows").to_numpy()
-        for i, t in enumerate(KEPT_THRESHOLDS):
-            if float(min_delta) == t:
-                return np.asarray([k[i] for k in self.live.column("kept").to_pylist()], dtype=np.int64)
-        return None
 
 
 def _empty() -> pa.Table:
@@ -186,7 +192,7 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     fs, folder = storage.resolve(_folder(g_uri))
     snapshots, _ = _list(g_uri)
     tomb_rows = [
-        {"op": "remove", "shard": n, "rows": 0, "kept": [], "subjects": [], "kind": "", "bytes": 0,
+        {"op": "remove", "shard": n, "rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0,
          **dict.fromkeys(PROVENANCE, ""), "committed_at": t}
         for n, t in sorted(m.tombstones.items())
     ]  # fmt: skip
@@ -256,11 +262,17 @@ def kind_of(m: Manifest) -> str | None:
 
 @dataclass
 class Plan:
-    """One epoch's read of G: for each of `world` workers, the shards it reads (disjoint) and their kept rows."""
+    """One epoch's read of G: for each of `world` workers, its part (disjoint): (shard URI, the row groups to read,
+    None for all of them) pairs, and the kept rows in it."""
 
-    shards: list[list[str]]  # URIs, per worker
-    rows: list[int]  # kept rows, per worker
+    parts: list[list[tuple[str, list[int] | None]]]
+    rows: list[int]
     opened: int = 0  # shards opened while planning (only for a threshold the manifest does not record)
+
+    @property
+    def shards(self) -> list[list[str]]:
+        """The shards each worker opens."""
+        return [[uri for uri, _ in part] for part in self.parts]
 
     @property
     def balance(self) -> float:
@@ -269,32 +281,63 @@ class Plan:
 
 
 def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | None = None) -> Plan:
-    """Split G's live shards among `world` workers, each shard to one worker, balancing kept rows (largest first,
-    each to the worker with the fewest rows so far). Reads the manifest only, unless `min_delta` is a threshold it
-    does not record: then each shard's `delta` column is read once."""
+    """Split G's live shards among `world` workers. The shards' row groups, in shard order, are cut into `world`
+    consecutive runs of about equal kept rows, so each worker reads whole shards except at most two at the ends
+    of its run, and rows differ between workers by at most a row group (a subject's rows). Reads the manifest only,
+    unless `min_delta` is a threshold it does not record: then each shard's `delta` column is read once."""
     m = manifest or read(g_uri)
     check_single(m)
-    names = m.shards
-    kept, opened = m.kept(min_delta), 0
-    if kept is None:
+    names, opened = m.shards, 0
+    column = _threshold_column(min_delta)
+    if column is None:
         logger.warning("filter.min_delta=%s is not among %s: counting kept rows from each shard", min_delta,
                        KEPT_THRESHOLDS)  # fmt: skip
-        kept = np.asarray([_count(storage.join(g_uri, n), min_delta) for n in names], dtype=np.int64)
+        groups = [_count_groups(storage.join(g_uri, n), min_delta) for n in names]
         opened = len(names)
-    parts: list[list[str]] = [[] for _ in range(world)]
+    else:
+        groups = [[int(gr[column]) for gr in shard] for shard in m.live.column("groups").to_pylist()]
+    total = sum(map(sum, groups))
+    parts: list[dict[str, list[int]]] = [{} for _ in range(world)]
     rows = [0] * world
-    for i in sorted(range(len(names)), key=lambda i: (-int(kept[i]), names[i])):
-        if kept[i] == 0:
-            continue
-        w = min(range(world), key=lambda w: (rows[w], w))
-        parts[w].append(storage.join(g_uri, names[i]))
-        rows[w] += int(kept[i])
-    return Plan([sorted(p) for p in parts], rows, opened)
+    done = 0
+    for name, kept in zip(names, groups, strict=True):
+        for i, k in enumerate(kept):
+            if k == 0:
+                continue
+            w = min(world - 1, int((done + k / 2) * world / total))
+            parts[w].setdefault(name, []).append(i)
+            rows[w] += k
+            done += k
+    nonzero = {name: sum(1 for k in kept if k) for name, kept in zip(names, groups, strict=True)}
+    out = [
+        [(storage.join(g_uri, name), None if len(idx) == nonzero[name] else idx) for name, idx in part.items()]
+        for part in parts
+    ]
+    return Plan(out, rows, opened)
 
 
-def _count(shard_uri: str, min_delta: float | None) -> int:
-    delta = storage.read_columns(shard_uri, ["delta"]).column("delta").to_numpy().astype(np.float64)
-    return int(len(delta) if min_delta is None else (delta > min_delta).sum())
+def _threshold_column(min_delta: float | None) -> int | None:
+    """Where a row group's [rows, kept...] counts hold `min_delta`'s kept rows (None: not recorded)."""
+    if min_delta is None:
+        return 0
+    for i, t in enumerate(KEPT_THRESHOLDS):
+        if float(min_delta) == t:
+            return 1 + i
+    return None
+
+
+def _count_groups(shard_uri: str, min_delta: float | None) -> list[int]:
+    fs, path = storage.resolve(shard_uri)
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        delta = pf.read(columns=["delta"]).column("delta").to_numpy().astype(np.float64)
+    kept, start = [], 0
+    for n in sizes:
+        d = delta[start : start + n]
+        kept.append(int(len(d) if min_delta is None else (d > min_delta).sum()))
+        start += n
+    return kept
 
 
 # ---------------------------------------------------------------- compaction
@@ -333,12 +376,15 @@ def _merge(g_uri: str, names: list[str], kind: str) -> str:
     fs, root = storage.resolve(g_uri)
     name = f"part-{uuid.uuid4().hex}"
     tmp, final = f"{root}/.{name}{storage.TMP_SUFFIX}", f"{root}/{name}{storage.SHARD_SUFFIX}"
-    deltas, subjects, provs, rows = [], set(), set(), 0
+    deltas, groups, subjects, provs, rows = [], [], set(), set(), 0
     with pq.ParquetWriter(tmp, schema.G_SCHEMA, filesystem=fs) as writer:
         for shard in names:  # one shard in memory at a time
             table = pq.read_table(f"{root}/{shard}", filesystem=fs, schema=schema.G_SCHEMA)
+            if not table.num_rows:
+                continue
             writer.write_table(table, row_group_size=table.num_rows)
             deltas.append(table.column("delta").to_numpy())
+            groups += group_counts(deltas[-1], [table.num_rows])
             subjects |= set(table.column("subject_id").to_pylist())
             provs |= {tuple(pc.unique(table.column(k)).to_pylist()[0] for k in PROVENANCE)}
             rows += table.num_rows
@@ -349,6 +395,7 @@ def _merge(g_uri: str, names: list[str], kind: str) -> str:
         "shard": name + storage.SHARD_SUFFIX,
         "rows": rows,
         "kept": kept_counts(np.concatenate(deltas)),
+        "groups": groups,
         "subjects": sorted(subjects),
         "kind": kind,
         **dict(zip(PROVENANCE, prov, strict=True)),

@@ -5,6 +5,7 @@ import pytest
 
 from actors.g_dataset import read_g
 from core.data import g as gc
+from core.data import g_manifest
 from core.data.images import to_png
 from core.models.tokenizer import create_tokenizer
 from core.toy import world as toyworld
@@ -67,3 +68,18 @@ def test_g_mixing_scorers_is_refused(tmp_path, tokenizer_dir):
     gc.write_subject(rows("b", [0.1], scorer="other"), g, "b")
     with pytest.raises(ValueError, match="G mixes 2 provenances"):
         read_g(g, 0.0, tokenizer_dir, num_demos=3)
+
+
+def test_workers_parts_of_a_merged_shard_are_read_once_each(ray_session, tmp_path, tokenizer_dir):
+    """Two workers' parts of one merged shard (row groups split between them): each reads only its own rows."""
+    g = str(tmp_path / "g")
+    for subject in "abcd":
+        gc.write_subject(rows(subject, [0.1, 0.2, 0.3]), g, subject)
+    assert len(g_manifest.compact(g, target_rows=12)) == 1
+    plan = g_manifest.plan(g, 0.0, 2)
+    assert plan.rows == [6, 6] and all(idx is not None for part in plan.parts for _, idx in part)
+    counts = [
+        sum(len(b["image"]) for b in read_g(g, 0.0, tokenizer_dir, num_demos=3, part=part).iter_batches(batch_size=4))
+        for part in plan.parts
+    ]
+    assert counts == [6, 6]

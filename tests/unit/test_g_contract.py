@@ -98,6 +98,24 @@ def test_planning_reads_the_manifest_only_and_splits_g_into_disjoint_balanced_pa
     assert manifest.plan(root, 0.0, 4).shards == plan.shards  # the same plan on every worker that makes it
 
 
+def test_a_plan_splits_merged_shards_by_row_group_so_workers_stay_balanced(tmp_path):
+    """Merged shards larger than a worker's share: the plan cuts inside them at row groups (one per subject), and
+    every row group is read by exactly one worker."""
+    root = str(tmp_path / "g")
+    for i in range(24):
+        g.write_subject(subject_rows(f"s{i:02d}", 8), root, f"s{i:02d}")
+    assert len(manifest.compact(root, target_rows=64)) == 3
+    plan = manifest.plan(root, None, 4)
+    assert plan.rows == [48, 48, 48, 48] and plan.opened == 0
+    m = manifest.read(root)
+    groups_of = {name: len(gr) for name, gr in zip(m.shards, m.live.column("groups").to_pylist(), strict=True)}
+    pieces = []
+    for part in plan.parts:
+        for uri, idx in part:
+            pieces += [(uri, i) for i in (idx or range(groups_of[uri.rsplit("/", 1)[-1]]))]
+    assert len(pieces) == len(set(pieces)) == 24
+
+
 def test_merging_keeps_every_key_once_and_a_reader_sees_one_layout_or_the_other(tmp_path):
     root = str(tmp_path / "g")
     for i in range(10):
