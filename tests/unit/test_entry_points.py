@@ -57,3 +57,22 @@ def test_pretrain_app_runs_time_boxed_resumable_runs_that_report_each_run(tmp_pa
     assert report["runs"][2]["test_identity"]["identity"] == measured["identity"]
     changed = run_app("apps.pretrain", *common, "pretrain.steps=8", "pretrain.prediction_type=v_prediction")
     assert changed.returncode != 0 and "pretrain.resume=false" in changed.stderr
+
+
+def test_g_compact_app_brings_a_g_from_before_the_manifest_to_it_and_merges_small_shards(tmp_path):
+    import json
+
+    from core.data import g, schema, storage
+    from tests.unit.test_g_contract import subject_rows
+
+    root = tmp_path / "g"
+    for i in range(6):  # shards as the expert stage wrote them before the manifest: files alone
+        table = schema.table_from_rows(subject_rows(f"s{i}", 4), schema.G_SCHEMA)
+        storage.write_shard(table, str(root), schema.G_SCHEMA, name=g.shard_name(f"s{i}"))
+    args = (f"paths.g={root}", "g_layout.shard_rows=12", "g_layout.retention_s=0", f"hydra.run.dir={tmp_path}/hydra")
+    done = run_app("apps.g_compact", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["adopted_into_manifest"] == 6 and summary["merged_shards"] == 2 and summary["shards"] == 2
+    assert summary["rows"] == 24 and g.count_kept(str(root), None) == 24
+    assert len(storage.list_shards(str(root))) == 2  # the merged-away files are gone (retention 0)
