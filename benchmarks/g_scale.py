@@ -283,13 +283,17 @@ def legacy_plan(folder: str, min_delta: float) -> int:
     return kept
 
 
-def timed(fn, repeats: int = 3) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+def timed(fn, repeats: int = 3) -> tuple[float, object, dict]:
+    """The best of `repeats` timed calls of `fn`, its result, and what one call opened and read."""
+    best, out, counts = float("inf"), None, {}
+    for i in range(repeats):
+        with Counted() as counted:
+            start = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - start)
+            if i == 0:
+                counts = counted.totals()
+    return best, out, counts
 
 
 def planning(work: str, sizes: list[int], layout: GLayoutConfig) -> dict:
@@ -298,13 +302,11 @@ def planning(work: str, sizes: list[int], layout: GLayoutConfig) -> dict:
         folder = os.path.join(work, f"plan_{rows}")
         info = write_g(folder, rows, 8, pooled=True, layout=layout)
         shards_before = len(storage.list_shards(folder))
-        with Counted() as counted:
-            seconds, kept = timed(lambda f=folder: legacy_plan(f, 0.0), repeats=1 if rows >= 10**6 else 3)
-            before = {"seconds": round(seconds, 4), "kept_rows": kept, **counted.totals()}
+        seconds, kept, counts = timed(lambda f=folder: legacy_plan(f, 0.0), repeats=1 if rows >= 10**6 else 3)
+        before = {"seconds": round(seconds, 4), "kept_rows": kept, **counts}
         info.update(merge(folder, layout))
-        with Counted() as counted:
-            seconds, plan = timed(lambda f=folder: manifest.plan(f, 0.0, 4))
-            after = {"seconds": round(seconds, 4), "kept_rows": sum(plan.rows), **counted.totals()}
+        seconds, plan, counts = timed(lambda f=folder: manifest.plan(f, 0.0, 4))
+        after = {"seconds": round(seconds, 4), "kept_rows": sum(plan.rows), **counts}
         after["shards"] = len(g.live_shards(folder))
         out[str(rows)] = {"rows": rows, **info, "per_subject": {**before, "shards": shards_before}, "manifest": after}
         print(json.dumps({"planning": out[str(rows)]}), flush=True)
@@ -447,6 +449,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--parts", default="planning,reading,memory")
+    parser.add_argument("--read-rows", type=int, default=None, help="rows of the reading part (default 10^4)")
     parser.add_argument("--driver-memory", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--streaming", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -456,7 +459,7 @@ def main() -> None:
         return
     layout = GLayoutConfig(shard_rows=1024)
     plan_sizes = [10**3, 10**4] if args.quick else [10**4, 10**5, 10**6]
-    read_rows = 2_000 if args.quick else 10**4
+    read_rows = args.read_rows or (2_000 if args.quick else 10**4)
     # Before, the driver's memory grew by about 0.25 MB a subject: 10^5 subjects would not fit this machine.
     subjects = {"before": [1_000, 4_000], "streaming": [1_000, 4_000]}
     if not args.quick:
