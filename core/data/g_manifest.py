@@ -105,13 +105,16 @@ def _stamp() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
+def _removal(name: str, at: float) -> dict:
+    """The manifest row that removes shard `name` (a tombstone until its file is deleted)."""
+    blank = {"rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0}
+    return {**blank, **dict.fromkeys(PROVENANCE, ""), "op": "remove", "shard": name, "committed_at": at}
+
+
 def commit(g_uri: str, adds: Iterable[Mapping] = (), removes: Iterable[str] = ()) -> str | None:
     """Append one segment: `adds` (entries) and `removes` (shard names), visible together or not at all."""
     now = time.time()
-    rows = [{**a, "committed_at": now} for a in adds]
-    blank = {"rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0}
-    blank.update(dict.fromkeys(PROVENANCE, ""))
-    rows += [{**blank, "op": "remove", "shard": name, "committed_at": now} for name in removes]
+    rows = [{**a, "committed_at": now} for a in adds] + [_removal(name, now) for name in removes]
     if not rows:
         return None
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -134,10 +137,6 @@ class Manifest:
 
     def subjects(self) -> set[str]:
         return set(pc.list_flatten(self.live.column("subjects")).to_pylist())
-
-    def provenances(self) -> set[tuple[str, ...]]:
-        cols = [self.live.column(k).to_pylist() for k in (*PROVENANCE, "kind")]
-        return set(zip(*cols, strict=True))
 
 
 def _empty() -> pa.Table:
@@ -191,11 +190,7 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     m = manifest or read(g_uri)
     fs, folder = storage.resolve(_folder(g_uri))
     snapshots, _ = _list(g_uri)
-    tomb_rows = [
-        {"op": "remove", "shard": n, "rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0,
-         **dict.fromkeys(PROVENANCE, ""), "committed_at": t}
-        for n, t in sorted(m.tombstones.items())
-    ]  # fmt: skip
+    tomb_rows = [_removal(n, t) for n, t in sorted(m.tombstones.items())]
     table = pa.concat_tables([m.live, pa.Table.from_pylist(tomb_rows, schema=MANIFEST_SCHEMA)])
     folded = sorted(m.segments)
     if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
@@ -343,18 +338,16 @@ def _count_groups(shard_uri: str, min_delta: float | None) -> list[int]:
 # ---------------------------------------------------------------- compaction
 
 
-def compact(g_uri: str, target_rows: int, eligible: set[str] | None = None, final: bool = False) -> list[str]:
+def compact(g_uri: str, target_rows: int, final: bool = False) -> list[str]:
     """Merge live shards smaller than `target_rows` / 2 into shards of about `target_rows` rows, each merge one
-    commit (add the merged shard, remove the ones it holds). `eligible` (subject ids) limits it to shards whose
-    subjects are all finished, as their writer knows them; `final` merges the last group even when small. The
+    commit (add the merged shard, remove the ones it holds); `final` merges the last group even when small. Only
+    committed shards are merged, so a subject still being retried is never in one. The
     merged-away files stay until `vacuum`. Returns the merged shards' URIs."""
     m = read(g_uri)
     small = [
-        (name, rows, subjects)
-        for name, rows, subjects in zip(
-            m.shards, m.live.column("rows").to_pylist(), m.live.column("subjects").to_pylist(), strict=True
-        )
-        if rows < target_rows / 2 and (eligible is None or set(subjects) <= eligible)
+        (name, rows)
+        for name, rows in zip(m.shards, m.live.column("rows").to_pylist(), strict=True)
+        if rows < target_rows / 2
     ]
     groups, group, total = [], [], 0
     for item in small:
@@ -368,7 +361,7 @@ def compact(g_uri: str, target_rows: int, eligible: set[str] | None = None, fina
     kind = kind_of(m) or "finetune"
     merged = []
     for group in groups:
-        merged.append(_merge(g_uri, [name for name, _, _ in group], kind))
+        merged.append(_merge(g_uri, [name for name, _ in group], kind))
     return merged
 
 
