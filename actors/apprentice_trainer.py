@@ -297,7 +297,9 @@ class WorkerRun:
         wait (up to `g_wait_s`) for G's first rows, at least one shard with kept rows for every worker."""
         found = None
         if self.rank == 0:
-            found = manifest.plan(self.job.g_uri, self.job.min_delta, self.world, g.read_manifest(self.job.g_uri))
+            found = manifest.plan(
+                self.job.g_uri, self.job.min_delta, self.world, g.read_manifest(self.job.g_uri, manifest.PLAN_COLUMNS)
+            )
         if self.world > 1:
             box = [found]
             torch.distributed.broadcast_object_list(box, src=0)

@@ -79,8 +79,8 @@ class ManifestWriter:
         self.g_uri, self.layout = g_uri, layout
         self.pending: list[dict] = []
         self.last_commit = time.monotonic()
-        self.segments = self.since_merge = 0
-        self.merged: list[str] = []
+        self.segments = self.since_merge = self.deleted = 0
+        self.merged = 0
 
     def add(self, entry: dict) -> None:
         self.pending.append(entry)
@@ -101,18 +101,22 @@ class ManifestWriter:
             self.segments = 0
 
     def merge(self, final: bool) -> None:
+        """Commit, merge small shards, and delete the files merged away `retention_s` ago (so the manifest's
+        tombstones stay as few as the shards merged within that window)."""
         self.commit()
-        self.merged += manifest.compact(self.g_uri, self.layout.shard_rows, final=final)
+        self.merged += len(manifest.compact(self.g_uri, self.layout.shard_rows, final=final))
+        self.deleted += len(manifest.vacuum(self.g_uri, self.layout.retention_s))
         self.since_merge = 0
 
     def close(self) -> dict:
         """Commit the rest, merge small shards into whole groups of `shard_rows` (fewer rows left over stay as they
         are, so a small G keeps a shard per subject to split among workers), delete what was merged away
-        `retention_s` ago, snapshot."""
+        `retention_s` ago, and fold what is left into a snapshot."""
         self.merge(final=False)
-        deleted = manifest.vacuum(self.g_uri, self.layout.retention_s)
-        manifest.write_snapshot(self.g_uri)
-        return {"merged_shards": len(self.merged), "deleted_after_merge": len(deleted)}
+        m = manifest.read(self.g_uri)
+        if m.segments:
+            manifest.write_snapshot(self.g_uri, m)
+        return {"merged_shards": self.merged, "deleted_after_merge": self.deleted}
 
 
 def run_pool(

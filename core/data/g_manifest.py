@@ -19,6 +19,7 @@ read it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -59,6 +60,10 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("committed_at", pa.float64(), nullable=False),  # seconds since the epoch, at commit
     ]
 )
+
+
+# What planning a read (and checking provenance) needs of the manifest: not its subject lists, the bulk of it.
+PLAN_COLUMNS = ("op", "shard", "committed_at", "groups", "kind", *PROVENANCE)
 
 
 def kept_counts(delta: np.ndarray) -> list[int]:
@@ -124,16 +129,22 @@ def commit(g_uri: str, adds: Iterable[Mapping] = (), removes: Iterable[str] = ()
 @dataclass
 class Manifest:
     """G's state: the live shards' entries (one table row each, in shard-name order) and the shards removed but
-    not yet deleted (`tombstones`: name -> removal time)."""
+    not yet deleted (`removed`: their removal rows, in the same schema; `tombstones`: name -> removal time)."""
 
     live: pa.Table
-    tombstones: dict[str, float] = field(default_factory=dict)
+    removed: pa.Table = field(default_factory=lambda: _empty())
     snapshot: str | None = None
     segments: list[str] = field(default_factory=list)  # segment files not folded into the snapshot
+    partial: bool = False  # read with some columns only (`read(columns=...)`): not to be written back
 
     @property
     def shards(self) -> list[str]:
         return self.live.column("shard").to_pylist()
+
+    @property
+    def tombstones(self) -> dict[str, float]:
+        names, times = self.removed.column("shard").to_pylist(), self.removed.column("committed_at").to_pylist()
+        return dict(zip(names, times, strict=True))
 
     def subjects(self) -> set[str]:
         return set(pc.list_flatten(self.live.column("subjects")).to_pylist())
@@ -159,39 +170,43 @@ def exists(g_uri: str) -> bool:
     return bool(snapshots or segments)
 
 
-def read(g_uri: str) -> Manifest:
-    """G's manifest now: the newest snapshot and the segments it did not fold, applied (opens no data shard)."""
+def read(g_uri: str, columns: Iterable[str] | None = None) -> Manifest:
+    """G's manifest now: the newest snapshot and the segments it did not fold, applied (opens no data shard).
+    `columns`: read only these of `MANIFEST_SCHEMA` (plus op, shard and committed_at), e.g. `PLAN_COLUMNS`."""
+    cols = None
+    if columns is not None:
+        wanted = set(columns) | {"op", "shard", "committed_at"}
+        cols = [n for n in MANIFEST_SCHEMA.names if n in wanted]
     snapshots, segments = _list(g_uri)
     fs, folder = storage.resolve(_folder(g_uri))
     tables, folded, snapshot = [], set(), None
     if snapshots:
         snapshot = snapshots[-1]
-        table = pq.read_table(f"{folder}/{snapshot}", filesystem=fs)
+        table = pq.read_table(f"{folder}/{snapshot}", filesystem=fs, columns=cols)
         folded = set(json.loads((table.schema.metadata or {}).get(b"folded", b"[]")))
         tables.append(table.replace_schema_metadata(None))
     pending = [s for s in segments if s not in folded]
-    tables += [pq.read_table(f"{folder}/{s}", filesystem=fs) for s in pending]
-    log = pa.concat_tables(tables) if tables else _empty()
-    ops = log.column("op")
-    removes = log.filter(pc.equal(ops, "remove"))
-    removed = dict(zip(removes.column("shard").to_pylist(), removes.column("committed_at").to_pylist(), strict=True))
-    adds = log.filter(pc.equal(ops, "add"))
-    if removed:
-        adds = adds.filter(pc.invert(pc.is_in(adds.column("shard"), pa.array(list(removed), pa.string()))))
-    # A shard committed twice (a retried subject whose first result was lost) counts once: its last entry.
-    last = {name: i for i, name in enumerate(adds.column("shard").to_pylist())}
-    order = sorted(last)
-    live = adds.take(pa.array([last[n] for n in order], pa.int64())) if adds.num_rows else adds
-    return Manifest(live, removed, snapshot, pending)
+    tables += [pq.read_table(f"{folder}/{s}", filesystem=fs, columns=cols) for s in pending]
+    log = pa.concat_tables(tables) if tables else _empty().select(cols or MANIFEST_SCHEMA.names)
+    # Each shard's last row in commit order says what it is now: added (live; a shard committed twice, e.g. a
+    # retried subject whose first result was lost, counts once) or removed (a tombstone; a subject moved aside and
+    # rendered again is added back under the same name).
+    order = pa.array(np.arange(log.num_rows), pa.int64())
+    last = log.append_column("_i", order).group_by("shard").aggregate([("_i", "max")]).column("_i_max")
+    state = log.take(last).sort_by("shard")
+    ops = state.column("op")
+    live, removed = state.filter(pc.equal(ops, "add")), state.filter(pc.equal(ops, "remove"))
+    return Manifest(live, removed, snapshot, pending, partial=cols is not None)
 
 
 def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     """Fold the segments into a new snapshot, then delete them and older snapshots. Returns the snapshot's URI."""
     m = manifest or read(g_uri)
+    if m.partial:
+        raise ValueError("a manifest read with some columns only cannot be written back as a snapshot")
     fs, folder = storage.resolve(_folder(g_uri))
     snapshots, _ = _list(g_uri)
-    tomb_rows = [_removal(n, t) for n, t in sorted(m.tombstones.items())]
-    table = pa.concat_tables([m.live, pa.Table.from_pylist(tomb_rows, schema=MANIFEST_SCHEMA)])
+    table = pa.concat_tables([m.live, m.removed])
     folded = sorted(m.segments)
     if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
         prev = pq.read_schema(f"{folder}/{m.snapshot}", filesystem=fs).metadata or {}
@@ -218,14 +233,12 @@ def vacuum(g_uri: str, retention_s: float) -> list[str]:
     """Delete the files of shards removed more than `retention_s` ago; the next snapshot forgets them."""
     m = read(g_uri)
     fs, root = storage.resolve(g_uri)
-    now, deleted = time.time(), []
-    for name, removed_at in m.tombstones.items():
-        if now - removed_at >= retention_s:
-            _delete(fs, f"{root}/{name}")
-            deleted.append(name)
+    due = pc.less_equal(m.removed.column("committed_at"), time.time() - retention_s)
+    deleted = m.removed.filter(due).column("shard").to_pylist()
+    for name in deleted:
+        _delete(fs, f"{root}/{name}")
     if deleted:
-        for name in deleted:
-            m.tombstones.pop(name)
+        m.removed = m.removed.filter(pc.invert(due))
         write_snapshot(g_uri, m)
     return deleted
 
@@ -233,12 +246,15 @@ def vacuum(g_uri: str, retention_s: float) -> list[str]:
 def check_single(m: Manifest, expected: Mapping | None = None) -> None:
     """Refuse a G whose shards come from more than one (base, expert config, scorer, kind), or from another one
     than `expected` (the provenance of a run about to add to G; its kind defaults to "finetune")."""
+    keys = [*PROVENANCE, "kind"]
     seen: dict[tuple[str, ...], str] = {}
     if expected is not None:
         seen[(*(expected[k] for k in PROVENANCE), expected.get("kind", "finetune"))] = "this run"
-    cols = [m.live.column(k).to_pylist() for k in ("shard", *PROVENANCE, "kind")]
-    for shard, *prov in zip(*cols, strict=True):
-        seen.setdefault(tuple(prov), shard)
+    for combo in m.live.select(keys).group_by(keys).aggregate([]).to_pylist():  # each distinct provenance once
+        prov = tuple(combo[k] for k in keys)
+        if prov not in seen:  # one of its shards, to name it
+            mask = functools.reduce(pc.and_, [pc.equal(m.live.column(k), combo[k]) for k in keys])
+            seen[prov] = m.live.filter(mask).column("shard")[0].as_py()
     if len(seen) > 1:
         listed = "; ".join(f"{dict(zip((*PROVENANCE, 'kind'), p, strict=True))} ({s})" for p, s in seen.items())
         raise ValueError(
@@ -280,35 +296,47 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
     consecutive runs of about equal kept rows, so each worker reads whole shards except at most two at the ends
     of its run, and rows differ between workers by at most a row group (a subject's rows). Reads the manifest only,
     unless `min_delta` is a threshold it does not record: then each shard's `delta` column is read once."""
-    m = manifest or read(g_uri)
+    m = manifest or read(g_uri, PLAN_COLUMNS)
     check_single(m)
     names, opened = m.shards, 0
     column = _threshold_column(min_delta)
+    groups = m.live.column("groups")
+    # One entry per row group, in shard order: its shard's index, its index in the shard, its kept rows.
+    per_shard = pc.list_value_length(groups).to_numpy(zero_copy_only=False).astype(np.int64)
+    shard_of = np.repeat(np.arange(len(names)), per_shard)
+    index = np.arange(len(shard_of)) - np.repeat(np.cumsum(per_shard) - per_shard, per_shard)
     if column is None:
         logger.warning("filter.min_delta=%s is not among %s: counting kept rows from each shard", min_delta,
                        KEPT_THRESHOLDS)  # fmt: skip
-        groups = [_count_groups(storage.join(g_uri, n), min_delta) for n in names]
+        kept = np.array([k for n in names for k in _count_groups(storage.join(g_uri, n), min_delta)], np.int64)
         opened = len(names)
     else:
-        groups = [[int(gr[column]) for gr in shard] for shard in m.live.column("groups").to_pylist()]
-    total = sum(map(sum, groups))
-    parts: list[dict[str, list[int]]] = [{} for _ in range(world)]
-    rows = [0] * world
-    done = 0
-    for name, kept in zip(names, groups, strict=True):
-        for i, k in enumerate(kept):
-            if k == 0:
-                continue
-            w = min(world - 1, int((done + k / 2) * world / total))
-            parts[w].setdefault(name, []).append(i)
-            rows[w] += k
-            done += k
-    nonzero = {name: sum(1 for k in kept if k) for name, kept in zip(names, groups, strict=True)}
-    out = [
-        [(storage.join(g_uri, name), None if len(idx) == nonzero[name] else idx) for name, idx in part.items()]
-        for part in parts
-    ]
-    return Plan(out, rows, opened)
+        counts = pc.list_flatten(pc.list_flatten(groups)).to_numpy(zero_copy_only=False)
+        kept = counts.reshape(-1, 1 + len(KEPT_THRESHOLDS))[:, column] if len(counts) else np.zeros(0, np.int64)
+    total = int(kept.sum())
+    nonzero = kept > 0
+    # Cut the row groups' kept rows, in order, into `world` runs: a group goes to the worker in whose share of the
+    # total its middle row falls.
+    before = np.cumsum(kept) - kept
+    worker = np.minimum(world - 1, ((before + kept / 2) * world // max(total, 1)).astype(np.int64))
+    worker, shard_of, index, kept = worker[nonzero], shard_of[nonzero], index[nonzero], kept[nonzero]
+    groups_in = np.bincount(shard_of, minlength=len(names))  # each shard's row groups that keep a row
+    rows = np.bincount(worker, weights=kept, minlength=world).astype(np.int64).tolist()
+    out: list[list[tuple[str, list[int] | None]]] = []
+    for w in range(world):  # `worker` does not decrease: each worker's groups are one slice
+        lo, hi = np.searchsorted(worker, w, "left"), np.searchsorted(worker, w, "right")
+        shards, starts = np.unique(shard_of[lo:hi], return_index=True)
+        ends = [*starts[1:].tolist(), hi - lo] if len(starts) else []
+        out.append(
+            [
+                (
+                    storage.join(g_uri, names[s]),
+                    None if e - b == groups_in[s] else index[lo + b : lo + e].tolist(),
+                )
+                for s, b, e in zip(shards.tolist(), starts.tolist(), ends, strict=True)
+            ]
+        )
+    return Plan(out, [int(r) for r in rows], opened)
 
 
 def _threshold_column(min_delta: float | None) -> int | None:

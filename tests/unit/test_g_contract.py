@@ -77,6 +77,12 @@ def test_an_unreadable_shard_is_moved_aside_and_its_subject_is_not_done(tmp_path
         assert not storage.exists(moved["shard"]) and moved["error"]
     assert storage.list_shards(root) == [g.shard_uri(root, "a")]
     assert g.count_kept(root, None) == 2  # readers after the resume see only whole shards
+    # The subject rendered again: its shard, under the name that was removed, is part of G again.
+    g.write_subject([row("c", "p0", 0.1)], root, "c")
+    assert g.resume_state(root, row("x", "p", 0.0)).done == {"a", "c"} and g.count_kept(root, None) == 3
+    manifest.write_snapshot(root)
+    assert manifest.read(root).shards == ["subject-a.parquet", "subject-c.parquet"]
+    assert manifest.vacuum(root, retention_s=0) == ["subject-b.parquet"] and storage.exists(g.shard_uri(root, "c"))
 
 
 def subject_rows(subject: str, n: int, delta: float = 0.1) -> list[dict]:
