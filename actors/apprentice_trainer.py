@@ -48,7 +48,7 @@ from actors.g_dataset import read_g
 from core.config import ApprenticeConfig
 from core.data import g, storage
 from core.data import g_manifest as manifest
-from core.method.apprentice import Apprentice, training_loss
+from core.method.apprentice import DEMO_ENCODER_FILE, Apprentice, load_demo_encoder, training_loss
 from core.models.backbone import load_backbone
 from core.models.device import step_done
 from core.models.schedules import warmup_cosine
@@ -168,6 +168,16 @@ def named_trainable(apprentice) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in apprentice.named_parameters() if p.requires_grad}
 
 
+def param_groups(params: dict[str, torch.nn.Parameter], cfg: ApprenticeConfig) -> list[dict]:
+    """The optimizer's groups: the base's weights at `lr`, the new layers (`adapter.*`) at `lr_new` (default `lr`)."""
+    if cfg.lr_new is None:
+        return [{"params": list(params.values()), "lr": cfg.lr}]
+    new = [p for n, p in params.items() if n.startswith("adapter.")]
+    old = [p for n, p in params.items() if not n.startswith("adapter.")]
+    groups = [{"params": old, "lr": cfg.lr}] if old else []
+    return groups + [{"params": new, "lr": cfg.lr_new}]
+
+
 def ema_state(ema, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: s.detach().cpu().contiguous() for n, s in zip(names, ema.shadow_params)}
 
@@ -206,13 +216,17 @@ class WorkerRun:
         backbone = load_backbone(storage.local_dir(job.base_uri))
         self.apprentice = Apprentice(backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
         self.initial_gates = self.apprentice.gates().detach().clone()
+        checkpoint = ray.train.get_checkpoint()
+        if cfg.demo_encoder_init and not checkpoint:  # a new run starts from the warm start; a resumed one has it
+            folder = storage.local_dir(cfg.demo_encoder_init)
+            load_demo_encoder(self.apprentice, os.path.join(folder, DEMO_ENCODER_FILE))
         self.apprentice.to(self.device)  # before the optimizer state is loaded, so that state lands on the same device
         self.params = named_trainable(self.apprentice)
-        self.opt = torch.optim.AdamW(self.params.values(), lr=cfg.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(param_groups(self.params, cfg), weight_decay=0.0)
         self.schedule = warmup_cosine(self.opt, cfg.steps, warmup_fraction=cfg.warmup_fraction)
         self.ema = EMAModel(self.params.values(), decay=cfg.ema_decay)
         self.state = {"step": 0, "losses": [], "epochs": [], "resumes": []}
-        if checkpoint := ray.train.get_checkpoint():
+        if checkpoint:
             self.restore(checkpoint)
         self.model = ray.train.torch.prepare_model(ApprenticeLoss(self.apprentice, cfg), move_to_device=False)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + self.state["step"])
@@ -317,6 +331,9 @@ class WorkerRun:
         return None
 
     def step(self, batch: dict) -> None:
+        if self.cfg.min_demos is not None:  # this step's number of demos, the same for the whole batch
+            k = int(torch.randint(self.cfg.min_demos, self.cfg.num_demos + 1, (1,), generator=self.generator))
+            batch = {**batch, "demo_images": batch["demo_images"][:, :k], "demo_ids": batch["demo_ids"][:, :k]}
         loss = self.model(batch, self.generator)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

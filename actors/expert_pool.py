@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @ray.remote
 class ExpertActor:
-    def __init__(self, base_uri: str, scorer_uri: str, cfg: ExpertConfig, provenance: dict):
+    def __init__(self, base_uri: str, scorer_uri: str, cfg: ExpertConfig, provenance: dict, world_version: int = 1):
         import torch
 
         from core.method.expert import Expert
@@ -39,7 +39,7 @@ class ExpertActor:
 
         backbone = load_backbone(storage.local_dir(base_uri)).to(pick_device())
         scorer = load_scorer(storage.local_dir(scorer_uri))
-        self.expert = Expert(backbone, scorer, cfg, provenance)
+        self.expert = Expert(backbone, scorer, cfg, provenance, world_version)
 
     def pid(self) -> int:
 
@@ -63,7 +63,7 @@ def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None
     if g_uri is None:
         out["rows"] = rows
     else:
-        out["entry"] = g.write_subject(rows, g_uri, record["subject_id"], commit=False)
+        out["entry"] = g.write_subject(rows, g_uri, record["subject_id"], kind=expert.cfg.kind, commit=False)
     out["pid"] = os.getpid()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     return out
@@ -132,6 +132,7 @@ def run_pool(
     total: int | None = None,
     keep_rows: bool = False,
     actor_class=None,
+    world_version: int = 1,
 ) -> tuple[list[dict], dict]:
     """Run a stream of D_S records through the pool (`actors.pool.run_actor_pool`) with at most
     `max_tasks_in_flight` tasks per actor, retrying a subject whose actor died up to `max_retries` times.
@@ -142,8 +143,9 @@ def run_pool(
     the summary's `moved_aside`, and its subject rendered again, and the manifest is written by a `ManifestWriter`;
     without it, result dicts carry their G rows. `actor_class` (default `ExpertActor`) is any Ray actor class with
     the same constructor and `run` (the scale benchmark's stub expert, which writes rows without a model).
+    `world_version`: the toy world whose scenes `cfg.kind` "oracle" draws.
     """
-    found = g.resume_state(g_uri, provenance) if g_uri else g.ResumeState(set(), [])
+    found = g.resume_state(g_uri, {**provenance, "kind": cfg.kind}) if g_uri else g.ResumeState(set(), [])
     for moved in found.moved_aside:
         logger.warning("G shard %s is unreadable (%s): moved to %s", moved["shard"], moved["error"], moved["moved_to"])
     summary = Counter(subjects=0, skipped_already_in_g=0)
@@ -178,7 +180,11 @@ def run_pool(
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)}
     start = time.perf_counter()
     _, restarts = run_actor_pool(
-        lambda: (actor_class or ExpertActor).options(**options).remote(base_uri, scorer_uri, cfg, provenance),
+        lambda: (
+            (actor_class or ExpertActor)
+            .options(**options)
+            .remote(base_uri, scorer_uri, cfg, provenance, world_version)
+        ),
         todo(),
         lambda actor, record: actor.run.remote(record, g_uri, filter_cfg.min_delta),
         key=lambda record: record["subject_id"],

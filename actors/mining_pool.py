@@ -84,7 +84,13 @@ def select_group(group: dict[str, np.ndarray], cfg: MineConfig) -> dict[str, np.
 
 
 def mine_with_ray_data(
-    corpus_uri: str, scorer_uri: str, cfg: MineConfig, resolution: int = 32, num_actors: int = 2, batch_size: int = 64
+    corpus_uri: str,
+    scorer_uri: str,
+    cfg: MineConfig,
+    resolution: int = 32,
+    num_actors: int = 2,
+    batch_size: int = 64,
+    version: int = 1,
 ) -> tuple[list[dict], dict]:
     """D_S rows and summary counts for the corpus at `corpus_uri`, as `core.method.mining.mine` gives them."""
     import ray
@@ -138,7 +144,14 @@ def mine_with_ray_data(
         kept_truths.append(set(json.loads(g["truths"])))
         rows.append(
             cluster_row(
-                str(g["url"]), list(g["demo_images"]), list(g["demo_captions"]), kept_truths[-1], cfg, rng, resolution
+                str(g["url"]),
+                list(g["demo_images"]),
+                list(g["demo_captions"]),
+                kept_truths[-1],
+                cfg,
+                rng,
+                resolution,
+                version,
             )
         )
     summary["kept"] = len(rows)

@@ -1,6 +1,8 @@
 """Stage `evaluate`: on toy test subjects never seen in training, compare the oracle (real renders), the base
-model without demos, per-subject experts (Ray actor pool) and the apprentice. Writes metrics.json, metrics.md and
-grid.png to `paths.eval` and prints the table.
+model without demos, per-subject experts (Ray actor pool) and the apprentice; with `evaluate.demo_counts`, the
+apprentice given fewer demos too, and with `evaluate.apprentices`, other apprentices (trained on other kinds of G).
+Every metric comes with a bootstrap 95% interval over subjects, identity per attribute and text fidelity per prompt
+skill. Writes metrics.json, metrics.md and grid.png to `paths.eval` and prints the table.
 
     python -m apps.evaluate experiment=smoke
 """
@@ -26,8 +28,19 @@ from core.pipelines.suti import load_apprentice
 from core.toy import evaluation
 
 
+def apprentice_rows(config: PipelineConfig) -> list[tuple[str, str, int | None]]:
+    """(row name, apprentice folder, demos given: None for all) for every apprentice row of the table."""
+    ev = config.evaluate
+    if any(k < 0 or k > ev.num_demos for k in ev.demo_counts):
+        raise ValueError(f"evaluate.demo_counts {ev.demo_counts} must lie in 0..evaluate.num_demos ({ev.num_demos})")
+    rows = [("apprentice", config.paths.apprentice, None)]
+    rows += [(f"apprentice, {k} demo{'' if k == 1 else 's'}", config.paths.apprentice, k) for k in ev.demo_counts]
+    return rows + [(name, folder, None) for name, folder in ev.apprentices.items()]
+
+
 def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> dict:
-    """Runs as one Ray task: apprentice (with demos) and base (prompt only) samples for every eval prompt."""
+    """Runs as one Ray task: samples of every apprentice row (with its demos) and of the base (prompt only) for
+    every eval prompt."""
     import torch
 
     from core.method import apprentice as ap
@@ -36,12 +49,14 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
 
     torch.set_num_threads(config.apprentice.threads)
     acfg, n = config.apprentice, config.evaluate.samples_per_prompt
-    apprentice = load_apprentice(storage.local_dir(config.paths.apprentice))
+    rows = apprentice_rows(config)
+    loaded = {folder: load_apprentice(storage.local_dir(folder)) for _, folder, _ in rows}
     base = load_backbone(storage.local_dir(base_uri(config)))
-    out = {"apprentice": [], "base": [], "seconds": {"apprentice": [], "base": []}}
-    for r, record in enumerate(tqdm(records, desc="evaluate: apprentice and base")):
-        demos = [from_png(b) for b in record["demo_images"]]
-        for method in ("apprentice", "base"):
+    methods = [name for name, _, _ in rows] + ["base"]
+    out = {**{m: [] for m in methods}, "seconds": {m: [] for m in methods}}
+    given = {name: (loaded[folder], k) for name, folder, k in rows}
+    for r, record in enumerate(tqdm(records, desc="evaluate: apprentices and base")):
+        for method in methods:
             start = time.perf_counter()
             per_prompt = []
             for p, prompt in enumerate(record["prompts"]):
@@ -51,12 +66,14 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
                     "guidance_scale": acfg.guidance_scale,
                     "seed": config.evaluate.seed + 100 * r + p,
                 }
-                if method == "apprentice":
+                if method != "base":
+                    apprentice, k = given[method]
+                    k = len(record["demo_images"]) if k is None else k
                     imgs = ap.sample(
                         apprentice,
                         prompt,
-                        demos,
-                        record["demo_captions"],
+                        [from_png(b) for b in record["demo_images"][:k]],
+                        record["demo_captions"][:k],
                         num_images=n,
                         demo_guidance_scale=acfg.demo_guidance_scale,
                         **kwargs,
@@ -73,18 +90,28 @@ def run(config: PipelineConfig) -> dict:
     from core.models.scorer import load_scorer
 
     storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+    for name, folder in config.evaluate.apprentices.items():
+        storage.require(folder, f"evaluate.apprentices.{name}", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     require_base(config)
     storage.require(config.paths.readers, "paths.readers", "toy attribute readers (shipped in artifacts/toy/readers)")
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
+    # The expert row is the experts' renders, whatever kind of G this configuration writes.
     expert_cfg = dataclasses.replace(
-        config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None
+        config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None, kind="finetune"
     )
     with ray_cluster(config.cluster):
         sampled = remote_call(sample_apprentice_and_base, config, plain, num_cpus=1, num_gpus=config.serve.num_gpus)
         expert_results, _ = run_pool(
-            plain, base_uri(config), config.paths.scorer, expert_cfg, provenance(config), None, config.filter
+            plain,
+            base_uri(config),
+            config.paths.scorer,
+            expert_cfg,
+            provenance(config),
+            None,
+            config.filter,
+            world_version=config.world.version,
         )
     by_subject = {res["subject_id"]: res for res in expert_results}
     expert_outputs, expert_seconds = [], []
@@ -97,16 +124,17 @@ def run(config: PipelineConfig) -> dict:
             [[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]]
         )
         expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
+    names = [name for name, _, _ in apprentice_rows(config)]
     outputs = {
         "oracle": [r["oracle"] for r in records],
         "base": sampled["base"],
         "expert": expert_outputs,
-        "apprentice": sampled["apprentice"],
+        **{name: sampled[name] for name in names},
     }
     seconds = {
         "base": float(np.mean(sampled["seconds"]["base"])),
         "expert": float(np.mean(expert_seconds)),
-        "apprentice": float(np.mean(sampled["seconds"]["apprentice"])),
+        **{name: float(np.mean(sampled["seconds"][name])) for name in names},
     }
     from core.toy.readers import load_readers
 
@@ -115,6 +143,8 @@ def run(config: PipelineConfig) -> dict:
         outputs,
         load_scorer(storage.local_dir(config.paths.scorer)),
         load_readers(storage.local_dir(config.paths.readers)),
+        resamples=config.evaluate.resamples,
+        seed=config.evaluate.seed,
     )
     markdown = evaluation.markdown_table(table, seconds)
     storage.write_bytes(

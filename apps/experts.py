@@ -48,6 +48,7 @@ def run(config: PipelineConfig) -> dict:
             config.filter,
             layout=config.g_layout,
             total=total,
+            world_version=config.world.version,
         )
     if failures:
         report = json.dumps({"summary": summary, "failed": failures}, indent=1, default=str).encode()

@@ -28,11 +28,12 @@ def run(config: PipelineConfig) -> dict:
                 config.world.resolution,
                 config.mine.num_actors,
                 config.mine.batch_size,
+                config.world.version,
             )
     elif config.mine.engine == "local":
         corpus = storage.read_table(config.paths.corpus, schema.CORPUS_SCHEMA, "paths.corpus", "corpus")
         scorer = load_scorer(storage.local_dir(config.paths.scorer))
-        rows, summary = mine(corpus, scorer, config.mine, config.world.resolution)
+        rows, summary = mine(corpus, scorer, config.mine, config.world.resolution, version=config.world.version)
     else:
         raise ValueError(f"mine.engine must be local or ray_data, not {config.mine.engine!r}")
     if not rows:

@@ -13,7 +13,7 @@ import json
 import time
 
 from actors.cluster import ray_cluster
-from apps import dreambench, evaluate, experts, mine, pretrain, scorer, serve, train, world
+from apps import demo_encoder, dreambench, evaluate, experts, mine, pretrain, readers, scorer, serve, train, world
 from apps.config import stage_main
 from core.config import PipelineConfig
 
@@ -27,6 +27,10 @@ STAGES = {
     "evaluate": evaluate.run,
     "serve": serve.run,
     "dreambench": dreambench.run,  # not in the default `stages`: it needs DINO and CLIP weights
+    # Not in the default `stages` either: the toy world's readers ship in artifacts/, and the demo encoder's warm
+    # start is an option of training (`apprentice.demo_encoder_init`).
+    "readers": readers.run,
+    "demo_encoder": demo_encoder.run,
 }
 
 

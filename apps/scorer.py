@@ -20,7 +20,7 @@ def train_and_save(config: PipelineConfig) -> dict:
     from core.toy.scorer_training import train_scorer
 
     train, _ = toyworld.split_subjects(config.world.seed, config.world.test_fraction)
-    scorer, losses = train_scorer(config.scorer, train, config.world.resolution)
+    scorer, losses = train_scorer(config.scorer, train, config.world.resolution, version=config.world.version)
     with tempfile.TemporaryDirectory() as folder:
         save_scorer(scorer, folder)
         storage.upload_dir(folder, config.paths.scorer)

@@ -18,6 +18,12 @@ from core.data import g, storage
 def run(config: PipelineConfig) -> dict:
     base = require_base(config)
     acfg = config.apprentice
+    if acfg.min_demos is not None and not 1 <= acfg.min_demos <= acfg.num_demos:
+        raise ValueError(
+            f"apprentice.min_demos={acfg.min_demos} must lie in 1..apprentice.num_demos ({acfg.num_demos})"
+        )
+    if acfg.demo_encoder_init:
+        storage.require(acfg.demo_encoder_init, "apprentice.demo_encoder_init", "demo encoder warm start")
     if acfg.g_wait_s <= 0:
         storage.require(config.paths.g, "paths.g", "G (expert renders)")
         if g.count_kept(config.paths.g, config.filter.min_delta) == 0:

@@ -373,7 +373,7 @@ def stub_actor_class():
     class StubExpert:
         """Writes a subject's rows as an expert would, without a model (no fine-tuning, no sampling)."""
 
-        def __init__(self, base_uri, scorer_uri, cfg, provenance):
+        def __init__(self, base_uri, scorer_uri, cfg, provenance, world_version=1):
             self.rng = np.random.default_rng(os.getpid())
 
         def run(self, record: dict, g_uri: str, min_delta: float | None) -> dict:

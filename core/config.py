@@ -52,6 +52,31 @@ class ScorerConfig:
 
 
 @dataclass
+class ReadersConfig:
+    # apps.readers trains for `steps` steps or `budget_s` seconds, whichever ends first.
+    steps: int = 2000
+    budget_s: float | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 2
+    workers: int = 1  # DataLoader processes drawing the renders while the readers train
+    eval_n: int = 1024  # clean renders of test subjects their accuracy is measured on
+
+
+@dataclass
+class DemoEncoderConfig:
+    # apps.demo_encoder trains for `steps` steps or `budget_s` seconds, whichever ends first.
+    steps: int = 400
+    budget_s: float | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 2
+    eval_n: int = 512  # demos of test subjects its accuracy is measured on
+
+
+@dataclass
 class PretrainConfig:
     steps: int = 400
     batch_size: int = 16
@@ -129,6 +154,11 @@ class ExpertConfig:
     guidance_scale: float = 3.0  # the tiny model's samples collapse well above 3; the paper uses 30 on Imagen
     seed: int = 0
     max_retries: int = 2
+    # What the pool writes to G (each kind to its own `paths.g`; training refuses a G mixing them): "finetune", the
+    # experts' renders (SuTI); "oracle", the true render of each prompt (toy world only: an upper bound on what
+    # experts could give); "raw", each demo as the target of its own caption, the other demos as the demos (the
+    # Re-Imagen-style apprentice, trained on the clusters without experts).
+    kind: str = "finetune"
 
 
 @dataclass
@@ -158,7 +188,15 @@ class ApprenticeConfig:
     steps: int = 300
     batch_size: int = 8
     lr: float = 5e-4
+    lr_new: float | None = None  # the new layers' (demo encoder, demo attention, gates) rate; None: `lr`
     num_demos: int = 3  # demonstrations per training example (paper: 3)
+    # Each step gives its batch k demos, k drawn from min_demos..num_demos, so the apprentice learns to use however
+    # many a user brings; None: always num_demos.
+    min_demos: int | None = None
+    # A warm start for the demo encoder's image layers (safetensors of `DemoEncoder.conv`, e.g. from
+    # `python -m apps.demo_encoder`: a folder holding demo_encoder.safetensors), loaded before the first step of a
+    # new run.
+    demo_encoder_init: str | None = None
     demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
     attention: str = (
         "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens
@@ -236,6 +274,12 @@ class EvaluateConfig:
     num_demos: int = 3
     samples_per_prompt: int = 1
     seed: int = 1234
+    # Also the apprentice given only the first k of each subject's demos, for each k here (rows "apprentice, k
+    # demos"; the same prompts and seeds); at most `num_demos`.
+    demo_counts: list[int] = field(default_factory=list)
+    # More apprentices to compare, row name -> folder (e.g. one trained on raw or oracle G), with all the demos.
+    apprentices: dict[str, str] = field(default_factory=dict)
+    resamples: int = 1000  # bootstrap resamples of the subjects for each metric's 95% interval
 
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder (open_clip_config.json and weights)
@@ -297,11 +341,12 @@ class PathsConfig:
     g: str = "${paths.root}/g"
     scorer: str = "${paths.root}/scorer"
     base: str = "${paths.root}/base"
+    demo_encoder: str = "${paths.root}/demo_encoder"  # apps.demo_encoder's warm start for the apprentice
     apprentice: str = "${paths.run}/apprentice"
     train_storage: str = "${paths.root}/ray_train"  # Ray Train runs are named by their inputs: shared is safe
     eval: str = "${paths.run}/eval"
     dreambench: str = "${paths.run}/dreambench"
-    # Trained attribute readers for exact fidelity, shipped in the repo (apps.toy_pretrain makes them); a relative
+    # Trained attribute readers for exact fidelity, shipped in the repo (apps.readers makes them); a relative
     # path is taken from the project's root, not the working directory.
     readers: str = "artifacts/toy/readers"
 
@@ -315,6 +360,8 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    readers: ReadersConfig = field(default_factory=ReadersConfig)
+    demo_encoder: DemoEncoderConfig = field(default_factory=DemoEncoderConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)

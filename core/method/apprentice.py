@@ -37,6 +37,7 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import T5EncoderModel
 
@@ -508,3 +509,29 @@ def sample(
 def noise_schedule_of(scheduler) -> DDPMScheduler:
     """The training noise schedule behind any diffusers scheduler of the same betas."""
     return DDPMScheduler.from_config(scheduler.config)
+
+
+DEMO_ENCODER_FILE = "demo_encoder.safetensors"  # a demo encoder's warm start in its folder
+
+
+def save_demo_encoder(apprentice: Apprentice, path: str) -> None:
+    """The demo encoder's image layers, as safetensors."""
+    state = {k: v.detach().cpu().contiguous() for k, v in apprentice.adapter.encoder.conv.state_dict().items()}
+    save_file(state, path)
+
+
+def load_demo_encoder(apprentice: Apprentice, path: str) -> None:
+    """Load a warm start written by `save_demo_encoder` into `apprentice`'s demo encoder; a clear error when its
+    shapes differ (another demo grid, backbone or encoder width)."""
+    state = load_file(path)
+    conv = apprentice.adapter.encoder.conv
+    own = conv.state_dict()
+    differ = {
+        k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
+    }
+    if set(state) != set(own) or differ:
+        raise ValueError(
+            f"the demo encoder warm start {path} does not fit this apprentice (keys {sorted(state)} against "
+            f"{sorted(own)}; shapes (file, apprentice) {differ}): make it with the same base and apprentice settings"
+        )
+    conv.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

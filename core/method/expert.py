@@ -8,7 +8,9 @@ One `Expert` keeps the base weights in memory and restores them before every sub
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
 import time
 
 import numpy as np
@@ -21,6 +23,7 @@ from core.models import sampling
 from core.models.device import autocast, step_done
 from core.models.scorer import Scorer
 from core.models.tokenizer import tokenize
+from core.toy import world as toyworld
 
 
 def _optimizer(params, cfg: ExpertConfig) -> torch.optim.Optimizer:
@@ -80,12 +83,46 @@ def g_rows(
     return rows
 
 
+def truth_subject(record: dict) -> toyworld.Subject:
+    """The toy subject a D_S record holds: its `subject_truth` (a whole subject from the evaluation set, or the
+    subject id that a pure mined cluster carries)."""
+    truth = json.loads(record.get("subject_truth") or "null")
+    if not truth:
+        raise ValueError(f"subject {record['subject_id']}: no known toy subject (an impure or real-world cluster)")
+    if set(truth) == {"subject_id"}:
+        return toyworld.Subject(*truth["subject_id"].split("-"))
+    return toyworld.Subject(**truth)
+
+
+def oracle_renders(record: dict, cfg: ExpertConfig, size: int, version: int) -> np.ndarray:
+    """kind "oracle": for each prompt, `cfg.samples_per_prompt` true renders of the subject in a scene with what
+    the prompt asks (its `prompt_truths`) and the rest drawn from world `version`, seeded by subject and prompt."""
+    subject = truth_subject(record)
+    out = []
+    for pid, truth in zip(record["prompt_ids"], record["prompt_truths"], strict=True):
+        rng = np.random.default_rng(seed_for(cfg.seed, record["subject_id"], pid))
+        for _ in range(cfg.samples_per_prompt):
+            scene = toyworld.random_scene(rng, size, version, **json.loads(truth))
+            out.append(toyworld.render(subject, scene, size, rng))
+    return np.stack(out)
+
+
 class Expert:
-    def __init__(self, backbone: bb.Backbone, scorer: Scorer, cfg: ExpertConfig, provenance: dict[str, str]):
+    def __init__(
+        self,
+        backbone: bb.Backbone,
+        scorer: Scorer,
+        cfg: ExpertConfig,
+        provenance: dict[str, str],
+        world_version: int = 1,
+    ):
+        if cfg.kind not in ("finetune", "oracle", "raw"):
+            raise ValueError(f"unknown expert.kind {cfg.kind!r}; one of finetune, oracle, raw")
         self.backbone = backbone
         self.scorer = scorer
         self.cfg = cfg
         self.provenance = provenance  # base_checkpoint_hash, expert_config_hash, scorer_hash
+        self.world_version = world_version  # the toy world whose scenes kind "oracle" draws
         self._base_state = [copy.deepcopy(m.state_dict()) for m in backbone.modules()]
 
     def reset(self) -> None:
@@ -163,9 +200,16 @@ class Expert:
         return torch.stack(losses).float().tolist() if losses else []
 
     def run_subject(self, record: dict, should_stop=None) -> tuple[list[dict], dict]:
-        """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats)."""
+        """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats).
+        Kind "oracle" renders the truth instead and "raw" takes each demo as a target (`ExpertConfig.kind`)."""
         cfg = self.cfg
         start = time.perf_counter()
+        if cfg.kind != "finetune":
+            rows = self.raw_rows(record) if cfg.kind == "raw" else self.oracle_rows(record)
+            elapsed = time.perf_counter() - start
+            nan = float("nan")
+            return rows, {"subject_id": record["subject_id"], "first_loss": nan, "last_loss": nan,
+                          "fine_tune_s": 0.0, "sample_s": elapsed}  # fmt: skip
         demo_images = [from_png(b) for b in record["demo_images"]]
         seed = seed_for(cfg.seed, record["subject_id"])
         losses = self.fine_tune(demo_images, record["demo_captions"], seed)
@@ -189,3 +233,30 @@ class Expert:
             "sample_s": time.perf_counter() - tuned,
         }
         return rows, stats
+
+    def oracle_rows(self, record: dict) -> list[dict]:
+        renders = oracle_renders(record, self.cfg, self.backbone.resolution, self.world_version)
+        demos = [from_png(b) for b in record["demo_images"]]
+        return g_rows(self.scorer, self.cfg, self.provenance, record, renders, demos)
+
+    def raw_rows(self, record: dict) -> list[dict]:
+        """Kind "raw": one row per demo, that demo the target of its own (class-only) caption, the other demos the
+        row's demos; scored by delta-CLIP like any render."""
+        images, captions = list(record["demo_images"]), list(record["demo_captions"])
+        if len(images) < 2:
+            raise ValueError(f"subject {record['subject_id']}: kind raw needs at least 2 demos, it has {len(images)}")
+        one = dataclasses.replace(self.cfg, samples_per_prompt=1)
+        rows = []
+        for j, (image, caption) in enumerate(zip(images, captions, strict=True)):
+            rest = [i for i in range(len(images)) if i != j]
+            sub = {
+                **record,
+                "prompt_ids": [f"raw-{j}"],
+                "prompts": [caption],
+                "prompt_skills": ["raw"],
+                "demo_images": [images[i] for i in rest],
+                "demo_captions": [captions[i] for i in rest],
+            }
+            target = from_png(image)[None]
+            rows += g_rows(self.scorer, one, self.provenance, sub, target, [from_png(images[i]) for i in rest])
+        return rows

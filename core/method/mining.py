@@ -63,11 +63,14 @@ def cluster_row(
     cfg: MineConfig,
     rng: np.random.Generator,
     resolution: int,
+    version: int = 1,
 ) -> dict:
     """A D_S row for a kept cluster (PNG demos with their captions) with unseen prompts written from templates."""
     class_name = _class_of(captions)
     subject_id = "s" + hashlib.sha256(url.encode()).hexdigest()[:12]
-    prompts = toyworld.prompts_for(class_name, cfg.prompts_per_subject, rng, resolution, key=subject_id)
+    prompts = toyworld.prompts_for(
+        class_name, cfg.prompts_per_subject, rng, resolution, key=subject_id, version=version
+    )
     truth = next(iter(truths)) if len(truths) == 1 and None not in truths else None
     return {
         "subject_id": subject_id,
@@ -98,9 +101,15 @@ def purity(all_truths: list[set], kept_truths: list[set]) -> dict:
 
 
 def mine(
-    corpus: pa.Table, scorer: Scorer, cfg: MineConfig, resolution: int = 32, progress: bool = True
+    corpus: pa.Table,
+    scorer: Scorer,
+    cfg: MineConfig,
+    resolution: int = 32,
+    progress: bool = True,
+    version: int = 1,
 ) -> tuple[list[dict], dict]:
-    """corpus: a CORPUS_SCHEMA table. Returns (D_S rows, summary counts)."""
+    """corpus: a CORPUS_SCHEMA table. Returns (D_S rows, summary counts); the prompts' scenes are of world
+    `version`."""
     groups: dict[str, list[tuple[np.ndarray, str, str | None]]] = defaultdict(list)
     corrupt = 0
     resized = 0
@@ -145,6 +154,7 @@ def mine(
                 cfg,
                 rng,
                 resolution,
+                version,
             )
         )
     summary["kept"] = len(rows)

@@ -146,14 +146,15 @@ def readers_on_renoised(
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
-    """D_S-style records for test subjects, each with the subject and the oracle renders of its prompts."""
+    """D_S-style records for test subjects (scenes of world `world.version`), each with the subject and the oracle
+    renders of its prompts."""
     _, test = toyworld.split_subjects(world.seed, world.test_fraction)
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(test), size=min(cfg.num_subjects, len(test)), replace=False)
     records = []
     for idx in picks:
         subject = test[int(idx)]
-        demos = toyworld.demonstrations(subject, cfg.num_demos, rng, world.resolution)
+        demos = toyworld.demonstrations(subject, cfg.num_demos, rng, world.resolution, world.version)
         prompts = toyworld.prompts_for(
             subject.class_name,
             cfg.prompts_per_subject,
@@ -161,6 +162,7 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
             world.resolution,
             keep_colours=(subject.body, subject.pattern_colour),
             key=subject.subject_id,
+            version=world.version,
         )
         records.append(
             {
@@ -183,46 +185,100 @@ def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
     return records
 
 
+METRICS = ("subject_fidelity", "text_fidelity", "clip_i", "clip_t")
+
+
+def bootstrap_interval(sums: np.ndarray, counts: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """95% interval of a mean over images whose subjects are the units: subjects resampled with replacement,
+    each bringing all of its images (`sums`, `counts`: per subject). [nan, nan] when nothing was counted."""
+    if resamples <= 0 or counts.sum() == 0:
+        return [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, len(sums), size=(resamples, len(sums)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums[idx].sum(1) / counts[idx].sum(1)
+    lo, hi = np.nanpercentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def score(
-    records: list[dict], outputs: dict[str, list[list[list[np.ndarray]]]], scorer: Scorer, reader
+    records: list[dict],
+    outputs: dict[str, list[list[list[np.ndarray]]]],
+    scorer: Scorer,
+    reader,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, dict]:
     """outputs[method][record][prompt][sample] = uint8 (H, W, 3); `reader`: trained attribute readers
-    (core.toy.readers). Returns per-method mean metrics."""
+    (core.toy.readers). Per method: each metric's mean over its images (subject fidelity over the images whose
+    prompt leaves some identity visible) and `ci`, its bootstrap 95% interval over subjects (`resamples`);
+    `identity`, each identity attribute's accuracy where the prompt leaves it visible; `text_by_skill`, text
+    fidelity for each prompt skill."""
     table = {}
     for method, per_record in outputs.items():
-        subj, text, clip_i, clip_t = [], [], [], []
-        for record, per_prompt in zip(records, per_record):
+        n = len(records)
+        sums = {m: np.zeros(n) for m in METRICS}
+        counts = {m: np.zeros(n) for m in METRICS}
+        attr: dict[str, list[bool]] = {k: [] for k in IDENTITY}
+        by_skill: dict[str, list[float]] = {}
+        for r, (record, per_prompt) in enumerate(zip(records, per_record, strict=True)):
             subject = toyworld.subject_from_json(record["subject_truth"])
             demos = [from_png(b) for b in record["demo_images"]]
             demo_emb = scorer.encode_images(demos)
-            for prompt, truth_json, samples in zip(record["prompts"], record["prompt_truths"], per_prompt):
+            skills = record.get("prompt_skills") or [""] * len(record["prompts"])
+            for prompt, truth_json, skill, samples in zip(
+                record["prompts"], record["prompt_truths"], skills, per_prompt, strict=True
+            ):
                 truth = json.loads(truth_json)
                 emb = scorer.encode_images(samples)
-                clip_i.extend((emb @ demo_emb.T).mean(1).tolist())
-                clip_t.extend(scorer.clip_scores(samples, [prompt] * len(samples)).tolist())
+                values = {
+                    "clip_i": (emb @ demo_emb.T).mean(1).tolist(),
+                    "clip_t": scorer.clip_scores(samples, [prompt] * len(samples)).tolist(),
+                    "subject_fidelity": [],
+                    "text_fidelity": [],
+                }
                 for read in rd.read(reader, list(samples)):
-                    subj.append(toyworld.subject_fidelity(read, subject, truth))
-                    text.append(toyworld.text_fidelity(read, truth))
-        table[method] = {
-            "subject_fidelity": float(np.nanmean(subj)) if not all(math.isnan(v) for v in subj) else float("nan"),
-            "text_fidelity": float(np.mean(text)),
-            "clip_i": float(np.mean(clip_i)),
-            "clip_t": float(np.mean(clip_t)),
-            "images": len(text),
-        }
+                    values["subject_fidelity"].append(toyworld.subject_fidelity(read, subject, truth))
+                    values["text_fidelity"].append(toyworld.text_fidelity(read, truth))
+                    for k, v in toyworld.identity_wanted(subject, truth).items():
+                        attr[k].append(read.get(k) == v)
+                by_skill.setdefault(skill, []).extend(values["text_fidelity"])
+                for m, vals in values.items():
+                    vals = [v for v in vals if not math.isnan(v)]
+                    sums[m][r] += sum(vals)
+                    counts[m][r] += len(vals)
+        row = {}
+        for m in METRICS:
+            total = counts[m].sum()
+            row[m] = float(sums[m].sum() / total) if total else float("nan")
+        row["images"] = int(sum(len(samples) for per_prompt in per_record for samples in per_prompt))
+        row["ci"] = {m: bootstrap_interval(sums[m], counts[m], resamples, seed) for m in METRICS}
+        row["identity"] = {k: float(np.mean(v)) if v else float("nan") for k, v in attr.items()}
+        row["text_by_skill"] = {k: float(np.mean(v)) for k, v in sorted(by_skill.items())}
+        table[method] = row
     return table
 
 
+def _with_ci(row: dict, metric: str) -> str:
+    lo, hi = row.get("ci", {}).get(metric, [float("nan")] * 2)
+    interval = "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+    return f"{row[metric]:.3f}{interval}"
+
+
 def markdown_table(table: dict[str, dict], seconds: dict[str, float] | None = None) -> str:
+    """The table: each metric with its bootstrap 95% interval over subjects, then text fidelity by skill."""
+    skills = sorted({k for row in table.values() for k in row.get("text_by_skill", {})})
     lines = [
-        "| method | subject fidelity | text fidelity | CLIP-I | CLIP-T | s per new subject |",
-        "|---|---|---|---|---|---|",
+        "| method | subject fidelity | text fidelity | CLIP-I | CLIP-T | s per new subject |"
+        + "".join(f" text: {k} |" for k in skills),
+        "|---|---|---|---|---|---|" + "---|" * len(skills),
     ]
     for method, row in table.items():
         secs = (seconds or {}).get(method)
+        by_skill = row.get("text_by_skill", {})
         lines.append(
-            f"| {method} | {row['subject_fidelity']:.3f} | {row['text_fidelity']:.3f} | {row['clip_i']:.3f} | "
-            f"{row['clip_t']:.3f} | {'' if secs is None else f'{secs:.1f}'} |"
+            f"| {method} | {_with_ci(row, 'subject_fidelity')} | {_with_ci(row, 'text_fidelity')} | "
+            f"{_with_ci(row, 'clip_i')} | {_with_ci(row, 'clip_t')} | {'' if secs is None else f'{secs:.1f}'} |"
+            + "".join(f" {by_skill[k]:.3f} |" if k in by_skill else " |" for k in skills)
         )
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ def train_scorer(
     progress: bool = True,
     device: str | torch.device = "cpu",
     deadline: float | None = None,
+    version: int = 1,
 ) -> tuple[Scorer, list[float]]:
     """Contrastive training on renders of `subjects` with identity-spelling captions. Returns (scorer, losses).
     `deadline` (a `time.monotonic()` value) ends training early; the scorer comes back on the CPU."""
@@ -49,7 +50,7 @@ def train_scorer(
             style = rng.choice([None, None, None, *toyworld.STYLES])
             accessory = rng.choice([None, None, *toyworld.ACCESSORIES])
             body = rng.choice([None, None, None, *toyworld.PALETTE])
-            scene = toyworld.random_scene(rng, resolution, style=style, accessory=accessory, body=body)
+            scene = toyworld.random_scene(rng, resolution, version, style=style, accessory=accessory, body=body)
             images.append(toyworld.render(subject, scene, resolution, rng))
             # Mostly identity spelled out; some captions in the prompts' form (class word only), which is what
             # CLIP-T and delta-CLIP later score against.
@@ -58,7 +59,7 @@ def train_scorer(
                 captions.append(toyworld.full_caption(subject, scene, with_background))
             else:
                 captions.append(toyworld.prompt_text(subject.class_name, scene, with_background))
-            views.append(toyworld.render(subject, toyworld.random_scene(rng, resolution), resolution, rng))
+            views.append(toyworld.render(subject, toyworld.random_scene(rng, resolution, version), resolution, rng))
         x = _augment(_to_input(np.stack(images + views)), generator).to(device)
         out = model(x, scorer.tokenizer(captions).to(device))
         image_features, view_features = out["image_features"].chunk(2)

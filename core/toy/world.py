@@ -323,6 +323,7 @@ def prompts_for(
     size: int = 32,
     keep_colours: tuple[str, ...] = (),
     key: str = "",
+    version: int = 1,
 ) -> list[tuple[Prompt, Scene]]:
     """Unseen prompts p_s for a subject of `class_name` from `TEMPLATES`, cycling through the skills; each comes
     with the scene an oracle would draw. A property edit never asks for a colour in `keep_colours` (the subject's
@@ -332,7 +333,7 @@ def prompts_for(
         skill = SKILLS[i % len(SKILLS)]
         choices = [o for k, o in TEMPLATES if k == skill and o.get("body") not in keep_colours]
         overrides = dict(choices[int(rng.integers(len(choices)))])
-        scene = random_scene(rng, size, **overrides)
+        scene = random_scene(rng, size, version, **overrides)
         with_background = "background" in overrides
         text = prompt_text(class_name, scene, with_background)
         pid = hashlib.sha256(f"{key}|{i}|{text}".encode()).hexdigest()[:12]
@@ -344,12 +345,13 @@ def prompts_for(
 
 
 def demonstrations(
-    subject: Subject, count: int, rng: np.random.Generator, size: int = 32
+    subject: Subject, count: int, rng: np.random.Generator, size: int = 32, version: int = 1
 ) -> list[tuple[np.ndarray, str]]:
-    """C_s: `count` renders of the subject in random plain scenes, each with a class-only caption."""
+    """C_s: `count` renders of the subject in random plain scenes of world `version`, each with a class-only
+    caption."""
     out = []
     for _ in range(count):
-        scene = random_scene(rng, size)
+        scene = random_scene(rng, size, version)
         out.append((render(subject, scene, size, rng), class_caption(subject, scene)))
     return out
 
@@ -379,7 +381,7 @@ def corpus_rows(train_subjects: list[Subject], cfg, rng: np.random.Generator) ->
             others = [s for s in train_subjects if s.class_name != subject.class_name]
             members[-1] = others[int(rng.integers(len(others)))]
         for member in members:
-            scene = random_scene(rng, size)
+            scene = random_scene(rng, size, cfg.version)
             rows.append(
                 {
                     "url": url,

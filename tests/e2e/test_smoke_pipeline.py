@@ -92,7 +92,12 @@ def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
 def test_evaluation_scores_the_oracle_near_the_maximum(smoke):
     config, summaries = smoke
     table = summaries["evaluate"]["table"]
-    assert set(table) == {"oracle", "base", "expert", "apprentice"}
+    assert set(table) == {"oracle", "base", "expert", "apprentice", "apprentice, 0 demos", "apprentice, 1 demo"}
+    written = json.loads(storage.read_bytes(storage.join(config.paths.eval, "metrics.json")))
+    assert written["table"].keys() == table.keys() and set(written["seconds_per_subject"]) == set(table) - {"oracle"}
+    for row in table.values():
+        for metric, (lo, hi) in row["ci"].items():
+            assert np.isnan(row[metric]) or lo - 1e-9 <= row[metric] <= hi + 1e-9
     # The shipped readers read about 99% of clean renders of unseen subjects right (tests/unit/test_readers.py).
     assert table["oracle"]["text_fidelity"] >= 0.75
     assert table["oracle"]["subject_fidelity"] >= 0.75 or np.isnan(table["oracle"]["subject_fidelity"])

@@ -59,6 +59,31 @@ def test_pretrain_app_runs_time_boxed_resumable_runs_that_report_each_run(tmp_pa
     assert changed.returncode != 0 and "pretrain.resume=false" in changed.stderr
 
 
+def test_readers_app_trains_readers_that_load_and_reports_their_accuracy(tmp_path):
+    import json
+
+    from core.toy import readers as rd
+
+    out = tmp_path / "readers"
+    done = run_app(
+        "apps.readers",
+        "experiment=smoke",
+        f"paths.root={tmp_path}",
+        f"hydra.run.dir={tmp_path}/hydra",
+        f"paths.readers={out}",
+        "readers.steps=3",
+        "readers.batch_size=16",
+        "readers.workers=0",
+        "readers.eval_n=32",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((out / "info.json").read_text())
+    assert info["steps"] == 3 and info["command"].startswith("python -m apps.readers experiment=smoke")
+    assert set(info["clean_test_accuracy"]) >= {"body", "pattern", "pattern_colour", "mean"}
+    assert 0.0 <= info["clean_test_identity"] <= 1.0
+    assert rd.load_readers(str(out)).width > 0
+
+
 def test_g_compact_app_brings_a_g_from_before_the_manifest_to_it_and_merges_small_shards(tmp_path):
     import json
 
@@ -76,3 +101,31 @@ def test_g_compact_app_brings_a_g_from_before_the_manifest_to_it_and_merges_smal
     assert summary["adopted_into_manifest"] == 6 and summary["merged_shards"] == 2 and summary["shards"] == 2
     assert summary["rows"] == 24 and g.count_kept(str(root), None) == 24
     assert len(storage.list_shards(str(root))) == 2  # the merged-away files are gone (retention 0)
+
+
+def test_demo_encoder_app_makes_a_warm_start_that_a_new_apprentice_loads(tmp_path):
+    import json
+
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from core.method.apprentice import DEMO_ENCODER_FILE, Apprentice, load_demo_encoder
+    from core.models.backbone import create_backbone, save_backbone
+
+    save_backbone(create_backbone("tiny"), str(tmp_path / "base"))
+    out = tmp_path / "encoder"
+    args = [f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/hydra", f"paths.demo_encoder={out}"]
+    done = run_app("apps.demo_encoder", "experiment=smoke", *args, "demo_encoder.steps=5", "demo_encoder.eval_n=16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((out / "info.json").read_text())
+    assert info["steps"] == 5 and set(info["test_accuracy"]) == {"class_name", "body", "pattern", "pattern_colour"}
+    fresh = Apprentice(create_backbone("tiny"), 4)
+    before = {k: v.clone() for k, v in fresh.adapter.encoder.conv.state_dict().items()}
+    load_demo_encoder(fresh, str(out / DEMO_ENCODER_FILE))
+    after = fresh.adapter.encoder.conv.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained weights, not the fresh ones
+    other = {k: (v[..., :1] if v.dim() == 4 else v).contiguous() for k, v in after.items()}  # other kernels
+    save_file(other, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="does not fit this apprentice"):
+        load_demo_encoder(fresh, str(tmp_path / "other.safetensors"))

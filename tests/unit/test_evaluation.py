@@ -1,6 +1,9 @@
 """The evaluation's metrics on known inputs: the oracle scores near the maximum, a demo copied back scores CLIP-I 1."""
 
+import math
 import os
+
+import numpy as np
 
 from core.config import EvaluateConfig, ScorerConfig, WorldConfig
 from core.data.images import from_png
@@ -24,6 +27,22 @@ def test_metrics_reach_their_maximum_on_identical_and_oracle_images():
     assert table["oracle"]["subject_fidelity"] >= 0.9 and table["oracle"]["text_fidelity"] >= 0.9
     assert abs(table["copy"]["clip_i"] - 1.0) < 1e-5
     assert table["copy"]["text_fidelity"] < table["oracle"]["text_fidelity"]  # a plain demo follows no edit or style
-    assert "| oracle |" in evaluation.markdown_table(table)
+    oracle = table["oracle"]
+    for metric in evaluation.METRICS:  # each mean inside its interval over subjects
+        lo, hi = oracle["ci"][metric]
+        assert lo - 1e-9 <= oracle[metric] <= hi + 1e-9, (metric, oracle["ci"])
+    assert set(oracle["identity"]) == set(evaluation.IDENTITY) and min(oracle["identity"].values()) >= 0.8
+    assert set(oracle["text_by_skill"]) == {p for r in records for p in r["prompt_skills"]}
+    assert table["copy"]["text_by_skill"]["style"] < oracle["text_by_skill"]["style"]
+    markdown = evaluation.markdown_table(table)
+    assert "| oracle |" in markdown and "text: style" in markdown and "[" in markdown
     grid = evaluation.grid(records, outputs)
     assert grid.size[0] > 32 * 3 * 3 and grid.size[1] > 32 * 3 * 8
+
+
+def test_bootstrap_intervals_are_over_subjects():
+    same = evaluation.bootstrap_interval(np.full(5, 2.0), np.full(5, 4.0), 200, 0)
+    assert same == [0.5, 0.5]  # every subject alike: no spread
+    lo, hi = evaluation.bootstrap_interval(np.array([0.0, 4.0, 0.0, 4.0]), np.full(4, 4.0), 2000, 0)
+    assert 0.0 <= lo < 0.5 < hi <= 1.0
+    assert all(math.isnan(v) for v in evaluation.bootstrap_interval(np.zeros(3), np.zeros(3), 100, 0))

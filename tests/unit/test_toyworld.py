@@ -131,3 +131,22 @@ def test_the_word_tokenizer_knows_every_word_of_the_toy_worlds_captions_and_prom
         ids = tokenizer(text).input_ids
         assert tokenizer.unk_token_id not in ids and len(ids) <= 24, text
     assert tokenizer("a zebra").input_ids.count(tokenizer.unk_token_id) == 1
+
+
+def test_world_version_reaches_demonstrations_prompts_and_the_corpus():
+    s = tw.Subject("cone", "green", "bars", "white")
+    prompts = tw.prompts_for("cone", 8, np.random.default_rng(0), 32, version=2)
+    assert all(not sc.textured and 10 <= sc.radius <= 12 for _, sc in prompts)
+    assert all(sc.textured for _, sc in tw.prompts_for("cone", 8, np.random.default_rng(0), 32))
+    rng = np.random.default_rng(3)
+    expected = []
+    for _ in range(3):
+        scene = tw.random_scene(rng, 32, 2)
+        expected.append(tw.render(s, scene, 32, rng))
+    drawn = [img for img, _ in tw.demonstrations(s, 3, np.random.default_rng(3), 32, version=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, expected, strict=True))
+    v1, v2 = (
+        tw.corpus_rows(tw.all_subjects()[::10], WorldConfig(version=v, corpus_groups=4), np.random.default_rng(0))
+        for v in (1, 2)
+    )
+    assert len(v1) >= 16 and len(v2) >= 16 and not {r["image"] for r in v1} & {r["image"] for r in v2}
