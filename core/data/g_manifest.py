@@ -51,8 +51,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("rows", pa.int64(), nullable=False),
         pa.field("kept", pa.list_(pa.int64()), nullable=False),  # rows with delta > t, for t in KEPT_THRESHOLDS
         # Per parquet row group of the shard: [rows, kept at each of KEPT_THRESHOLDS], so a read can be split
-        # between workers inside a shard (a merged shard keeps one row group per subject).
-        pa.field("groups", pa.list_(pa.list_(pa.int64())), nullable=False),
+        # between workers inside a shard (a merged shard keeps one row group per subject). Packed as little-endian
+        # int32 (`pack_groups`, `groups_of`): a million row groups decode as one buffer, not a million lists.
+        pa.field("groups", pa.binary(), nullable=False),
         pa.field("subjects", pa.list_(pa.string()), nullable=False),
         pa.field("kind", pa.string(), nullable=False),
         *(pa.field(k, pa.string(), nullable=False) for k in PROVENANCE),
@@ -63,12 +64,27 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 # What planning a read (and checking provenance) needs of the manifest: not its subject lists, the bulk of it.
-PLAN_COLUMNS = ("op", "shard", "committed_at", "groups", "kind", *PROVENANCE)
+PLAN_COLUMNS = ("op", "shard", "rows", "kept", "groups", "kind", "committed_at", *PROVENANCE)
 
 
 def kept_counts(delta: np.ndarray) -> list[int]:
     delta = np.asarray(delta, dtype=np.float64)
     return [int((delta > t).sum()) for t in KEPT_THRESHOLDS]
+
+
+GROUP_WIDTH = 1 + len(KEPT_THRESHOLDS)  # a row group's counts: rows, then kept rows at each threshold
+
+
+def pack_groups(groups: list[list[int]]) -> bytes:
+    """Row groups' [rows, kept...] counts as the manifest stores them."""
+    return np.asarray(groups, "<i4").reshape(-1, GROUP_WIDTH).tobytes()
+
+
+def groups_of(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row groups per shard, every row group's counts (N, GROUP_WIDTH) in shard order) of a `groups` column."""
+    values = column.to_pylist()
+    per_shard = np.array([len(v) for v in values], np.int64) // (4 * GROUP_WIDTH)
+    return per_shard, np.frombuffer(b"".join(values), "<i4").reshape(-1, GROUP_WIDTH)
 
 
 def group_counts(delta: np.ndarray, group_rows: list[int]) -> list[list[int]]:
@@ -93,7 +109,7 @@ def entry(name: str, table: pa.Table, kind: str, nbytes: int, group_rows: list[i
         "shard": name,
         "rows": table.num_rows,
         "kept": kept_counts(table.column("delta").to_numpy()),
-        "groups": group_counts(table.column("delta").to_numpy(), group_rows or [table.num_rows]),
+        "groups": pack_groups(group_counts(table.column("delta").to_numpy(), group_rows or [table.num_rows])),
         "subjects": sorted(pc.unique(table.column("subject_id")).to_pylist()),
         "kind": kind,
         **{k: v[0] for k, v in prov.items()},
@@ -112,7 +128,7 @@ def _stamp() -> str:
 
 def _removal(name: str, at: float) -> dict:
     """The manifest row that removes shard `name` (a tombstone until its file is deleted)."""
-    blank = {"rows": 0, "kept": [], "groups": [], "subjects": [], "kind": "", "bytes": 0}
+    blank = {"rows": 0, "kept": [], "groups": b"", "subjects": [], "kind": "", "bytes": 0}
     return {**blank, **dict.fromkeys(PROVENANCE, ""), "op": "remove", "shard": name, "committed_at": at}
 
 
@@ -179,24 +195,32 @@ def read(g_uri: str, columns: Iterable[str] | None = None) -> Manifest:
         cols = [n for n in MANIFEST_SCHEMA.names if n in wanted]
     snapshots, segments = _list(g_uri)
     fs, folder = storage.resolve(_folder(g_uri))
-    tables, folded, snapshot = [], set(), None
+    tables, folded, snapshot, live_rows = [], set(), None, None
     if snapshots:
         snapshot = snapshots[-1]
         table = pq.read_table(f"{folder}/{snapshot}", filesystem=fs, columns=cols)
-        folded = set(json.loads((table.schema.metadata or {}).get(b"folded", b"[]")))
+        meta = table.schema.metadata or {}
+        folded = set(json.loads(meta.get(b"folded", b"[]")))
+        live_rows = int(meta[b"live"]) if b"live" in meta else None
         tables.append(table.replace_schema_metadata(None))
     pending = [s for s in segments if s not in folded]
+    if tables and not pending and live_rows is not None:  # a snapshot alone: its live entries, then its tombstones
+        log = tables[0]
+        live, removed = log.slice(0, live_rows), log.slice(live_rows)
+        return Manifest(live, removed, snapshot, pending, partial=cols is not None)
     tables += [pq.read_table(f"{folder}/{s}", filesystem=fs, columns=cols) for s in pending]
     log = pa.concat_tables(tables) if tables else _empty().select(cols or MANIFEST_SCHEMA.names)
     # Each shard's last row in commit order says what it is now: added (live; a shard committed twice, e.g. a
     # retried subject whose first result was lost, counts once) or removed (a tombstone; a subject moved aside and
     # rendered again is added back under the same name).
     order = pa.array(np.arange(log.num_rows), pa.int64())
-    last = log.append_column("_i", order).group_by("shard").aggregate([("_i", "max")]).column("_i_max")
-    state = log.take(last).sort_by("shard")
-    ops = state.column("op")
-    live, removed = state.filter(pc.equal(ops, "add")), state.filter(pc.equal(ops, "remove"))
-    return Manifest(live, removed, snapshot, pending, partial=cols is not None)
+    last = log.select(["shard"]).append_column("_i", order).group_by("shard").aggregate([("_i", "max")])
+    last = last.column("_i_max")
+    # Live entries first, then tombstones, each in shard-name order: one copy of the log's rows.
+    keys = log.select(["op", "shard"]).take(last)
+    state = log.take(pc.take(last, pc.sort_indices(keys, sort_keys=[("op", "ascending"), ("shard", "ascending")])))
+    adds = int(pc.sum(pc.equal(state.column("op"), "add")).as_py() or 0)
+    return Manifest(state.slice(0, adds), state.slice(adds), snapshot, pending, partial=cols is not None)
 
 
 def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
@@ -211,7 +235,7 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
         prev = pq.read_schema(f"{folder}/{m.snapshot}", filesystem=fs).metadata or {}
         folded = sorted(set(folded) | set(json.loads(prev.get(b"folded", b"[]"))))
-    table = table.replace_schema_metadata({"folded": json.dumps(folded)})
+    table = table.replace_schema_metadata({"folded": json.dumps(folded), "live": str(m.live.num_rows)})
     name = f"snapshot-{_stamp()}"
     tmp = f"{folder}/.{name}{storage.TMP_SUFFIX}"
     fs.create_dir(folder, recursive=True)
@@ -250,7 +274,11 @@ def check_single(m: Manifest, expected: Mapping | None = None) -> None:
     seen: dict[tuple[str, ...], str] = {}
     if expected is not None:
         seen[(*(expected[k] for k in PROVENANCE), expected.get("kind", "finetune"))] = "this run"
-    for combo in m.live.select(keys).group_by(keys).aggregate([]).to_pylist():  # each distinct provenance once
+    if all(len(pc.unique(m.live.column(k))) <= 1 for k in keys):  # the usual G: one provenance (or none yet)
+        combos = m.live.slice(0, 1).select(keys).to_pylist()
+    else:
+        combos = m.live.select(keys).group_by(keys).aggregate([]).to_pylist()
+    for combo in combos:  # each distinct provenance once
         prov = tuple(combo[k] for k in keys)
         if prov not in seen:  # one of its shards, to name it
             mask = functools.reduce(pc.and_, [pc.equal(m.live.column(k), combo[k]) for k in keys])
@@ -293,50 +321,55 @@ class Plan:
 
 def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | None = None) -> Plan:
     """Split G's live shards among `world` workers. The shards' row groups, in shard order, are cut into `world`
-    consecutive runs of about equal kept rows, so each worker reads whole shards except at most two at the ends
-    of its run, and rows differ between workers by at most a row group (a subject's rows). Reads the manifest only,
-    unless `min_delta` is a threshold it does not record: then each shard's `delta` column is read once."""
+    consecutive runs of about equal kept rows (a row group goes to the worker in whose share of the total its middle
+    row falls), so each worker reads whole shards except at most two at the ends of its run, and rows differ between
+    workers by at most a row group (a subject's rows). Shard by shard: only a shard that a cut falls in has its row
+    groups unpacked. Reads the manifest only, unless `min_delta` is a threshold it does not record: then each
+    shard's `delta` column is read once."""
     m = manifest or read(g_uri, PLAN_COLUMNS)
     check_single(m)
     names, opened = m.shards, 0
     column = _threshold_column(min_delta)
-    groups = m.live.column("groups")
-    # One entry per row group, in shard order: its shard's index, its index in the shard, its kept rows.
-    per_shard = pc.list_value_length(groups).to_numpy(zero_copy_only=False).astype(np.int64)
-    shard_of = np.repeat(np.arange(len(names)), per_shard)
-    index = np.arange(len(shard_of)) - np.repeat(np.cumsum(per_shard) - per_shard, per_shard)
     if column is None:
         logger.warning("filter.min_delta=%s is not among %s: counting kept rows from each shard", min_delta,
                        KEPT_THRESHOLDS)  # fmt: skip
-        kept = np.array([k for n in names for k in _count_groups(storage.join(g_uri, n), min_delta)], np.int64)
+        counted = [np.asarray(_count_groups(storage.join(g_uri, n), min_delta), np.int64) for n in names]
         opened = len(names)
+        shard_kept = np.array([c.sum() for c in counted], np.int64)
+        groups_kept = counted.__getitem__
     else:
-        counts = pc.list_flatten(pc.list_flatten(groups)).to_numpy(zero_copy_only=False)
-        kept = counts.reshape(-1, 1 + len(KEPT_THRESHOLDS))[:, column] if len(counts) else np.zeros(0, np.int64)
-    total = int(kept.sum())
-    nonzero = kept > 0
-    # Cut the row groups' kept rows, in order, into `world` runs: a group goes to the worker in whose share of the
-    # total its middle row falls.
-    before = np.cumsum(kept) - kept
-    worker = np.minimum(world - 1, ((before + kept / 2) * world // max(total, 1)).astype(np.int64))
-    worker, shard_of, index, kept = worker[nonzero], shard_of[nonzero], index[nonzero], kept[nonzero]
-    groups_in = np.bincount(shard_of, minlength=len(names))  # each shard's row groups that keep a row
-    rows = np.bincount(worker, weights=kept, minlength=world).astype(np.int64).tolist()
-    out: list[list[tuple[str, list[int] | None]]] = []
-    for w in range(world):  # `worker` does not decrease: each worker's groups are one slice
-        lo, hi = np.searchsorted(worker, w, "left"), np.searchsorted(worker, w, "right")
-        shards, starts = np.unique(shard_of[lo:hi], return_index=True)
-        ends = [*starts[1:].tolist(), hi - lo] if len(starts) else []
-        out.append(
-            [
-                (
-                    storage.join(g_uri, names[s]),
-                    None if e - b == groups_in[s] else index[lo + b : lo + e].tolist(),
-                )
-                for s, b, e in zip(shards.tolist(), starts.tolist(), ends, strict=True)
-            ]
-        )
-    return Plan(out, [int(r) for r in rows], opened)
+        if column == 0:
+            shard_kept = m.live.column("rows").to_numpy().astype(np.int64)
+        else:
+            flat = pc.list_flatten(m.live.column("kept")).to_numpy(zero_copy_only=False)
+            shard_kept = flat.reshape(-1, len(KEPT_THRESHOLDS))[:, column - 1].astype(np.int64)
+        packed = m.live.column("groups")
+
+        def groups_kept(s: int) -> np.ndarray:
+            return groups_of(packed.slice(s, 1))[1][:, column].astype(np.int64)
+
+    total = int(shard_kept.sum())
+    starts = np.cumsum(shard_kept) - shard_kept
+    first = starts * world // max(total, 1)
+    last = (starts + shard_kept - 1) * world // max(total, 1)  # the workers of a shard's first and last kept row
+    parts: list[list[tuple[str, list[int] | None]]] = [[] for _ in range(world)]
+    rows = [0] * world
+    for s in np.flatnonzero(shard_kept).tolist():
+        uri = storage.join(g_uri, names[s])
+        if first[s] == last[s]:  # the whole shard in one worker's share
+            w = min(world - 1, int(first[s]))
+            parts[w].append((uri, None))
+            rows[w] += int(shard_kept[s])
+            continue
+        kept = groups_kept(s)
+        before = starts[s] + np.cumsum(kept) - kept
+        worker = np.minimum(world - 1, ((before + kept / 2) * world // total).astype(np.int64))
+        nonzero = np.flatnonzero(kept)
+        for w in np.unique(worker[nonzero]).tolist():
+            mine = nonzero[worker[nonzero] == w]
+            parts[w].append((uri, None if len(mine) == len(nonzero) else mine.tolist()))
+            rows[w] += int(kept[mine].sum())
+    return Plan(parts, rows, opened)
 
 
 def _threshold_column(min_delta: float | None) -> int | None:
@@ -416,7 +449,7 @@ def _merge(g_uri: str, names: list[str], kind: str) -> str:
         "shard": name + storage.SHARD_SUFFIX,
         "rows": rows,
         "kept": kept_counts(np.concatenate(deltas)),
-        "groups": groups,
+        "groups": pack_groups(groups),
         "subjects": sorted(subjects),
         "kind": kind,
         **dict(zip(PROVENANCE, prov, strict=True)),

@@ -3,6 +3,7 @@ when G is read, the manifest that plans a read without opening a shard, merging 
 
 import os
 
+import numpy as np
 import pytest
 
 from core.data import g, schema, storage
@@ -114,7 +115,7 @@ def test_a_plan_splits_merged_shards_by_row_group_so_workers_stay_balanced(tmp_p
     plan = manifest.plan(root, None, 4)
     assert plan.rows == [48, 48, 48, 48] and plan.opened == 0
     m = manifest.read(root)
-    groups_of = {name: len(gr) for name, gr in zip(m.shards, m.live.column("groups").to_pylist(), strict=True)}
+    groups_of = dict(zip(m.shards, manifest.groups_of(m.live.column("groups"))[0].tolist(), strict=True))
     pieces = []
     for part in plan.parts:
         for uri, idx in part:
@@ -172,3 +173,51 @@ def test_a_g_from_before_the_manifest_is_refused_by_readers_until_migrated(tmp_p
         g.count_kept(root, None)
     _, moved, adopted = g.sync_manifest(root)
     assert adopted == 2 and not moved and g.count_kept(root, None) == 4
+
+
+def reference_plan(groups: list[np.ndarray], world: int) -> list[dict]:
+    """A read split row group by row group (each to the worker in whose share its middle row falls), written out
+    plainly: what `manifest.plan`, which unpacks only the shards a cut falls in, must give."""
+    total = sum(int(k.sum()) for k in groups)
+    parts: list[dict] = [{} for _ in range(world)]
+    done = 0
+    for s, kept in enumerate(groups):
+        for i, k in enumerate(kept.tolist()):
+            if k:
+                w = min(world - 1, int((done + k / 2) * world // total))
+                parts[w].setdefault(s, []).append(i)
+                done += k
+    return parts
+
+
+def test_planning_shard_by_shard_matches_planning_row_group_by_row_group(tmp_path):
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        root = str(tmp_path / f"g{trial}")
+        groups = [rng.integers(0, 40, size=int(rng.integers(1, 30))) * (rng.random() < 0.9) for _ in range(25)]
+        entries = [
+            {
+                "op": "add",
+                "shard": f"part-{s:03d}.parquet",
+                "rows": int(k.sum()) + 7,
+                "kept": [int(k.sum())] * len(manifest.KEPT_THRESHOLDS),
+                "groups": manifest.pack_groups([[n + 1, *[n] * len(manifest.KEPT_THRESHOLDS)] for n in k.tolist()]),
+                "subjects": [f"s{s}"],
+                "kind": "finetune",
+                **dict.fromkeys(manifest.PROVENANCE, "p"),
+                "bytes": 1,
+                "committed_at": 0.0,
+            }
+            for s, k in enumerate(groups)
+        ]
+        manifest.commit(root, entries)
+        for world in (1, 2, 3, 4, 7):
+            plan = manifest.plan(root, 0.0, world)
+            expected = reference_plan(groups, world)
+            for part, want in zip(plan.parts, expected, strict=True):
+                got = {int(uri.rsplit("-", 1)[1].split(".")[0]): idx for uri, idx in part}
+                assert set(got) == set(want), (trial, world)
+                for s, idx in got.items():
+                    nonzero = np.flatnonzero(groups[s]).tolist()
+                    assert (idx or nonzero) == want[s], (trial, world, s)
+            assert sum(plan.rows) == sum(int(k.sum()) for k in groups)
