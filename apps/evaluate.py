@@ -33,8 +33,10 @@ def apprentice_rows(config: PipelineConfig) -> list[tuple[str, str, int | None]]
     ev = config.evaluate
     if any(k < 0 or k > ev.num_demos for k in ev.demo_counts):
         raise ValueError(f"evaluate.demo_counts {ev.demo_counts} must lie in 0..evaluate.num_demos ({ev.num_demos})")
-    rows = [("apprentice", config.paths.apprentice, None)]
-    rows += [(f"apprentice, {k} demo{'' if k == 1 else 's'}", config.paths.apprentice, k) for k in ev.demo_counts]
+    rows = []
+    if "apprentice" in ev.rows:
+        rows = [("apprentice", config.paths.apprentice, None)]
+        rows += [(f"apprentice, {k} demo{'' if k == 1 else 's'}", config.paths.apprentice, k) for k in ev.demo_counts]
     return rows + [(name, folder, None) for name, folder in ev.apprentices.items()]
 
 
@@ -52,7 +54,7 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
     rows = apprentice_rows(config)
     loaded = {folder: load_apprentice(storage.local_dir(folder)) for _, folder, _ in rows}
     base = load_backbone(storage.local_dir(base_uri(config)))
-    methods = [name for name, _, _ in rows] + ["base"]
+    methods = [name for name, _, _ in rows] + (["base"] if "base" in config.evaluate.rows else [])
     out = {**{m: [] for m in methods}, "seconds": {m: [] for m in methods}}
     given = {name: (loaded[folder], k) for name, folder, k in rows}
     for r, record in enumerate(tqdm(records, desc="evaluate: apprentices and base")):
@@ -86,10 +88,40 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
     return out
 
 
+def expert_row(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[list, float]:
+    """The per-subject experts' samples (the actor pool, nothing written to G) and their mean seconds per subject."""
+    expert_results, _ = run_pool(
+        plain,
+        base_uri(config),
+        config.paths.scorer,
+        expert_cfg,
+        provenance(config),
+        None,
+        config.filter,
+        world_version=config.world.version,
+    )
+    by_subject = {res["subject_id"]: res for res in expert_results}
+    outputs, seconds = [], []
+    for record in plain:
+        res = by_subject[record["subject_id"]]
+        if res["status"] != "done":
+            raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
+        rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in res["rows"]}
+        outputs.append(
+            [[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]]
+        )
+        seconds.append(res["fine_tune_s"] + res["sample_s"])
+    return outputs, float(np.mean(seconds))
+
+
 def run(config: PipelineConfig) -> dict:
     from core.models.scorer import load_scorer
 
-    storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
+    known = {"oracle", "base", "expert", "apprentice"}
+    if set(config.evaluate.rows) - known:
+        raise ValueError(f"unknown evaluate.rows {sorted(set(config.evaluate.rows) - known)}; known: {sorted(known)}")
+    if "apprentice" in config.evaluate.rows:
+        storage.require(config.paths.apprentice, "paths.apprentice", "trained apprentice")
     for name, folder in config.evaluate.apprentices.items():
         storage.require(folder, f"evaluate.apprentices.{name}", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
@@ -101,41 +133,19 @@ def run(config: PipelineConfig) -> dict:
     expert_cfg = dataclasses.replace(
         config.expert, samples_per_prompt=config.evaluate.samples_per_prompt, max_subjects=None, kind="finetune"
     )
+    wanted = config.evaluate.rows
+    names = [name for name, _, _ in apprentice_rows(config)]
+    outputs, seconds = {}, {}
+    if "oracle" in wanted:
+        outputs["oracle"] = [r["oracle"] for r in records]
     with ray_cluster(config.cluster):
         sampled = remote_call(sample_apprentice_and_base, config, plain, num_cpus=1, num_gpus=config.serve.num_gpus)
-        expert_results, _ = run_pool(
-            plain,
-            base_uri(config),
-            config.paths.scorer,
-            expert_cfg,
-            provenance(config),
-            None,
-            config.filter,
-            world_version=config.world.version,
-        )
-    by_subject = {res["subject_id"]: res for res in expert_results}
-    expert_outputs, expert_seconds = [], []
-    for record in plain:
-        res = by_subject[record["subject_id"]]
-        if res["status"] != "done":
-            raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
-        rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in res["rows"]}
-        expert_outputs.append(
-            [[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]]
-        )
-        expert_seconds.append(res["fine_tune_s"] + res["sample_s"])
-    names = [name for name, _, _ in apprentice_rows(config)]
-    outputs = {
-        "oracle": [r["oracle"] for r in records],
-        "base": sampled["base"],
-        "expert": expert_outputs,
-        **{name: sampled[name] for name in names},
-    }
-    seconds = {
-        "base": float(np.mean(sampled["seconds"]["base"])),
-        "expert": float(np.mean(expert_seconds)),
-        **{name: float(np.mean(sampled["seconds"][name])) for name in names},
-    }
+        if "expert" in wanted:
+            outputs["expert"], seconds["expert"] = expert_row(config, plain, expert_cfg)
+    for name in (["base"] if "base" in wanted else []) + names:
+        outputs[name] = sampled[name]
+        seconds[name] = float(np.mean(sampled["seconds"][name]))
+    outputs = {k: outputs[k] for k in ["oracle", "base", "expert", *names] if k in outputs}  # the table's order
     from core.toy.readers import load_readers
 
     table = evaluation.score(

@@ -16,6 +16,7 @@ from core.toy import world as toyworld
 def run(config: PipelineConfig) -> dict:
     world = config.world
     train, test = toyworld.split_subjects(world.seed, world.test_fraction)
+    train, validation = toyworld.split_validation(train, world.seed, world.validation_fraction)
     rows = toyworld.corpus_rows(train, world, np.random.default_rng(world.seed))
     table = schema.table_from_rows(rows, schema.CORPUS_SCHEMA)
     storage.write_shard(table, config.paths.corpus, schema.CORPUS_SCHEMA, name="corpus")
@@ -23,6 +24,7 @@ def run(config: PipelineConfig) -> dict:
         "stage": "world",
         "rows": table.num_rows,
         "train_subjects": len(train),
+        "validation_subjects": len(validation),
         "test_subjects": len(test),
         "out": config.paths.corpus,
     }

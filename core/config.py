@@ -30,6 +30,8 @@ class WorldConfig:
     seed: int = 0
     resolution: int = 32
     test_fraction: float = 0.2  # share of subjects no training stage ever sees
+    # Share of the train subjects left out of the corpus: the validation subjects of `evaluate.split=validation`.
+    validation_fraction: float = 0.0
     # The "web" corpus: URL groups of one subject, plus noise for mining to remove.
     corpus_groups: int = 40
     group_min_images: int = 4
@@ -62,6 +64,17 @@ class ReadersConfig:
     threads: int = 2
     workers: int = 1  # DataLoader processes drawing the renders while the readers train
     eval_n: int = 1024  # clean renders of test subjects their accuracy is measured on
+
+
+@dataclass
+class StudyConfig:
+    # apps.study: the kinds of G (expert.kind) that each get a G and an apprentice, compared by one evaluate run.
+    kinds: list[str] = field(default_factory=lambda: ["finetune", "raw", "oracle"])
+    # The threshold sweep: an apprentice on the experts' G at each of these lambdas (None: keep every render),
+    # `sweep_steps` steps each (None: apprentice.steps), compared on validation subjects (world.validation_fraction);
+    # the best by mean subject and text fidelity becomes filter.min_delta for the kinds above.
+    lambdas: list[float | None] = field(default_factory=list)
+    sweep_steps: int | None = None
 
 
 @dataclass
@@ -280,6 +293,12 @@ class EvaluateConfig:
     # More apprentices to compare, row name -> folder (e.g. one trained on raw or oracle G), with all the demos.
     apprentices: dict[str, str] = field(default_factory=dict)
     resamples: int = 1000  # bootstrap resamples of the subjects for each metric's 95% interval
+    # "test": subjects no training stage saw (the table); "validation": train subjects kept out of the corpus
+    # (`world.validation_fraction`), for choosing settings such as lambda.
+    split: str = "test"
+    # The fixed rows (any of oracle, base, expert, apprentice; "apprentice" brings the `demo_counts` rows along);
+    # `apprentices` add theirs whatever this says.
+    rows: list[str] = field(default_factory=lambda: ["oracle", "base", "expert", "apprentice"])
 
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder (open_clip_config.json and weights)
@@ -362,6 +381,7 @@ class PipelineConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     readers: ReadersConfig = field(default_factory=ReadersConfig)
     demo_encoder: DemoEncoderConfig = field(default_factory=DemoEncoderConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)

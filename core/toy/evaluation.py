@@ -146,14 +146,22 @@ def readers_on_renoised(
 
 
 def eval_set(world: WorldConfig, cfg: EvaluateConfig) -> list[dict]:
-    """D_S-style records for test subjects (scenes of world `world.version`), each with the subject and the oracle
-    renders of its prompts."""
-    _, test = toyworld.split_subjects(world.seed, world.test_fraction)
+    """D_S-style records for test subjects (or, with `cfg.split`, validation subjects; scenes of world
+    `world.version`), each with the subject and the oracle renders of its prompts."""
+    train, test = toyworld.split_subjects(world.seed, world.test_fraction)
+    if cfg.split == "test":
+        pool = test
+    elif cfg.split == "validation":
+        pool = toyworld.split_validation(train, world.seed, world.validation_fraction)[1]
+        if not pool:
+            raise ValueError("evaluate.split=validation needs world.validation_fraction > 0 (subjects kept out of G)")
+    else:
+        raise ValueError(f"evaluate.split must be test or validation, not {cfg.split!r}")
     rng = np.random.default_rng(cfg.seed)
-    picks = rng.choice(len(test), size=min(cfg.num_subjects, len(test)), replace=False)
+    picks = rng.choice(len(pool), size=min(cfg.num_subjects, len(pool)), replace=False)
     records = []
     for idx in picks:
-        subject = test[int(idx)]
+        subject = pool[int(idx)]
         demos = toyworld.demonstrations(subject, cfg.num_demos, rng, world.resolution, world.version)
         prompts = toyworld.prompts_for(
             subject.class_name,

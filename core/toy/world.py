@@ -113,6 +113,16 @@ def split_subjects(seed: int, test_fraction: float) -> tuple[list[Subject], list
     return train, test
 
 
+def split_validation(train: list[Subject], seed: int, fraction: float) -> tuple[list[Subject], list[Subject]]:
+    """(train, validation): a share of the train subjects kept out of the corpus (so no expert or apprentice sees
+    them), to choose settings such as the threshold on without looking at test subjects. The base model and the
+    scorer, trained on all train subjects, have seen them."""
+    rest, validation = [], []
+    for s in train:
+        (validation if _unit_hash(seed, "validation", s.subject_id) < fraction else rest).append(s)
+    return rest, validation
+
+
 # ---------------------------------------------------------------- drawing
 
 

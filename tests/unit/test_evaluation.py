@@ -4,11 +4,13 @@ import math
 import os
 
 import numpy as np
+import pytest
 
 from core.config import EvaluateConfig, ScorerConfig, WorldConfig
 from core.data.images import from_png
 from core.models.scorer import create_scorer
 from core.toy import evaluation
+from core.toy import world as tw
 from core.toy.readers import load_readers
 
 READERS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "readers")
@@ -46,3 +48,13 @@ def test_bootstrap_intervals_are_over_subjects():
     lo, hi = evaluation.bootstrap_interval(np.array([0.0, 4.0, 0.0, 4.0]), np.full(4, 4.0), 2000, 0)
     assert 0.0 <= lo < 0.5 < hi <= 1.0
     assert all(math.isnan(v) for v in evaluation.bootstrap_interval(np.zeros(3), np.zeros(3), 100, 0))
+
+
+def test_the_evaluation_set_can_be_drawn_from_validation_subjects():
+    world = WorldConfig(validation_fraction=0.1)
+    train, _ = tw.split_subjects(world.seed, world.test_fraction)
+    _, validation = tw.split_validation(train, world.seed, world.validation_fraction)
+    records = evaluation.eval_set(world, EvaluateConfig(num_subjects=4, split="validation"))
+    assert {r["subject_id"] for r in records} <= {s.subject_id for s in validation}
+    with pytest.raises(ValueError, match="validation_fraction"):
+        evaluation.eval_set(WorldConfig(), EvaluateConfig(split="validation"))

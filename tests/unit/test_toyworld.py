@@ -150,3 +150,12 @@ def test_world_version_reaches_demonstrations_prompts_and_the_corpus():
         for v in (1, 2)
     )
     assert len(v1) >= 16 and len(v2) >= 16 and not {r["image"] for r in v1} & {r["image"] for r in v2}
+
+
+def test_validation_subjects_are_train_subjects_kept_out_of_the_corpus():
+    train, test = tw.split_subjects(0, 0.2)
+    rest, validation = tw.split_validation(train, 0, 0.1)
+    assert 0.05 < len(validation) / len(train) < 0.15 and set(rest) | set(validation) == set(train)
+    assert not set(validation) & set(test) and tw.split_validation(train, 0, 0.0) == (train, [])
+    rows = tw.corpus_rows(rest, WorldConfig(corpus_groups=40), np.random.default_rng(0))
+    assert not {r["truth_subject_id"] for r in rows} & {s.subject_id for s in validation}
