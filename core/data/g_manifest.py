@@ -352,23 +352,24 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
     starts = np.cumsum(shard_kept) - shard_kept
     first = starts * world // max(total, 1)
     last = (starts + shard_kept - 1) * world // max(total, 1)  # the workers of a shard's first and last kept row
-    parts: list[list[tuple[str, list[int] | None]]] = [[] for _ in range(world)]
-    rows = [0] * world
-    for s in np.flatnonzero(shard_kept).tolist():
-        uri = storage.join(g_uri, names[s])
-        if first[s] == last[s]:  # the whole shard in one worker's share
-            w = min(world - 1, int(first[s]))
-            parts[w].append((uri, None))
-            rows[w] += int(shard_kept[s])
-            continue
+    nonzero = np.flatnonzero(shard_kept)
+    whole = nonzero[first[nonzero] == last[nonzero]]  # shards in one worker's share: no row group looked at
+    owner = np.minimum(world - 1, first[whole])
+    rows = np.bincount(owner, weights=shard_kept[whole], minlength=world).astype(np.int64).tolist()
+    entries: list[list[tuple[int, list[int] | None]]] = [[] for _ in range(world)]
+    for w, s in zip(owner.tolist(), whole.tolist(), strict=True):
+        entries[w].append((s, None))
+    for s in nonzero[first[nonzero] != last[nonzero]].tolist():  # at most world - 1 shards: a cut falls in each
         kept = groups_kept(s)
         before = starts[s] + np.cumsum(kept) - kept
         worker = np.minimum(world - 1, ((before + kept / 2) * world // total).astype(np.int64))
-        nonzero = np.flatnonzero(kept)
-        for w in np.unique(worker[nonzero]).tolist():
-            mine = nonzero[worker[nonzero] == w]
-            parts[w].append((uri, None if len(mine) == len(nonzero) else mine.tolist()))
+        groups = np.flatnonzero(kept)
+        for w in np.unique(worker[groups]).tolist():
+            mine = groups[worker[groups] == w]
+            entries[w].append((s, None if len(mine) == len(groups) else mine.tolist()))
             rows[w] += int(kept[mine].sum())
+    prefix = storage.join(g_uri, "")
+    parts = [[(prefix + names[s], idx) for s, idx in sorted(e, key=lambda e: e[0])] for e in entries]
     return Plan(parts, rows, opened)
 
 
