@@ -63,6 +63,7 @@ def run_subject(expert, record: dict, g_uri: str | None, min_delta: float | None
     if g_uri is None:
         out["rows"] = rows
     else:
+        out.pop("checkpoints", None)  # G holds the renders at expert.steps; the others are evaluate's curve
         out["entry"] = g.write_subject(rows, g_uri, record["subject_id"], kind=expert.cfg.kind, commit=False)
     out["pid"] = os.getpid()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB

@@ -88,8 +88,19 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
     return out
 
 
-def expert_row(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[list, float]:
-    """The per-subject experts' samples (the actor pool, nothing written to G) and their mean seconds per subject."""
+def expert_row_name(config: PipelineConfig, steps: int) -> str:
+    return "expert" if steps == config.expert.steps else f"expert, {steps} steps"
+
+
+def expert_rows(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[dict[str, list], dict[str, float]]:
+    """The per-subject experts' samples (the actor pool, nothing written to G) and their mean seconds per subject:
+    the "expert" row at `expert.steps` and, with `evaluate.expert_steps`, a row per step count, all rendered by one
+    fine-tuning run per subject (each row's seconds: fine-tuning to its step count, then its renders)."""
+    counts = sorted({*config.evaluate.expert_steps, expert_cfg.steps})
+    if counts[0] < 1:
+        raise ValueError(f"evaluate.expert_steps {config.evaluate.expert_steps} must be positive step counts")
+    if len(counts) > 1:
+        expert_cfg = dataclasses.replace(expert_cfg, steps=counts[-1], checkpoints=counts)
     expert_results, _ = run_pool(
         plain,
         base_uri(config),
@@ -101,17 +112,37 @@ def expert_row(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[l
         world_version=config.world.version,
     )
     by_subject = {res["subject_id"]: res for res in expert_results}
-    outputs, seconds = [], []
+    outputs = {expert_row_name(config, n): [] for n in counts}
+    seconds: dict[str, list[float]] = {name: [] for name in outputs}
+    n = config.evaluate.samples_per_prompt
     for record in plain:
         res = by_subject[record["subject_id"]]
         if res["status"] != "done":
             raise RuntimeError(f"expert failed on eval subject {record['subject_id']}: {res.get('reason')}")
-        rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in res["rows"]}
-        outputs.append(
-            [[rows[(pid, j)] for j in range(config.evaluate.samples_per_prompt)] for pid in record["prompt_ids"]]
-        )
-        seconds.append(res["fine_tune_s"] + res["sample_s"])
-    return outputs, float(np.mean(seconds))
+        for steps, at in res.get("checkpoints", {expert_cfg.steps: res}).items():
+            name = expert_row_name(config, steps)
+            rows = {(row["prompt_id"], row["sample_index"]): from_png(row["image"]) for row in at["rows"]}
+            outputs[name].append([[rows[(pid, j)] for j in range(n)] for pid in record["prompt_ids"]])
+            seconds[name].append(at["fine_tune_s"] + at["sample_s"])
+    return outputs, {name: float(np.mean(s)) for name, s in seconds.items()}
+
+
+def expert_plateau(config: PipelineConfig, table: dict) -> dict | None:
+    """The fidelity of the experts by fine-tune steps, and the plateau: the fewest steps whose mean subject fidelity
+    reaches the lower end of the 95% interval of the best step count's (None without `evaluate.expert_steps`)."""
+    counts = sorted({*config.evaluate.expert_steps, config.expert.steps})
+    if len(counts) < 2 or expert_row_name(config, counts[0]) not in table:
+        return None
+    rows = {n: table[expert_row_name(config, n)] for n in counts}
+    best = max(counts, key=lambda n: rows[n]["subject_fidelity"])  # the fewest of equals
+    floor = rows[best]["ci"]["subject_fidelity"][0]
+    floor = rows[best]["subject_fidelity"] if np.isnan(floor) else floor
+    return {
+        "steps": min(n for n in counts if rows[n]["subject_fidelity"] >= floor),
+        "best_steps": best,
+        "subject_fidelity_by_steps": {str(n): rows[n]["subject_fidelity"] for n in counts},
+        "text_fidelity_by_steps": {str(n): rows[n]["text_fidelity"] for n in counts},
+    }
 
 
 def run(config: PipelineConfig) -> dict:
@@ -126,7 +157,7 @@ def run(config: PipelineConfig) -> dict:
         storage.require(folder, f"evaluate.apprentices.{name}", "trained apprentice")
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     require_base(config)
-    storage.require(config.paths.readers, "paths.readers", "toy attribute readers (shipped in artifacts/toy/readers)")
+    storage.require(config.paths.readers, "paths.readers", "toy attribute readers (artifacts/toy-v2/readers)")
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     # The expert row is the experts' renders, whatever kind of G this configuration writes.
@@ -141,11 +172,15 @@ def run(config: PipelineConfig) -> dict:
     with ray_cluster(config.cluster):
         sampled = remote_call(sample_apprentice_and_base, config, plain, num_cpus=1, num_gpus=config.serve.num_gpus)
         if "expert" in wanted:
-            outputs["expert"], seconds["expert"] = expert_row(config, plain, expert_cfg)
+            experts_out, experts_s = expert_rows(config, plain, expert_cfg)
+            outputs.update(experts_out)
+            seconds.update(experts_s)
     for name in (["base"] if "base" in wanted else []) + names:
         outputs[name] = sampled[name]
         seconds[name] = float(np.mean(sampled["seconds"][name]))
-    outputs = {k: outputs[k] for k in ["oracle", "base", "expert", *names] if k in outputs}  # the table's order
+    expert_names = [expert_row_name(config, n) for n in sorted({*config.evaluate.expert_steps, config.expert.steps})]
+    # The table's order: oracle, base, the experts by steps, the apprentices.
+    outputs = {k: outputs[k] for k in ["oracle", "base", *expert_names, *names] if k in outputs}
     from core.toy.readers import load_readers
 
     table = evaluation.score(
@@ -157,18 +192,24 @@ def run(config: PipelineConfig) -> dict:
         seed=config.evaluate.seed,
     )
     markdown = evaluation.markdown_table(table, seconds)
-    storage.write_bytes(
-        storage.join(config.paths.eval, "metrics.json"),
-        json.dumps(
-            {"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}, indent=1
-        ).encode(),
-    )
+    plateau = expert_plateau(config, table)
+    if plateau is not None:
+        markdown += (
+            f"\n\nThe experts' plateau: {plateau['steps']} fine-tune steps (subject fidelity by steps: "
+            + ", ".join(f"{n}: {v:.3f}" for n, v in plateau["subject_fidelity_by_steps"].items())
+            + ")."
+        )
+    metrics = {"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}
+    if plateau is not None:
+        metrics["expert_plateau"] = plateau
+    storage.write_bytes(storage.join(config.paths.eval, "metrics.json"), json.dumps(metrics, indent=1).encode())
     storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), (markdown + "\n").encode())
     buf = io.BytesIO()
     evaluation.grid(records, outputs).save(buf, format="PNG")
     storage.write_bytes(storage.join(config.paths.eval, "grid.png"), buf.getvalue())
     print(markdown)
-    return {"stage": "evaluate", "table": table, "seconds_per_subject": seconds, "out": config.paths.eval}
+    out = {"stage": "evaluate", "table": table, "seconds_per_subject": seconds, "out": config.paths.eval}
+    return out if plateau is None else {**out, "expert_plateau": plateau}
 
 
 main = stage_main(run)

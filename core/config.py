@@ -172,6 +172,9 @@ class ExpertConfig:
     # experts could give); "raw", each demo as the target of its own caption, the other demos as the demos (the
     # Re-Imagen-style apprentice, trained on the clusters without experts).
     kind: str = "finetune"
+    # Also render at these fine-tune step counts (each at most `steps`), for the fidelity-by-steps curve that finds
+    # the expert's plateau (`evaluate.expert_steps`); the renders at `steps` are the ones written to G.
+    checkpoints: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -299,6 +302,11 @@ class EvaluateConfig:
     # The fixed rows (any of oracle, base, expert, apprentice; "apprentice" brings the `demo_counts` rows along);
     # `apprentices` add theirs whatever this says.
     rows: list[str] = field(default_factory=lambda: ["oracle", "base", "expert", "apprentice"])
+    # The expert's fidelity by fine-tune steps: rows "expert, N steps" for each N here, rendered by the same
+    # fine-tuning run as the "expert" row (at `expert.steps`), and the plateau in metrics.json: the fewest steps
+    # whose subject fidelity reaches the lower end of the best step count's interval. Run on the validation split
+    # to choose `expert.steps` for G.
+    expert_steps: list[int] = field(default_factory=list)
 
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder (open_clip_config.json and weights)

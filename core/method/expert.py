@@ -201,7 +201,9 @@ class Expert:
 
     def run_subject(self, record: dict, should_stop=None) -> tuple[list[dict], dict]:
         """Fine-tune on one D_S record, render every (prompt, sample), score them. Returns (G rows, stats).
-        Kind "oracle" renders the truth instead and "raw" takes each demo as a target (`ExpertConfig.kind`)."""
+        Kind "oracle" renders the truth instead and "raw" takes each demo as a target (`ExpertConfig.kind`).
+        With `cfg.checkpoints`, stats["checkpoints"][n] holds the rows rendered after n fine-tune steps, the
+        fine-tuning seconds to get there (renders at earlier checkpoints not counted) and the rendering seconds."""
         cfg = self.cfg
         start = time.perf_counter()
         if cfg.kind != "finetune":
@@ -210,10 +212,41 @@ class Expert:
             nan = float("nan")
             return rows, {"subject_id": record["subject_id"], "first_loss": nan, "last_loss": nan,
                           "fine_tune_s": 0.0, "sample_s": elapsed}  # fmt: skip
+        if any(n < 1 or n > cfg.steps for n in cfg.checkpoints):
+            raise ValueError(f"expert.checkpoints {cfg.checkpoints} must lie in 1..expert.steps ({cfg.steps})")
         demo_images = [from_png(b) for b in record["demo_images"]]
         seed = seed_for(cfg.seed, record["subject_id"])
-        losses = self.fine_tune(demo_images, record["demo_captions"], seed)
+        checkpoints: dict[int, dict] = {}
+        rendering = [0.0]  # seconds spent rendering at checkpoints, kept out of the fine-tuning time
+
+        def at_checkpoint(step: int) -> None:
+            if step in cfg.checkpoints and step != cfg.steps:
+                t = time.perf_counter()
+                rows = self._render_rows(record, demo_images, seed)
+                sample_s = time.perf_counter() - t
+                fine_tune_s = t - start - rendering[0]
+                rendering[0] += sample_s
+                checkpoints[step] = {"rows": rows, "fine_tune_s": fine_tune_s, "sample_s": sample_s}
+
+        on_step = at_checkpoint if cfg.checkpoints else None
+        losses = self.fine_tune(demo_images, record["demo_captions"], seed, on_step=on_step)
         tuned = time.perf_counter()
+        rows = self._render_rows(record, demo_images, seed)
+        stats = {
+            "subject_id": record["subject_id"],
+            "first_loss": losses[0] if losses else float("nan"),
+            "last_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
+            "fine_tune_s": tuned - start - rendering[0],
+            "sample_s": time.perf_counter() - tuned,
+        }
+        if cfg.checkpoints:
+            final = {"rows": rows, "fine_tune_s": stats["fine_tune_s"], "sample_s": stats["sample_s"]}
+            stats["checkpoints"] = {**checkpoints, **({cfg.steps: final} if cfg.steps in cfg.checkpoints else {})}
+        return rows, stats
+
+    def _render_rows(self, record: dict, demo_images: list[np.ndarray], seed: int) -> list[dict]:
+        """The current model's renders of the record's prompts (the same seed at every checkpoint), scored."""
+        cfg = self.cfg
         prompts = [p for p in record["prompts"] for _ in range(cfg.samples_per_prompt)]
         with autocast(self.backbone.device):
             renders = sampling.sample(
@@ -224,15 +257,7 @@ class Expert:
                 guidance_scale=cfg.guidance_scale,
                 seed=seed,
             )
-        rows = g_rows(self.scorer, cfg, self.provenance, record, renders, demo_images)
-        stats = {
-            "subject_id": record["subject_id"],
-            "first_loss": losses[0] if losses else float("nan"),
-            "last_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
-            "fine_tune_s": tuned - start,
-            "sample_s": time.perf_counter() - tuned,
-        }
-        return rows, stats
+        return g_rows(self.scorer, cfg, self.provenance, record, renders, demo_images)
 
     def oracle_rows(self, record: dict) -> list[dict]:
         renders = oracle_renders(record, self.cfg, self.backbone.resolution, self.world_version)

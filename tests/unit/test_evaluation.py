@@ -58,3 +58,27 @@ def test_the_evaluation_set_can_be_drawn_from_validation_subjects():
     assert {r["subject_id"] for r in records} <= {s.subject_id for s in validation}
     with pytest.raises(ValueError, match="validation_fraction"):
         evaluation.eval_set(WorldConfig(), EvaluateConfig(split="validation"))
+
+
+def test_the_experts_plateau_is_the_fewest_steps_reaching_the_best_interval():
+    from apps.evaluate import expert_plateau, expert_row_name
+    from core.config import ExpertConfig, PipelineConfig
+
+    config = PipelineConfig(expert=ExpertConfig(steps=60), evaluate=EvaluateConfig(expert_steps=[20, 40, 100]))
+    assert [expert_row_name(config, n) for n in (20, 60)] == ["expert, 20 steps", "expert"]
+
+    def row(mean, lo):
+        return {"subject_fidelity": mean, "text_fidelity": 1 - mean, "ci": {"subject_fidelity": [lo, mean + 0.1]}}
+
+    table = {
+        "expert, 20 steps": row(0.40, 0.30),
+        "expert, 40 steps": row(0.62, 0.55),
+        "expert": row(0.70, 0.60),  # 60 steps: the best; 40 steps' 0.62 reaches its interval's lower end 0.60
+        "expert, 100 steps": row(0.66, 0.58),
+    }
+    plateau = expert_plateau(config, table)
+    assert plateau["steps"] == 40 and plateau["best_steps"] == 60
+    assert plateau["subject_fidelity_by_steps"] == {"20": 0.40, "40": 0.62, "60": 0.70, "100": 0.66}
+    table["expert, 40 steps"] = row(0.59, 0.5)
+    assert expert_plateau(config, table)["steps"] == 60
+    assert expert_plateau(PipelineConfig(), table) is None  # no expert_steps: no curve

@@ -1,5 +1,7 @@
 """Backbone, apprentice, scorer and expert on tiny random models (real weights cannot be downloaded here)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -291,3 +293,36 @@ def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_r
     )
     with pytest.raises(ValueError, match="attention"):
         ap.Apprentice(bb.create_backbone("tiny", seed=0), attention="both")
+
+
+def test_expert_checkpoints_render_what_a_shorter_fine_tune_renders(backbone, demos):
+    """`expert.checkpoints`: renders after n steps of the one fine-tuning run equal those of a run of n steps, and
+    the renders at `steps` are unchanged by rendering on the way."""
+    scorer = create_scorer(ScorerConfig())
+    provenance = {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"}
+    record = {
+        "subject_id": "s1",
+        "demo_images": [to_png(d[0]) for d in demos],
+        "demo_captions": [d[1] for d in demos],
+        "prompt_ids": ["p0"],
+        "prompts": ["a ball on sand"],
+        "prompt_skills": ["recontextualization"],
+    }
+    cfg = ExpertConfig(steps=3, batch_size=2, num_inference_steps=2, lr=1e-2)
+    expert = Expert(backbone, scorer, cfg, provenance)  # one expert: each run starts from its base weights
+
+    def run(**changes):
+        expert.cfg = dataclasses.replace(cfg, **changes)
+        return expert.run_subject(record)
+
+    rows, stats = run(checkpoints=[1, 3])
+    assert set(stats["checkpoints"]) == {1, 3}
+    assert stats["checkpoints"][3]["rows"] is rows and stats["checkpoints"][1]["fine_tune_s"] > 0
+    short, _ = run(steps=1)
+    plain, plain_stats = run()
+    assert "checkpoints" not in plain_stats
+    assert stats["checkpoints"][1]["rows"][0]["image"] == short[0]["image"]
+    assert rows[0]["image"] == plain[0]["image"] != short[0]["image"]
+    with pytest.raises(ValueError, match="expert.checkpoints"):
+        run(checkpoints=[4])
+    expert.reset()
