@@ -234,6 +234,8 @@ class WorkerRun:
         self.writer = SummaryWriter(tb) if self.rank == 0 else None
         self.tokenizer_uri = storage.join(job.base_uri, "tokenizer")
         self.window_start, self.window_samples, self.metrics = time.perf_counter(), 0, {}
+        self.deadline = time.monotonic() + cfg.budget_s if cfg.budget_s is not None else None
+        self.out_of_budget = False
 
     def restore(self, latest: Checkpoint) -> None:
         """Continue from the newest checkpoint of the run that is whole and loads, `latest` first."""
@@ -367,6 +369,15 @@ class WorkerRun:
             if step < cfg.steps:
                 self.report(False)
 
+    def budget_spent(self) -> bool:
+        """Whether `budget_s` is spent: rank 0 decides for every worker, so all stop at the same step."""
+        if self.deadline is None:
+            return False
+        flag = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
+        if self.world > 1:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
     def train_epoch(self, plan: manifest.Plan) -> None:
         """One pass over this worker's part of G, `epoch_steps` steps (the same on every worker), ending early when
         the step budget is spent."""
@@ -389,6 +400,9 @@ class WorkerRun:
             self.bar.update(1)
             self.log()
             if state["step"] >= cfg.steps or steps >= epoch_steps:
+                break
+            if state["step"] % cfg.log_every == 0 and self.budget_spent():
+                self.out_of_budget = True
                 break
         if hasattr(batches, "close"):
             batches.close()
@@ -415,7 +429,7 @@ class WorkerRun:
             total=cfg.steps, initial=self.state["step"], desc="apprentice", disable=self.rank != 0, mininterval=5
         )
         waited = 0.0
-        while self.state["step"] < cfg.steps:
+        while self.state["step"] < cfg.steps and not self.out_of_budget:
             plan = self.epoch_plan(waited)
             if plan is None:
                 time.sleep(2.0)

@@ -4,6 +4,7 @@ default), loadable without Ray.
 
     python -m apps.train experiment=smoke
     python -m apps.train experiment=smoke apprentice.g_wait_s=600 apprentice.passes_per_epoch=1   # beside the experts
+    python -m apps.train experiment=toy_study apprentice.budget_s=3600   # an hour; run again to go on
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run(config: PipelineConfig) -> dict:
     # while a killed run, or one whose G grew, resumes. (Not the shard list: G may grow while training runs.)
     identity = config_hash(
         {
-            "apprentice": to_dict(acfg),
+            "apprentice": {k: v for k, v in to_dict(acfg).items() if k != "budget_s"},
             "min_delta": config.filter.min_delta,
             "base": base,
             "g": storage.absolute_uri(config.paths.g),
@@ -53,6 +54,7 @@ def run(config: PipelineConfig) -> dict:
     return {
         "stage": "train",
         "steps": state["step"],
+        "finished": state["step"] >= acfg.steps,  # else apprentice.budget_s ended the run: run it again to go on
         "epochs": len(state["epochs"]),
         "g_rows_kept": state["epochs"][-1]["kept_rows"],
         "passes_per_epoch": state["epochs"][-1]["passes"],

@@ -221,6 +221,10 @@ class ApprenticeConfig:
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
     checkpoint_every: int = 100
+    # Stop after this many seconds of training (checked every `log_every` steps) with a checkpoint; the next run of
+    # the same settings resumes from it on the same step-based schedule. None: train to `steps`. Not part of the
+    # run's name, so runs with other budgets continue one another.
+    budget_s: float | None = None
     log_every: int = 10  # metrics to ray.train.report and TensorBoard
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10% (core.models.schedules.warmup_cosine)
     max_grad_norm: float = 1.0

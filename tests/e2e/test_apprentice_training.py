@@ -185,3 +185,23 @@ def test_a_corrupt_latest_checkpoint_is_skipped_and_a_finished_run_is_a_no_op(sm
     assert resume["checkpoint_step"] == 4 and resume["first_step"] == 5
     assert resume["skipped"] == [os.path.basename(newest)]
     assert resume["checkpoint"] != os.path.basename(newest)
+
+
+def test_a_spent_budget_ends_the_run_with_a_checkpoint_that_the_next_run_continues(smoke, tmp_path):
+    """`apprentice.budget_s`: the run stops at the first `log_every` step past its budget, with a checkpoint that is
+    not finished; the next run of the same settings resumes from it on the same schedule."""
+    config, _ = smoke
+    cfg = dataclasses.replace(
+        config.apprentice, steps=8, batch_size=4, checkpoint_every=4, log_every=2, passes_per_epoch=1, threads=1
+    )
+    root, run = str(tmp_path / "train"), "budget"
+    thread, out = start_fit(config, dataclasses.replace(cfg, budget_s=0.0), config.paths.g, root, run)
+    thread.join(timeout=600)
+    first = final_state(out)
+    assert first["step"] == 2 and not out["result"].already_finished
+    thread, again = start_fit(config, cfg, config.paths.g, root, run)
+    thread.join(timeout=600)
+    state = final_state(again)
+    assert state["step"] == 8 and len(state["losses"]) == 8
+    (resume,) = state["resumes"]
+    assert resume["checkpoint_step"] == 2 and resume["first_step"] == 3
