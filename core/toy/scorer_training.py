@@ -76,3 +76,26 @@ def train_scorer(
             break
     scorer.model.to("cpu").eval()
     return scorer, losses
+
+
+def retrieval_check(
+    scorer: Scorer, subjects: list[toyworld.Subject], n: int, seed: int, resolution: int = 32, version: int = 1
+) -> dict:
+    """How well a toy scorer tells `n` renders of distinct `subjects` apart (chance: 1/n): `caption_top1`, the share
+    of renders whose own full caption scores highest among the n captions; `view_top1`, the share whose other view
+    (the same subject in another scene) is the closest of the n other views."""
+    rng = np.random.default_rng(seed)
+    picked = [subjects[int(i)] for i in rng.choice(len(subjects), size=min(n, len(subjects)), replace=False)]
+    scenes = [toyworld.random_scene(rng, resolution, version) for _ in picked]
+    images = np.stack([toyworld.render(s, sc, resolution, rng) for s, sc in zip(picked, scenes)])
+    views = np.stack(
+        [toyworld.render(s, toyworld.random_scene(rng, resolution, version), resolution, rng) for s in picked]
+    )
+    emb = scorer.encode_images(images)
+    text = scorer.encode_texts([toyworld.full_caption(s, sc) for s, sc in zip(picked, scenes)])
+    own = torch.arange(len(picked))
+    return {
+        "renders": len(picked),
+        "caption_top1": float(((emb @ text.T).argmax(1) == own).float().mean()),
+        "view_top1": float(((emb @ scorer.encode_images(views).T).argmax(1) == own).float().mean()),
+    }
