@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--base", default="artifacts/toy/base", help="base model folder (default: the shipped toy base)"
+        "--base", default="artifacts/toy-v2/base", help="base model folder (default: the shipped toy base)"
     )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)

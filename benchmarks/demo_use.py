@@ -1,13 +1,14 @@
 """Does an apprentice use its demonstrations? A fast, paired check that needs no sampling.
 
-For test subjects (never trained on) the target is the true render of each prompt. The apprentice's denoising loss
+For test subjects (never trained on; `core.toy.evaluation.eval_set`, 8 prompts each) the target is the true render
+of each prompt. The apprentice's denoising loss
 on it is taken twice with the same noise and timesteps: once with 3 of the subject's own demos, once with 3 demos of
 another subject (its captions kept). The gap (other minus own) is above 0 exactly when the demos' content helps the
 prediction; an apprentice that ignores its demos gives 0. Reported per apprentice folder with a bootstrap 95%
 interval over batches.
 
     python -m benchmarks.demo_use FOLDER [FOLDER ...] [--subjects 32] [--batches 16]
-        [--text-reference artifacts/toy/base] [--out benchmarks/results/demo_use.json]
+        [--world-version 2] [--text-reference artifacts/toy-v2/base] [--out demo_use.json]
 
 The scale to read a gap against (`--text-reference BASE`): the same paired loss for a base model told the identity in
 words. Each row is a test subject in a random scene, captioned once with its own identity spelled out and once with
@@ -23,7 +24,10 @@ import json
 import numpy as np
 import torch
 
-from benchmarks import toy_reproduction as tr
+from core.config import EvaluateConfig, WorldConfig
+from core.data.images import from_png
+from core.toy import world as tw
+from core.toy.evaluation import eval_set
 
 
 def paired_gap(own: list[float], other: list[float]) -> dict:
@@ -46,7 +50,7 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
 
     rows = [(i, j) for i, r in enumerate(records) for j in range(len(r["prompts"]))]
     rng = np.random.default_rng(seed)
-    demos = [images_to_tensor([tr.tw.from_png(b) for b in r["demo_images"][:k]]) for r in records]
+    demos = [images_to_tensor([from_png(b) for b in r["demo_images"][:k]]) for r in records]
     demo_ids = [tokenize(apprentice.tokenizer, r["demo_captions"][:k]) for r in records]
     own, other = [], []
     with torch.no_grad():
@@ -55,7 +59,7 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
             # Another subject's demos for each row: a fixed offset, never the row's own subject.
             shift = [(i + 1 + int(rng.integers(len(records) - 1))) % len(records) for i, _ in pick]
             base = {
-                "image": images_to_tensor(np.stack([records[i]["oracle"][j] for i, j in pick])),
+                "image": images_to_tensor(np.stack([records[i]["oracle"][j][0] for i, j in pick])),
                 "input_ids": tokenize(apprentice.tokenizer, [records[i]["prompts"][j] for i, j in pick]),
                 "demo_ids": torch.stack([demo_ids[i] for i, _ in pick]),
             }
@@ -65,7 +69,7 @@ def demo_gap(apprentice, records: list[dict], batches: int, batch_size: int = 32
     return paired_gap(own, other)
 
 
-def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed: int = 0) -> dict:
+def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed: int = 0, version: int = 2) -> dict:
     """The base model's denoising loss on renders of `subjects` captioned with their own identity vs another same-class
     subject's, same scene, same noise (module docstring)."""
     from core.models.backbone import encode_text, images_to_tensor
@@ -76,8 +80,8 @@ def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed:
     with torch.no_grad():
         for b in range(batches):
             picks = [subjects[int(i)] for i in rng.choice(len(subjects), size=batch_size)]
-            scenes = [tr.tw.random_scene(rng) for _ in picks]
-            x0 = images_to_tensor(np.stack([tr.tw.render(s, sc, 32, rng) for s, sc in zip(picks, scenes)]))
+            scenes = [tw.random_scene(rng, 32, version) for _ in picks]
+            x0 = images_to_tensor(np.stack([tw.render(s, sc, 32, rng) for s, sc in zip(picks, scenes)]))
             swaps = []
             for s in picks:
                 same = [
@@ -88,7 +92,7 @@ def text_gap(backbone, subjects: list, batches: int, batch_size: int = 32, seed:
                 ]
                 swaps.append(same[int(rng.integers(len(same)))])
             for out, who in ((own, picks), (other, swaps)):
-                states = encode_text(backbone, [tr.tw.full_caption(w, sc) for w, sc in zip(who, scenes)])
+                states = encode_text(backbone, [tw.full_caption(w, sc) for w, sc in zip(who, scenes)])
                 out.append(
                     float(
                         denoising_loss(
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("folders", nargs="*")
     p.add_argument("--subjects", type=int, default=32)
     p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--world-version", type=int, default=2)
     p.add_argument("--out", default=None, help="write the results here as JSON")
     p.add_argument(
         "--text-reference",
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     from core.pipelines.suti import load_apprentice
 
     torch.set_num_threads(2)
-    records = tr.eval_records(tr.Settings(**{**tr.FULL.__dict__, "eval_subjects": args.subjects}))
+    world = WorldConfig(version=args.world_version)
+    records = eval_set(world, EvaluateConfig(num_subjects=args.subjects, prompts_per_subject=8, num_demos=3))
     result = {}
     for folder in args.folders:
         apprentice = load_apprentice(folder).eval()
@@ -136,10 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     if args.text_reference:
-        from apps.toy_pretrain import split
         from core.models.backbone import load_backbone
 
-        r = text_gap(load_backbone(args.text_reference), split()[1], args.batches)
+        test = tw.split_subjects(world.seed, world.test_fraction)[1]
+        r = text_gap(load_backbone(args.text_reference), test, args.batches, version=world.version)
         result[f"text reference: {args.text_reference}"] = r
         print(
             f"[demo_use] text reference {args.text_reference}: loss own identity {r['loss_own']:.5f}, "

@@ -1,6 +1,6 @@
 """Subjects per second of N experts fine-tuned and sampled as one vmapped model
-(`core.method.expert_batch.ExpertBatch`) against one `Expert` at a time, on the shipped toy base, on whatever device
-`pick_device` finds.
+(`core.method.expert_batch.ExpertBatch`) against one `Expert` at a time, on the shipped toy base and scorer
+(artifacts/toy-v2), on whatever device `pick_device` finds.
 
     python -m benchmarks.expert_batch_speed            # N = 8, 32 against 1; writes
                                                        # benchmarks/results/expert_batch_speed[_<device>].json
@@ -21,8 +21,14 @@ import time
 import numpy as np
 import torch
 
-from benchmarks import toy_reproduction as tr
+from core.config import EvaluateConfig, ExpertConfig, WorldConfig
 from core.models.device import pick_device
+from core.toy.evaluation import eval_set
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,27 +36,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sizes", default=None, help="comma-separated N (default 8,32; --quick 4)")
-    p.add_argument("--artifacts", default="artifacts/toy")
+    p.add_argument("--base", default="artifacts/toy-v2/base")
+    p.add_argument("--scorer", default="artifacts/toy-v2/scorer")
+    p.add_argument("--world-version", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     from core.method.expert import Expert
     from core.method.expert_batch import ExpertBatch
+    from core.models.backbone import load_backbone
+    from core.models.scorer import load_scorer
 
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(2)
     steps = args.steps or (4 if args.quick else 50)
     sizes = [int(x) for x in (args.sizes or ("4" if args.quick else "8,32")).split(",")]
-    base, scorer, _ = tr.load_artifacts(args.artifacts, device)
-    cfg = tr.expert_config(tr.FULL, steps)
-    subjects = tr.g_subjects(tr.FULL)[: max(sizes)]
-    records = [tr.subject_record(x, 5, 8, np.random.default_rng(i), False) for i, x in enumerate(subjects)]
+    base, scorer = load_backbone(args.base).to(device), load_scorer(args.scorer)
+    cfg = ExpertConfig(steps=steps, batch_size=16, lr=5e-4, num_inference_steps=25, guidance_scale=1.5)
+    world = WorldConfig(version=args.world_version)
+    records = eval_set(world, EvaluateConfig(num_subjects=max(sizes), prompts_per_subject=8, num_demos=5))
 
     def timed(fn) -> float:
-        tr.sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        tr.sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     # One at a time: a warm-up subject, then the median of 3.
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     expert.reset()
     result = {
         "device": str(torch.cuda.get_device_name() if device.type == "cuda" else device),
+        "base": args.base,
         "steps": steps,
         "single_s_per_subject": round(single, 3),
         "batches": {},

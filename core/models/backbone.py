@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
         "max_length": 24,
     },
     # 32x32 pixel space, about 1.8 M UNet parameters, cross-attention at 16x16 and 8x8 (small enough to train on a
-    # few CPU cores): a toy-world base, pretrained by apps.toy_pretrain.
+    # few CPU cores): a toy-world base, pretrained by apps.pretrain.
     "toy": {
         "resolution": 32,
         "unet": {
@@ -60,8 +60,8 @@ PRESETS: dict[str, dict] = {
         "max_length": 24,
     },
 }
-# The toy preset, wider (about 3.7 M UNet parameters; the base shipped in artifacts/toy): for a GPU, where the small
-# one is launch-bound anyway. Width 64 for text: CLIP's 49,408-token embedding table is most of the text encoder.
+# The toy preset, wider (about 3.7 M UNet parameters): for a GPU, where the small one is launch-bound anyway. Width
+# 64 for text: CLIP's 49,408-token embedding table is most of the text encoder.
 PRESETS["toy-wide"] = {
     **PRESETS["toy"],
     "unet": {**PRESETS["toy"]["unet"], "block_out_channels": (48, 96, 96), "norm_num_groups": 16},

@@ -1,8 +1,7 @@
 """The toy world's renderer for whole batches, in torch, on the training device.
 
 `toyworld.render` draws one image in numpy. Fed by CPU workers drawing that way, base pretraining on a GPU is
-bound by rendering, not by the GPU (the steps per second of the shipped base's runs are in
-`artifacts/toy/report.json`). Here the same drawing runs on tensors for a whole batch, so the workers only pick
+bound by rendering, not by the GPU. Here the same drawing runs on tensors for a whole batch, so the workers only pick
 scenes and tokenize captions, and the device draws (`python -m benchmarks.toy_render_speed` times both ways).
 `render_batch` reproduces `toyworld.render` pixel for pixel given the same background noise
 (tests/unit/test_toyrender.py); the noise itself comes from a torch generator.

@@ -8,12 +8,13 @@ from apps.config import CONF_DIR, compose
 from core.config import PipelineConfig
 
 
-@pytest.mark.parametrize("experiment", [None, "smoke", "demo"])
+@pytest.mark.parametrize("experiment", [None, "smoke", "demo", "toy_base", "toy_study"])
 def test_experiments_compose_to_the_typed_config(experiment, tmp_path):
     overrides = [f"paths.root={tmp_path}"] + ([f"experiment={experiment}"] if experiment else [])
     config = compose(overrides)
     assert isinstance(config, PipelineConfig)
     assert config.paths.g == f"{tmp_path}/g"
+    assert config.apprentice.demo_encoder_init in (None, f"{tmp_path}/demo_encoder")
     assert config.serve.host == "127.0.0.1"
     if experiment:
         assert config.experiment_name == experiment
