@@ -152,6 +152,23 @@ class ApprenticeLoss(torch.nn.Module):
         return training_loss(self.apprentice, batch, self.cfg.text_dropout, self.cfg.demo_dropout, generator)
 
 
+def load_init(apprentice: Apprentice, folder: str) -> None:
+    """Copy a trained apprentice's weights (a folder written by `save_apprentice`) into `apprentice`; a clear error
+    when they do not fit (another base, demo grid or attention)."""
+    own = apprentice.state_dict()
+    trained = load_apprentice(folder).state_dict()
+    differ = {
+        k: (tuple(v.shape), tuple(own[k].shape)) for k, v in trained.items() if k in own and v.shape != own[k].shape
+    }
+    if set(trained) != set(own) or differ:
+        missing, extra = sorted(set(own) - set(trained))[:5], sorted(set(trained) - set(own))[:5]
+        raise ValueError(
+            f"apprentice.init {folder} does not fit this apprentice (missing {missing}, unexpected {extra}, shapes "
+            f"(file, apprentice) {dict(list(differ.items())[:5])}): it needs the same base, demo_grid and attention"
+        )
+    apprentice.load_state_dict({k: v.to(own[k].dtype) for k, v in trained.items()})
+
+
 def optimizer_fingerprint(opt: torch.optim.Optimizer) -> float:
     """Sum of every floating tensor in the optimizer state: equal before saving and after loading, 0 when fresh."""
     return float(
@@ -217,7 +234,9 @@ class WorkerRun:
         self.apprentice = Apprentice(backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
         self.initial_gates = self.apprentice.gates().detach().clone()
         checkpoint = ray.train.get_checkpoint()
-        if cfg.demo_encoder_init and not checkpoint:  # a new run starts from the warm start; a resumed one has it
+        if cfg.init and not checkpoint:  # a new run continues a trained apprentice; a resumed one has its weights
+            load_init(self.apprentice, storage.local_dir(cfg.init))
+        elif cfg.demo_encoder_init and not checkpoint:  # a new run starts from the warm start; a resumed one has it
             folder = storage.local_dir(cfg.demo_encoder_init)
             load_demo_encoder(self.apprentice, os.path.join(folder, DEMO_ENCODER_FILE))
         self.apprentice.to(self.device)  # before the optimizer state is loaded, so that state lands on the same device
@@ -225,7 +244,7 @@ class WorkerRun:
         self.opt = torch.optim.AdamW(param_groups(self.params, cfg), weight_decay=0.0)
         self.schedule = warmup_cosine(self.opt, cfg.steps, warmup_fraction=cfg.warmup_fraction)
         self.ema = EMAModel(self.params.values(), decay=cfg.ema_decay)
-        self.state = {"step": 0, "losses": [], "epochs": [], "resumes": []}
+        self.state = {"step": 0, "losses": [], "epochs": [], "resumes": [], "init": cfg.init}
         if checkpoint:
             self.restore(checkpoint)
         self.model = ray.train.torch.prepare_model(ApprenticeLoss(self.apprentice, cfg), move_to_device=False)

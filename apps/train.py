@@ -23,6 +23,12 @@ def run(config: PipelineConfig) -> dict:
         raise ValueError(
             f"apprentice.min_demos={acfg.min_demos} must lie in 1..apprentice.num_demos ({acfg.num_demos})"
         )
+    if acfg.init and acfg.demo_encoder_init:
+        raise ValueError(
+            "apprentice.init continues a trained apprentice, demo encoder included: unset demo_encoder_init"
+        )
+    if acfg.init:
+        storage.require(acfg.init, "apprentice.init", "trained apprentice to continue")
     if acfg.demo_encoder_init:
         storage.require(acfg.demo_encoder_init, "apprentice.demo_encoder_init", "demo encoder warm start")
     if acfg.g_wait_s <= 0:

@@ -215,6 +215,10 @@ class ApprenticeConfig:
     # `python -m apps.demo_encoder`: a folder holding demo_encoder.safetensors), loaded before the first step of a
     # new run.
     demo_encoder_init: str | None = None
+    # A trained apprentice to continue (a folder written by apps.train: its UNet, text encoder, demo encoder and
+    # attention branches), loaded before the first step of a new run in place of the base and the warm start; it
+    # must have this run's `demo_grid` and `attention`.
+    init: str | None = None
     demo_grid: int = 4  # each demo image becomes demo_grid**2 tokens
     attention: str = (
         "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens

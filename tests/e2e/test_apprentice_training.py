@@ -205,3 +205,14 @@ def test_a_spent_budget_ends_the_run_with_a_checkpoint_that_the_next_run_continu
     assert state["step"] == 8 and len(state["losses"]) == 8
     (resume,) = state["resumes"]
     assert resume["checkpoint_step"] == 2 and resume["first_step"] == 3
+
+    # `apprentice.init`: a new run (another name) starts from the exported apprentice instead of the base.
+    from actors.apprentice_trainer import export
+
+    folder = str(tmp_path / "exported")
+    with again["result"].checkpoint.as_directory() as ckpt:
+        export(ckpt, folder, use_ema=True)
+    thread, cont = start_fit(config, dataclasses.replace(cfg, steps=2, init=folder), config.paths.g, root, "init")
+    thread.join(timeout=600)
+    state = final_state(cont)
+    assert state["init"] == folder and state["step"] == 2 and state["resumes"] == []
