@@ -3,8 +3,10 @@ the expert stage writes that G (the experts' renders at `paths.g`; the others be
 train stage trains an apprentice on it (`paths.apprentice`, `<paths.apprentice>-<kind>`); then the evaluate stage
 compares them on test subjects (with `evaluate.demo_counts` for the demo curve). With `study.lambdas`, apprentices
 on the experts' G at each threshold are compared first on validation subjects (`world.validation_fraction`), the
-best sets `filter.min_delta`, and they join the test table. The table is evaluate's own `metrics.json`, written to
-`paths.eval/study.{json,md}` with each G's rows and kept rows and the sweep.
+best sets `filter.min_delta`, and they join the test table. With `apprentice.budget_s`, each run trains every
+apprentice for at most that long and evaluates once all of them have reached `apprentice.steps`; until then it
+says which stopped where, and the next run goes on from their checkpoints. The table is evaluate's own
+`metrics.json`, written to `paths.eval/study.{json,md}` with each G's rows and kept rows and the sweep.
 
     python -m apps.study experiment=smoke              # needs D_S, the base and the scorer (the smoke pipeline's)
     python -m apps.study experiment=smoke 'study.kinds=[raw]'   # one more kind beside an existing SuTI apprentice
@@ -22,6 +24,16 @@ from core.config import PipelineConfig
 from core.data import g, storage
 
 ROW = {"finetune": "apprentice", "raw": "raw-cluster apprentice", "oracle": "oracle-G apprentice"}
+
+
+class Unfinished(Exception):
+    """Some apprentice stopped at `apprentice.budget_s` short of its steps: nothing is evaluated until all are done."""
+
+
+def check_finished(stages: dict) -> None:
+    names = [name for name, out in stages.items() if name.startswith("train[") and not out.get("finished", True)]
+    if names:
+        raise Unfinished(", ".join(f"{n} at step {stages[n]['steps']}" for n in names))
 
 
 def paths_for(config: PipelineConfig, kind: str) -> tuple[str, str]:
@@ -61,6 +73,7 @@ def sweep_lambda(config: PipelineConfig, stages: dict) -> dict:
                 paths=dataclasses.replace(cfg.paths, apprentice=folders[name]),
             )
         )
+    check_finished(stages)
     validation = dataclasses.replace(
         config,
         evaluate=dataclasses.replace(
@@ -99,18 +112,25 @@ def run(config: PipelineConfig) -> dict:
         raise ValueError(f"unknown study.kinds {unknown}; known: {list(ROW)}")
     stages, g_sizes, sweep = {}, {}, None
     with ray_cluster(config.cluster):
-        if config.study.lambdas:
-            sweep = sweep_lambda(config, stages)
-            config = dataclasses.replace(config, filter=dataclasses.replace(config.filter, min_delta=sweep["chosen"]))
-        for kind in kinds:
-            cfg = with_kind(config, kind)
-            stages[f"experts[{kind}]"] = experts.run(cfg)
-            stages[f"train[{kind}]"] = train.run(cfg)
-            g_sizes[kind] = {
-                "rows": g.count_kept(cfg.paths.g, None),
-                "kept": g.count_kept(cfg.paths.g, config.filter.min_delta),
-                "min_delta": config.filter.min_delta,
-            }
+        try:
+            if config.study.lambdas:
+                sweep = sweep_lambda(config, stages)
+                config = dataclasses.replace(
+                    config, filter=dataclasses.replace(config.filter, min_delta=sweep["chosen"])
+                )
+            for kind in kinds:
+                cfg = with_kind(config, kind)
+                stages[f"experts[{kind}]"] = experts.run(cfg)
+                stages[f"train[{kind}]"] = train.run(cfg)
+                g_sizes[kind] = {
+                    "rows": g.count_kept(cfg.paths.g, None),
+                    "kept": g.count_kept(cfg.paths.g, config.filter.min_delta),
+                    "min_delta": config.filter.min_delta,
+                }
+            check_finished(stages)
+        except Unfinished as stopped:
+            print(f"[study] apprentices stopped by apprentice.budget_s ({stopped}): run the study again to go on")
+            return {"stage": "study", "unfinished": str(stopped), "stages": stages}
         others = {ROW[k]: paths_for(config, k)[1] for k in kinds if k != "finetune"}
         if sweep is not None:  # the sweep's apprentices on test subjects too, beside the chosen one
             others.update(

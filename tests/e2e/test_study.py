@@ -51,3 +51,19 @@ def test_study_trains_an_apprentice_on_each_kind_of_g_and_tables_them_with_evalu
     for kind in ("raw", "oracle"):
         trained = out["table"][{"raw": "raw-cluster apprentice", "oracle": "oracle-G apprentice"}[kind]]
         assert 0.0 <= trained["text_fidelity"] <= 1.0 and trained["images"] > 0
+
+
+def test_a_study_whose_apprentices_stop_at_their_budget_evaluates_nothing_yet(smoke, tmp_path):
+    """With `apprentice.budget_s` spent before `apprentice.steps`, the study reports which apprentice stopped where
+    and evaluates nothing; the stopped run is there for the next study run to continue."""
+    config, _ = smoke
+    config = dataclasses.replace(
+        config,
+        paths=dataclasses.replace(config.paths, eval=str(tmp_path / "eval"), apprentice=str(tmp_path / "apprentice")),
+        study=dataclasses.replace(config.study, kinds=["raw"]),
+        apprentice=dataclasses.replace(config.apprentice, steps=40, log_every=2, budget_s=0.0),
+    )
+    out = run(config)
+    assert out["unfinished"].startswith("train[raw] at step 2"), out
+    assert out["stages"]["train[raw]"]["finished"] is False
+    assert not storage.exists(storage.join(config.paths.eval, "metrics.json"))
