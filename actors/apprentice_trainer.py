@@ -232,13 +232,13 @@ class WorkerRun:
         self.device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
         backbone = load_backbone(storage.local_dir(job.base_uri))
         self.apprentice = Apprentice(backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
-        self.initial_gates = self.apprentice.gates().detach().clone()
         checkpoint = ray.train.get_checkpoint()
         if cfg.init and not checkpoint:  # a new run continues a trained apprentice; a resumed one has its weights
             load_init(self.apprentice, storage.local_dir(cfg.init))
         elif cfg.demo_encoder_init and not checkpoint:  # a new run starts from the warm start; a resumed one has it
             folder = storage.local_dir(cfg.demo_encoder_init)
             load_demo_encoder(self.apprentice, os.path.join(folder, DEMO_ENCODER_FILE))
+        self.initial_gates = self.apprentice.gates().detach().clone()
         self.apprentice.to(self.device)  # before the optimizer state is loaded, so that state lands on the same device
         self.params = named_trainable(self.apprentice)
         self.opt = torch.optim.AdamW(param_groups(self.params, cfg), weight_decay=0.0)
@@ -385,7 +385,7 @@ class WorkerRun:
                 self.writer.add_scalar("train/samples_per_s", speed, step)
                 self.writer.flush()
             self.window_start, self.window_samples = now, 0
-            if step < cfg.steps:
+            if step < cfg.steps and not self.out_of_budget:
                 self.report(False)
 
     def budget_spent(self) -> bool:
@@ -417,11 +417,11 @@ class WorkerRun:
             seen_rows += len(batch["image"])
             steps += 1
             self.bar.update(1)
+            # Every worker asks at the same steps (the broadcast in budget_spent), before any break below.
+            if state["step"] < cfg.steps and state["step"] % cfg.log_every == 0 and self.budget_spent():
+                self.out_of_budget = True  # the run's last report checkpoints this step, after the epoch's record
             self.log()
-            if state["step"] >= cfg.steps or steps >= epoch_steps:
-                break
-            if state["step"] % cfg.log_every == 0 and self.budget_spent():
-                self.out_of_budget = True
+            if self.out_of_budget or state["step"] >= cfg.steps or steps >= epoch_steps:
                 break
         if hasattr(batches, "close"):
             batches.close()

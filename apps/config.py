@@ -31,6 +31,10 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
         config.paths.readers = str(Path(CONF_DIR).parent / config.paths.readers)  # shipped: relative to the project
     for f in dataclasses.fields(config.paths):
         setattr(config.paths, f.name, storage.absolute_uri(getattr(config.paths, f.name)))
+    # Folders Ray Train workers load (they run in a working directory of their own): absolute, like the paths.
+    ap = config.apprentice
+    ap.demo_encoder_init = storage.absolute_uri(ap.demo_encoder_init) if ap.demo_encoder_init else None
+    ap.init = storage.absolute_uri(ap.init) if ap.init else None
     if config.model.path and config.model.path.startswith("hf://"):  # a repo in the local Hugging Face cache
         from core.models.backbone import resolve_model_dir
 
@@ -44,6 +48,16 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     if db.clip_model.startswith(LOCAL_DIR):
         db.clip_model = LOCAL_DIR + storage.absolute_uri(db.clip_model[len(LOCAL_DIR) :])
     return config
+
+
+def invocation() -> str:
+    """The command line that started this process, as `python -m <module> <overrides>` (the module that ran as
+    `__main__`: a stage's own app, or apps.pipeline when the stage runs inside the pipeline)."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None else os.path.basename(sys.argv[0])
+    return " ".join(["python -m", module, *sys.argv[1:]])
 
 
 def compose(overrides: list[str] | None = None) -> PipelineConfig:
@@ -62,6 +76,7 @@ RUN_NAME_EXCLUDES = (
     "hydra.",
     "hydra/",
     "serve.",
+    "apprentice.budget_s",  # how long one run trains, not what it trains: runs with other budgets continue each other
     "dreambench.data",
     "dreambench.dino",
     "dreambench.clip_model",

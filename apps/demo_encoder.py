@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 
 from actors.cluster import ray_cluster, remote_call
-from apps.config import base_uri, require_base, stage_main
+from apps.config import base_uri, invocation, require_base, stage_main
 from core.config import PipelineConfig
 from core.data import storage
 
@@ -59,7 +58,7 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
 
 
 def run(config: PipelineConfig) -> dict:
-    command = "python -m apps.demo_encoder " + " ".join(sys.argv[1:])
+    command = invocation()
     require_base(config)
     with ray_cluster(config.cluster):
         out = remote_call(train_and_save, config, command, num_cpus=1)

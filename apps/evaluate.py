@@ -99,8 +99,8 @@ def expert_rows(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[
     counts = sorted({*config.evaluate.expert_steps, expert_cfg.steps})
     if counts[0] < 1:
         raise ValueError(f"evaluate.expert_steps {config.evaluate.expert_steps} must be positive step counts")
-    if len(counts) > 1:
-        expert_cfg = dataclasses.replace(expert_cfg, steps=counts[-1], checkpoints=counts)
+    # One fine-tuning run per subject renders every row (a lone row needs no checkpoints).
+    expert_cfg = dataclasses.replace(expert_cfg, steps=counts[-1], checkpoints=counts if len(counts) > 1 else [])
     expert_results, _ = run_pool(
         plain,
         base_uri(config),
@@ -145,6 +145,17 @@ def expert_plateau(config: PipelineConfig, table: dict) -> dict | None:
     }
 
 
+def check_readers_world(config: PipelineConfig) -> None:
+    """Readers read the world they were trained on: refuse readers whose info.json names another world version."""
+    info_uri = storage.join(config.paths.readers, "info.json")
+    made_for = json.loads(storage.read_bytes(info_uri)).get("world_version") if storage.exists(info_uri) else None
+    if made_for is not None and made_for != config.world.version:
+        raise ValueError(
+            f"the readers at {config.paths.readers} (paths.readers) read world version {made_for}, not "
+            f"world.version={config.world.version}: make readers for it with python -m apps.readers"
+        )
+
+
 def run(config: PipelineConfig) -> dict:
     from core.models.scorer import load_scorer
 
@@ -158,6 +169,7 @@ def run(config: PipelineConfig) -> dict:
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")
     require_base(config)
     storage.require(config.paths.readers, "paths.readers", "toy attribute readers (artifacts/toy-v2/readers)")
+    check_readers_world(config)
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     # The expert row is the experts' renders, whatever kind of G this configuration writes.

@@ -14,7 +14,7 @@ from itertools import islice
 from actors.cluster import ray_cluster
 from actors.expert_pool import run_pool
 from apps.config import base_uri, require_base, stage_main
-from core.config import PipelineConfig, config_hash
+from core.config import PipelineConfig, config_hash, to_dict
 from core.data import schema, storage
 from core.models.backbone import weight_files
 
@@ -25,13 +25,19 @@ def provenance(config: PipelineConfig) -> dict:
     base = storage.local_dir(base_uri(config))
     return {
         "base_checkpoint_hash": storage.sha256_files(weight_files(base)),
-        "expert_config_hash": config_hash(config.expert),
+        # What shapes the renders in G: not `checkpoints`, which only adds evaluate's renders on the way.
+        "expert_config_hash": config_hash({k: v for k, v in to_dict(config.expert).items() if k != "checkpoints"}),
         "scorer_hash": load_scorer(storage.local_dir(config.paths.scorer)).digest,
     }
 
 
 def run(config: PipelineConfig) -> dict:
     # D_S streams in batches of rows: the driver never holds it whole (demo images included).
+    if config.expert.checkpoints:
+        raise ValueError(
+            "expert.checkpoints renders evaluate's fidelity-by-steps curve (evaluate.expert_steps sets it); the "
+            "experts stage writes G at expert.steps: leave it empty"
+        )
     total, records = storage.iter_rows(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
     require_base(config)
     storage.require(config.paths.scorer, "paths.scorer", "toy scorer")

@@ -49,6 +49,14 @@ def run(config: PipelineConfig) -> dict:
                 f"{json.dumps(summaries[name], default=str)[:300]}",
                 flush=True,
             )
+            if summaries[name].get("finished") is False:  # apprentice.budget_s stopped training short of its steps
+                rest = config.stages[config.stages.index(name) + 1 :]
+                print(
+                    f"[pipeline] the apprentice stopped at step {summaries[name]['steps']} of "
+                    f"{config.apprentice.steps} (apprentice.budget_s): run again to go on; not run now: {rest}",
+                    flush=True,
+                )
+                break
     return summaries
 
 

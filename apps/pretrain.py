@@ -19,11 +19,10 @@ guidance scale of that measurement is chosen first, by identity on train subject
 from __future__ import annotations
 
 import platform
-import sys
 import time
 
 from actors.cluster import ray_cluster, remote_call
-from apps.config import stage_main
+from apps.config import invocation, stage_main
 from core.config import PipelineConfig
 from core.data import storage
 
@@ -117,7 +116,7 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
 
 
 def run(config: PipelineConfig) -> dict:
-    command = "python -m apps.pretrain " + " ".join(sys.argv[1:])
+    command = invocation()
     with ray_cluster(config.cluster):
         out = remote_call(train_and_save, config, command, num_cpus=1)
     return {"stage": "pretrain", **out, "out": config.paths.base}

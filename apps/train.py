@@ -23,13 +23,9 @@ def run(config: PipelineConfig) -> dict:
         raise ValueError(
             f"apprentice.min_demos={acfg.min_demos} must lie in 1..apprentice.num_demos ({acfg.num_demos})"
         )
-    if acfg.init and acfg.demo_encoder_init:
-        raise ValueError(
-            "apprentice.init continues a trained apprentice, demo encoder included: unset demo_encoder_init"
-        )
-    if acfg.init:
+    if acfg.init:  # a trained apprentice brings its own demo encoder: demo_encoder_init is not used then
         storage.require(acfg.init, "apprentice.init", "trained apprentice to continue")
-    if acfg.demo_encoder_init:
+    elif acfg.demo_encoder_init:
         storage.require(acfg.demo_encoder_init, "apprentice.demo_encoder_init", "demo encoder warm start")
     if acfg.g_wait_s <= 0:
         storage.require(config.paths.g, "paths.g", "G (expert renders)")
@@ -42,7 +38,11 @@ def run(config: PipelineConfig) -> dict:
     # while a killed run, or one whose G grew, resumes. (Not the shard list: G may grow while training runs.)
     identity = config_hash(
         {
-            "apprentice": {k: v for k, v in to_dict(acfg).items() if k != "budget_s"},
+            # Not the budget (runs with other budgets continue each other), nor init unless set (names stay those of
+            # runs made before the option existed).
+            "apprentice": {
+                k: v for k, v in to_dict(acfg).items() if k != "budget_s" and not (k == "init" and v is None)
+            },
             "min_delta": config.filter.min_delta,
             "base": base,
             "g": storage.absolute_uri(config.paths.g),

@@ -20,7 +20,7 @@ from core.config import ExpertConfig
 from core.data.images import from_png, to_png
 from core.models import backbone as bb
 from core.models import sampling
-from core.models.device import autocast, step_done
+from core.models.device import autocast, step_done, wait
 from core.models.scorer import Scorer
 from core.models.tokenizer import tokenize
 from core.toy import world as toyworld
@@ -118,6 +118,8 @@ class Expert:
     ):
         if cfg.kind not in ("finetune", "oracle", "raw"):
             raise ValueError(f"unknown expert.kind {cfg.kind!r}; one of finetune, oracle, raw")
+        if any(n < 1 or n > cfg.steps for n in cfg.checkpoints):
+            raise ValueError(f"expert.checkpoints {cfg.checkpoints} must lie in 1..expert.steps ({cfg.steps})")
         self.backbone = backbone
         self.scorer = scorer
         self.cfg = cfg
@@ -212,8 +214,6 @@ class Expert:
             nan = float("nan")
             return rows, {"subject_id": record["subject_id"], "first_loss": nan, "last_loss": nan,
                           "fine_tune_s": 0.0, "sample_s": elapsed}  # fmt: skip
-        if any(n < 1 or n > cfg.steps for n in cfg.checkpoints):
-            raise ValueError(f"expert.checkpoints {cfg.checkpoints} must lie in 1..expert.steps ({cfg.steps})")
         demo_images = [from_png(b) for b in record["demo_images"]]
         seed = seed_for(cfg.seed, record["subject_id"])
         checkpoints: dict[int, dict] = {}
@@ -221,8 +221,10 @@ class Expert:
 
         def at_checkpoint(step: int) -> None:
             if step in cfg.checkpoints and step != cfg.steps:
+                wait(self.backbone.device)
                 t = time.perf_counter()
                 rows = self._render_rows(record, demo_images, seed)
+                wait(self.backbone.device)
                 sample_s = time.perf_counter() - t
                 fine_tune_s = t - start - rendering[0]
                 rendering[0] += sample_s
@@ -230,6 +232,7 @@ class Expert:
 
         on_step = at_checkpoint if cfg.checkpoints else None
         losses = self.fine_tune(demo_images, record["demo_captions"], seed, on_step=on_step)
+        wait(self.backbone.device)
         tuned = time.perf_counter()
         rows = self._render_rows(record, demo_images, seed)
         stats = {

@@ -29,6 +29,12 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def wait(device: torch.device) -> None:
+    """Block until the work queued on `device` is done (CUDA runs asynchronously), so a timer read next counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_done(device: torch.device) -> None:
     """End of one training or sampling step. On XLA this cuts the lazily traced graph (`torch_xla.sync()`): without
     it each step's graph holds every step before it, and is compiled again, ever larger (found by the XLA check,

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from actors.apprentice_trainer import fit
 from benchmarks.processes import processes_named
 from core.config import to_dict
@@ -216,3 +218,8 @@ def test_a_spent_budget_ends_the_run_with_a_checkpoint_that_the_next_run_continu
     thread.join(timeout=600)
     state = final_state(cont)
     assert state["init"] == folder and state["step"] == 2 and state["resumes"] == []
+    from core.pipelines.suti import load_apprentice
+
+    exported = load_apprentice(folder).gates().detach().numpy()
+    assert np.abs(exported).max() > 0  # trained gates, not a fresh apprentice's zeros
+    assert np.allclose(state["initial_gates"], exported, atol=1e-3)  # the run started from them

@@ -14,7 +14,7 @@ from core.method.mining import mine
 from core.models.scorer import create_scorer, load_scorer, save_scorer
 from core.toy import world as toyworld
 
-SHIPPED_SCORER = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "scorer")
+SHIPPED_SCORER = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy-v2", "scorer")
 
 
 @pytest.fixture(scope="module")

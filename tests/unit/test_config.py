@@ -129,3 +129,14 @@ def test_a_sweep_job_is_named_by_the_overrides_that_change_what_it_computes():
     assert run_names(["model.path=/w/base"]) == ("model.path=_w_base", "")  # one folder level, whatever the value
     long = run_names([f"expert.resources={{TPU: {i}}}" for i in range(40)])[0]
     assert len(long) <= 200 and long != run_names([f"expert.resources={{TPU: {i}}}" for i in range(41)])[0]
+
+
+def test_warm_start_folders_become_absolute_for_ray_train_workers():
+    """Ray Train runs each worker in a working directory of its own: the folders a worker loads are made absolute
+    when the config is composed, like the paths, even when they come from a relative `paths.root`."""
+    import os
+
+    config = compose(["experiment=toy_study", "apprentice.init=some/apprentice"])
+    assert os.path.isabs(config.apprentice.demo_encoder_init)
+    assert config.apprentice.demo_encoder_init == config.paths.demo_encoder
+    assert config.apprentice.init == os.path.abspath("some/apprentice")

@@ -13,7 +13,7 @@ from core.toy import evaluation
 from core.toy import world as tw
 from core.toy.readers import load_readers
 
-READERS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy", "readers")
+READERS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts", "toy-v2", "readers")
 
 
 def test_metrics_reach_their_maximum_on_identical_and_oracle_images():
@@ -82,3 +82,19 @@ def test_the_experts_plateau_is_the_fewest_steps_reaching_the_best_interval():
     table["expert, 40 steps"] = row(0.59, 0.5)
     assert expert_plateau(config, table)["steps"] == 60
     assert expert_plateau(PipelineConfig(), table) is None  # no expert_steps: no curve
+
+
+def test_readers_made_for_another_world_version_are_refused(tmp_path):
+    import dataclasses
+    import json
+
+    from apps.evaluate import check_readers_world
+    from core.config import PathsConfig, PipelineConfig
+
+    (tmp_path / "info.json").write_text(json.dumps({"world_version": 1}))
+    config = PipelineConfig(paths=PathsConfig(readers=str(tmp_path)))
+    with pytest.raises(ValueError, match="read world version 1, not world.version=2"):
+        check_readers_world(config)
+    check_readers_world(dataclasses.replace(config, world=WorldConfig(version=1)))
+    (tmp_path / "info.json").write_text(json.dumps({"steps": 3}))  # says nothing: trusted
+    check_readers_world(config)

@@ -323,6 +323,6 @@ def test_expert_checkpoints_render_what_a_shorter_fine_tune_renders(backbone, de
     assert "checkpoints" not in plain_stats
     assert stats["checkpoints"][1]["rows"][0]["image"] == short[0]["image"]
     assert rows[0]["image"] == plain[0]["image"] != short[0]["image"]
-    with pytest.raises(ValueError, match="expert.checkpoints"):
-        run(checkpoints=[4])
     expert.reset()
+    with pytest.raises(ValueError, match="expert.checkpoints"):
+        Expert(backbone, scorer, dataclasses.replace(cfg, checkpoints=[4]), provenance)
