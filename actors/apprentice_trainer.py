@@ -333,7 +333,10 @@ class WorkerRun:
         found = None
         if self.rank == 0:
             found = manifest.plan(
-                self.job.g_uri, self.job.min_delta, self.world, g.read_manifest(self.job.g_uri, manifest.PLAN_COLUMNS)
+                self.job.g_uri,
+                self.job.min_delta,
+                self.world,
+                g.read_manifest(self.job.g_uri, manifest.PLAN_COLUMNS, live_only=True),
             )
         if self.world > 1:
             box = [found]

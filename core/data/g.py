@@ -78,10 +78,10 @@ def write_subject(rows: list[dict], g_uri: str, subject_id: str, kind: str = "fi
     return entry
 
 
-def read_manifest(g_uri: str, columns: Iterable[str] | None = None) -> manifest.Manifest:
-    """G's manifest (only `columns`, if given: `manifest.read`); a G folder of the per-subject layout without one
-    gets a clear error naming the migration."""
-    m = manifest.read(g_uri, columns)
+def read_manifest(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = False) -> manifest.Manifest:
+    """G's manifest (only `columns` and the live shards, if asked: `manifest.read`); a G folder of the per-subject
+    layout without one gets a clear error naming the migration."""
+    m = manifest.read(g_uri, columns, live_only)
     if not m.live.num_rows and not manifest.exists(g_uri) and storage.list_shards(g_uri):
         raise storage.MissingInputError(
             f"G at '{g_uri}' has shards but no {manifest.MANIFEST}/: it predates the manifest; record it with "
@@ -93,7 +93,7 @@ def read_manifest(g_uri: str, columns: Iterable[str] | None = None) -> manifest.
 def check_single_provenance(g_uri: str, expected: Mapping | None = None) -> None:
     """Refuse a G whose renders come from more than one (base, expert config, scorer, kind), or from another one
     than `expected` (a provenance dict: the run about to add to G). Reads the manifest only."""
-    manifest.check_single(read_manifest(g_uri, manifest.PLAN_COLUMNS), expected)
+    manifest.check_single(read_manifest(g_uri, manifest.PLAN_COLUMNS, live_only=True), expected)
 
 
 def shard_entry(shard: str, kind: str) -> dict:
@@ -175,7 +175,7 @@ def resume_state(g_uri: str, provenance: Mapping) -> ResumeState:
 def count_kept(g_uri: str, min_delta: float | None) -> int:
     """Rows of G passing the threshold, from the manifest (or, at a threshold it does not record, the shards'
     `delta` columns)."""
-    return sum(manifest.plan(g_uri, min_delta, 1, read_manifest(g_uri, manifest.PLAN_COLUMNS)).rows)
+    return sum(manifest.plan(g_uri, min_delta, 1, read_manifest(g_uri, manifest.PLAN_COLUMNS, live_only=True)).rows)
 
 
 def live_shards(g_uri: str) -> list[str]:

@@ -186,9 +186,11 @@ def exists(g_uri: str) -> bool:
     return bool(snapshots or segments)
 
 
-def read(g_uri: str, columns: Iterable[str] | None = None) -> Manifest:
+def read(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = False) -> Manifest:
     """G's manifest now: the newest snapshot and the segments it did not fold, applied (opens no data shard).
-    `columns`: read only these of `MANIFEST_SCHEMA` (plus op, shard and committed_at), e.g. `PLAN_COLUMNS`."""
+    `columns`: read only these of `MANIFEST_SCHEMA` (plus op, shard and committed_at), e.g. `PLAN_COLUMNS`.
+    `live_only`: the live shards alone (what planning needs): a snapshot's tombstones, which after merges can
+    outnumber its live entries many times, are not read, and `removed` holds only those of unfolded segments."""
     cols = None
     if columns is not None:
         wanted = set(columns) | {"op", "shard", "committed_at"}
@@ -198,16 +200,22 @@ def read(g_uri: str, columns: Iterable[str] | None = None) -> Manifest:
     tables, folded, snapshot, live_rows = [], set(), None, None
     if snapshots:
         snapshot = snapshots[-1]
-        table = pq.read_table(f"{folder}/{snapshot}", filesystem=fs, columns=cols)
-        meta = table.schema.metadata or {}
+        file = pq.ParquetFile(f"{folder}/{snapshot}", filesystem=fs)
+        meta = file.schema_arrow.metadata or {}
         folded = set(json.loads(meta.get(b"folded", b"[]")))
         live_rows = int(meta[b"live"]) if b"live" in meta else None
+        live_groups = int(meta[b"live_groups"]) if b"live_groups" in meta else None
+        if live_only and live_groups is not None:  # the live entries are the snapshot's first row groups
+            table = file.read_row_groups(range(live_groups), columns=cols) if live_groups else None
+            table = table if table is not None else _empty().select(cols or MANIFEST_SCHEMA.names)
+        else:
+            table = file.read(columns=cols)
         tables.append(table.replace_schema_metadata(None))
     pending = [s for s in segments if s not in folded]
     if tables and not pending and live_rows is not None:  # a snapshot alone: its live entries, then its tombstones
         log = tables[0]
         live, removed = log.slice(0, live_rows), log.slice(live_rows)
-        return Manifest(live, removed, snapshot, pending, partial=cols is not None)
+        return Manifest(live, removed, snapshot, pending, partial=cols is not None or live_only)
     tables += [pq.read_table(f"{folder}/{s}", filesystem=fs, columns=cols) for s in pending]
     log = pa.concat_tables(tables) if tables else _empty().select(cols or MANIFEST_SCHEMA.names)
     # Each shard's last row in commit order says what it is now: added (live; a shard committed twice, e.g. a
@@ -220,7 +228,7 @@ def read(g_uri: str, columns: Iterable[str] | None = None) -> Manifest:
     keys = log.select(["op", "shard"]).take(last)
     state = log.take(pc.take(last, pc.sort_indices(keys, sort_keys=[("op", "ascending"), ("shard", "ascending")])))
     adds = int(pc.sum(pc.equal(state.column("op"), "add")).as_py() or 0)
-    return Manifest(state.slice(0, adds), state.slice(adds), snapshot, pending, partial=cols is not None)
+    return Manifest(state.slice(0, adds), state.slice(adds), snapshot, pending, partial=cols is not None or live_only)
 
 
 def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
@@ -235,11 +243,18 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
         prev = pq.read_schema(f"{folder}/{m.snapshot}", filesystem=fs).metadata or {}
         folded = sorted(set(folded) | set(json.loads(prev.get(b"folded", b"[]"))))
-    table = table.replace_schema_metadata({"folded": json.dumps(folded), "live": str(m.live.num_rows)})
+    # The live entries in a row group of their own, first, so that planning reads them without the tombstones.
+    live_groups = 1 if m.live.num_rows else 0
+    meta = {"folded": json.dumps(folded), "live": str(m.live.num_rows), "live_groups": str(live_groups)}
+    table = table.replace_schema_metadata(meta)
     name = f"snapshot-{_stamp()}"
     tmp = f"{folder}/.{name}{storage.TMP_SUFFIX}"
     fs.create_dir(folder, recursive=True)
-    pq.write_table(table, tmp, filesystem=fs)
+    with pq.ParquetWriter(tmp, table.schema, filesystem=fs) as writer:
+        if live_groups:
+            writer.write_table(table.slice(0, m.live.num_rows), row_group_size=m.live.num_rows)
+        if m.removed.num_rows:
+            writer.write_table(table.slice(m.live.num_rows))
     fs.move(tmp, f"{folder}/{name}{storage.SHARD_SUFFIX}")
     for old in [*m.segments, *snapshots]:
         _delete(fs, f"{folder}/{old}")
@@ -326,7 +341,7 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
     workers by at most a row group (a subject's rows). Shard by shard: only a shard that a cut falls in has its row
     groups unpacked. Reads the manifest only, unless `min_delta` is a threshold it does not record: then each
     shard's `delta` column is read once."""
-    m = manifest or read(g_uri, PLAN_COLUMNS)
+    m = manifest or read(g_uri, PLAN_COLUMNS, live_only=True)
     check_single(m)
     names, opened = m.shards, 0
     column = _threshold_column(min_delta)

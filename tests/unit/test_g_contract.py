@@ -221,3 +221,30 @@ def test_planning_shard_by_shard_matches_planning_row_group_by_row_group(tmp_pat
                     nonzero = np.flatnonzero(groups[s]).tolist()
                     assert (idx or nonzero) == want[s], (trial, world, s)
             assert sum(plan.rows) == sum(int(k.sum()) for k in groups)
+
+
+def test_planning_reads_a_snapshots_live_entries_without_its_tombstones(tmp_path):
+    """After merges, a snapshot holds a tombstone per merged-away shard; the live entries are its first row group, so
+    a live-only read (what planning does) skips the tombstones, before and after further commits."""
+    import pyarrow.parquet as pq
+
+    root = str(tmp_path / "g")
+    for i in range(12):
+        g.write_subject(subject_rows(f"s{i:02d}", 4), root, f"s{i:02d}")
+    manifest.compact(root, target_rows=16, final=True)
+    manifest.write_snapshot(root)
+    full = manifest.read(root)
+    assert full.live.num_rows == 3 and full.removed.num_rows == 12
+    (snapshot,), _ = manifest._list(root)
+    meta = pq.ParquetFile(os.path.join(root, manifest.MANIFEST, snapshot)).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 12]
+    live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
+    assert live.shards == full.shards and live.removed.num_rows == 0 and live.partial
+    with pytest.raises(ValueError, match="cannot be written back"):
+        manifest.write_snapshot(root, live)
+    # A commit after the snapshot: a new subject, and a live shard removed; the live-only read applies both.
+    g.write_subject(subject_rows("t", 4), root, "t")
+    manifest.commit(root, removes=[full.shards[0]])
+    live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
+    assert live.shards == manifest.read(root).shards and full.shards[0] not in live.shards
+    assert manifest.plan(root, 0.0, 2).rows == manifest.plan(root, 0.0, 2, manifest.read(root)).rows
