@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -53,8 +54,6 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
 def invocation() -> str:
     """The command line that started this process, as `python -m <module> <overrides>` (the module that ran as
     `__main__`: a stage's own app, or apps.pipeline when the stage runs inside the pipeline)."""
-    import sys
-
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     module = spec.name if spec is not None else os.path.basename(sys.argv[0])
     return " ".join(["python -m", module, *sys.argv[1:]])
