@@ -54,7 +54,8 @@ def test_pretrain_app_runs_time_boxed_resumable_runs_that_report_each_run(tmp_pa
     assert again.returncode == 0, again.stderr[-2000:]
     report = json.loads((tmp_path / "base" / "report.json").read_text())
     assert report["step"] == 6 and (report["runs"][2]["from_step"], report["runs"][2]["to_step"]) == (6, 6)
-    assert report["runs"][2]["test_identity"]["identity"] == measured["identity"]
+    # The same captions and seeds: the same images up to float rounding, so at most one of the 8 x 3 reads differs.
+    assert abs(report["runs"][2]["test_identity"]["identity"] - measured["identity"]) <= 1 / 24 + 1e-6
     changed = run_app("apps.pretrain", *common, "pretrain.steps=8", "pretrain.prediction_type=v_prediction")
     assert changed.returncode != 0 and "pretrain.resume=false" in changed.stderr
 
