@@ -88,6 +88,11 @@ def sample_apprentice_and_base(config: PipelineConfig, records: list[dict]) -> d
     return out
 
 
+def expert_counts(config: PipelineConfig) -> list[int]:
+    """The fine-tune step counts the experts' rows are rendered at: `expert.steps` and `evaluate.expert_steps`."""
+    return sorted({*config.evaluate.expert_steps, config.expert.steps})
+
+
 def expert_row_name(config: PipelineConfig, steps: int) -> str:
     return "expert" if steps == config.expert.steps else f"expert, {steps} steps"
 
@@ -96,7 +101,7 @@ def expert_rows(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[
     """The per-subject experts' samples (the actor pool, nothing written to G) and their mean seconds per subject:
     the "expert" row at `expert.steps` and, with `evaluate.expert_steps`, a row per step count, all rendered by one
     fine-tuning run per subject (each row's seconds: fine-tuning to its step count, then its renders)."""
-    counts = sorted({*config.evaluate.expert_steps, expert_cfg.steps})
+    counts = expert_counts(config)  # expert_cfg keeps expert.steps
     if counts[0] < 1:
         raise ValueError(f"evaluate.expert_steps {config.evaluate.expert_steps} must be positive step counts")
     # One fine-tuning run per subject renders every row (a lone row needs no checkpoints).
@@ -130,7 +135,7 @@ def expert_rows(config: PipelineConfig, plain: list[dict], expert_cfg) -> tuple[
 def expert_plateau(config: PipelineConfig, table: dict) -> dict | None:
     """The fidelity of the experts by fine-tune steps, and the plateau: the fewest steps whose mean subject fidelity
     reaches the lower end of the 95% interval of the best step count's (None without `evaluate.expert_steps`)."""
-    counts = sorted({*config.evaluate.expert_steps, config.expert.steps})
+    counts = expert_counts(config)
     if len(counts) < 2 or expert_row_name(config, counts[0]) not in table:
         return None
     rows = {n: table[expert_row_name(config, n)] for n in counts}
@@ -190,7 +195,7 @@ def run(config: PipelineConfig) -> dict:
     for name in (["base"] if "base" in wanted else []) + names:
         outputs[name] = sampled[name]
         seconds[name] = float(np.mean(sampled["seconds"][name]))
-    expert_names = [expert_row_name(config, n) for n in sorted({*config.evaluate.expert_steps, config.expert.steps})]
+    expert_names = [expert_row_name(config, n) for n in expert_counts(config)]
     # The table's order: oracle, base, the experts by steps, the apprentices.
     outputs = {k: outputs[k] for k in ["oracle", "base", *expert_names, *names] if k in outputs}
     from core.toy.readers import load_readers
