@@ -6,8 +6,12 @@ shard added or removed):
 - `segment-<time>-<id>.parquet`: one commit. Writers add shards in batches (the expert stage's driver commits every
   `g_layout.commit_every` finished subjects); compaction adds a merged shard and removes the shards it merged in the
   same segment, so a reader sees either the small shards or the merged one, never both and never neither.
-- `snapshot-<time>-<id>.parquet`: the state after folding every segment it names (its schema metadata); the folded
-  segments are deleted after it is written. A reader takes the newest snapshot plus the segments it did not fold.
+- `snapshot-<time>-<id>.parquet`: the state after folding a set of segments, the live entries in a row group of
+  their own before the tombstones; the folded segments are deleted after it is written. A reader takes the newest
+  snapshot plus the segments it did not fold.
+- `counts-<time>-<id>.parquet`, written just before its snapshot and named in its metadata: the live entries'
+  row-group counts (`groups`, the bulk of an entry) in small row groups, and the names of the folded segments.
+  Planning reads the counts of the few shards a cut between workers falls in, not the rest.
 
 Each entry records the shard's rows, its kept rows at each of `KEPT_THRESHOLDS` (so the rows a threshold keeps are
 known without reading a `delta` column), its subjects (resume by name), its provenance and its kind, so planning an
@@ -63,8 +67,13 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-# What planning a read (and checking provenance) needs of the manifest: not its subject lists, the bulk of it.
-PLAN_COLUMNS = ("op", "shard", "rows", "kept", "groups", "kind", "committed_at", *PROVENANCE)
+# What planning a read (and checking provenance) needs of the manifest: not its subject lists nor its row groups'
+# counts, the bulk of it (planning reads the counts of the few shards that a cut between workers falls in, alone).
+PLAN_COLUMNS = ("op", "shard", "rows", "kept", "kind", "committed_at", *PROVENANCE)
+# A snapshot keeps its live entries' `groups` in a file of their own (`counts-<time>-<id>.parquet`, named in the
+# snapshot's metadata), in row groups of this many entries, so that planning reads the counts of the few shards a
+# cut falls in without the rest; the same file's metadata lists the segments the snapshot folded.
+COUNTS_GROUP_ENTRIES = 32
 
 
 def kept_counts(delta: np.ndarray) -> list[int]:
@@ -152,6 +161,9 @@ class Manifest:
     snapshot: str | None = None
     segments: list[str] = field(default_factory=list)  # segment files not folded into the snapshot
     partial: bool = False  # read with some columns only (`read(columns=...)`): not to be written back
+    # The snapshot's counts file, when `live` is the snapshot's live entries as they lie (no segment applied) and
+    # was read without `groups`: `live_column` reads the groups of a few entries from it.
+    counts: str | None = None
 
     @property
     def shards(self) -> list[str]:
@@ -197,25 +209,35 @@ def read(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = Fal
         cols = [n for n in MANIFEST_SCHEMA.names if n in wanted]
     snapshots, segments = _list(g_uri)
     fs, folder = storage.resolve(_folder(g_uri))
-    tables, folded, snapshot, live_rows = [], set(), None, None
+    tables, folded, snapshot, live_rows, counts = [], set(), None, None, None
     if snapshots:
         snapshot = snapshots[-1]
         file = pq.ParquetFile(f"{folder}/{snapshot}", filesystem=fs)
         meta = file.schema_arrow.metadata or {}
-        folded = set(json.loads(meta.get(b"folded", b"[]")))
+        counts = meta[b"counts"].decode() if b"counts" in meta else None
         live_rows = int(meta[b"live"]) if b"live" in meta else None
         live_groups = int(meta[b"live_groups"]) if b"live_groups" in meta else None
+        if counts is None:  # a snapshot written before counts files: the folded segments in its own metadata
+            folded = set(json.loads(meta.get(b"folded", b"[]")))
+        elif segments:  # only segments still lying about can have been folded
+            folded = set(json.loads((pq.read_schema(f"{folder}/{counts}", filesystem=fs).metadata or {})[b"folded"]))
         if live_only and live_groups is not None:  # the live entries are the snapshot's first row groups
             table = file.read_row_groups(range(live_groups), columns=cols) if live_groups else None
             table = table if table is not None else _empty().select(cols or MANIFEST_SCHEMA.names)
         else:
             table = file.read(columns=cols)
-        tables.append(table.replace_schema_metadata(None))
+        table = table.replace_schema_metadata(None)
+        if counts is not None and "groups" in table.column_names:  # the live entries' counts, from their file
+            groups = pq.read_table(f"{folder}/{counts}", filesystem=fs).column("groups")
+            filled = pa.concat_arrays([*groups.chunks, table.column("groups").slice(live_rows).combine_chunks()])
+            table = table.set_column(table.schema.get_field_index("groups"), MANIFEST_SCHEMA.field("groups"), filled)
+            counts = None
+        tables.append(table)
     pending = [s for s in segments if s not in folded]
     if tables and not pending and live_rows is not None:  # a snapshot alone: its live entries, then its tombstones
         log = tables[0]
         live, removed = log.slice(0, live_rows), log.slice(live_rows)
-        return Manifest(live, removed, snapshot, pending, partial=cols is not None or live_only)
+        return Manifest(live, removed, snapshot, pending, cols is not None or live_only, counts)
     tables += [pq.read_table(f"{folder}/{s}", filesystem=fs, columns=cols) for s in pending]
     log = pa.concat_tables(tables) if tables else _empty().select(cols or MANIFEST_SCHEMA.names)
     # Each shard's last row in commit order says what it is now: added (live; a shard committed twice, e.g. a
@@ -231,34 +253,79 @@ def read(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = Fal
     return Manifest(state.slice(0, adds), state.slice(adds), snapshot, pending, partial=cols is not None or live_only)
 
 
+def live_column(g_uri: str, m: Manifest, column: str, indices: list[int]) -> list:
+    """`column` of the live entries at `indices` (of `m.live`), read if `m` was read without it: the `groups` of a
+    snapshot's live entries from the row groups of its counts file that hold them, anything else from the whole
+    manifest, by shard name."""
+    if column in m.live.column_names:
+        return m.live.column(column).take(pa.array(indices, pa.int64())).to_pylist()
+    if not indices:
+        return []
+    fs, folder = storage.resolve(_folder(g_uri))
+    if column == "groups" and m.counts is not None:
+        file = pq.ParquetFile(f"{folder}/{m.counts}", filesystem=fs)
+        sizes = np.array([file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)], np.int64)
+        starts = np.cumsum(sizes) - sizes
+        group = np.searchsorted(starts, np.asarray(indices, np.int64), side="right") - 1  # the row group of each
+        wanted = np.unique(group)
+        values = file.read_row_groups(wanted.tolist(), columns=[column]).column(column)
+        read_start = dict(zip(wanted.tolist(), (np.cumsum(sizes[wanted]) - sizes[wanted]).tolist(), strict=True))
+        at = [read_start[int(g)] + i - int(starts[g]) for i, g in zip(indices, group, strict=True)]
+        return values.take(pa.array(at, pa.int64())).to_pylist()
+    full = read(g_uri, ("shard", column), live_only=True)
+    by_name = dict(zip(full.shards, full.live.column(column).to_pylist(), strict=True))
+    names = m.live.column("shard").take(pa.array(indices, pa.int64())).to_pylist()
+    return [by_name[n] for n in names]
+
+
 def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
-    """Fold the segments into a new snapshot, then delete them and older snapshots. Returns the snapshot's URI."""
+    """Fold the segments into a new snapshot, then delete them and older snapshots. Returns the snapshot's URI.
+    Written in this order, each file whole under its name or not at all: the counts file (the live entries' `groups`
+    and the names of the folded segments), then the snapshot (the live entries in a row group of their own, first,
+    so that planning reads them without the tombstones)."""
     m = manifest or read(g_uri)
     if m.partial:
         raise ValueError("a manifest read with some columns only cannot be written back as a snapshot")
     fs, folder = storage.resolve(_folder(g_uri))
-    snapshots, _ = _list(g_uri)
-    table = pa.concat_tables([m.live, m.removed])
-    folded = sorted(m.segments)
-    if m.snapshot is not None:  # what the previous snapshot folded stays folded, if its files still lie about
-        prev = pq.read_schema(f"{folder}/{m.snapshot}", filesystem=fs).metadata or {}
-        folded = sorted(set(folded) | set(json.loads(prev.get(b"folded", b"[]"))))
-    # The live entries in a row group of their own, first, so that planning reads them without the tombstones.
-    live_groups = 1 if m.live.num_rows else 0
-    meta = {"folded": json.dumps(folded), "live": str(m.live.num_rows), "live_groups": str(live_groups)}
-    table = table.replace_schema_metadata(meta)
-    name = f"snapshot-{_stamp()}"
-    tmp = f"{folder}/.{name}{storage.TMP_SUFFIX}"
+    snapshots, lying = _list(g_uri)
+    # What an earlier snapshot folded stays folded while its segment files still lie about (a deletion that failed).
+    folded = set(m.segments) | (_folded(fs, folder, m.snapshot) & set(lying) if m.snapshot else set())
+    stamp = _stamp()
+    name, counts = f"snapshot-{stamp}", f"counts-{stamp}{storage.SHARD_SUFFIX}"
     fs.create_dir(folder, recursive=True)
+    groups = pa.table({"groups": m.live.column("groups")}).replace_schema_metadata(
+        {"folded": json.dumps(sorted(folded))}
+    )
+    tmp = f"{folder}/.{name}.counts{storage.TMP_SUFFIX}"
+    pq.write_table(groups, tmp, filesystem=fs, row_group_size=COUNTS_GROUP_ENTRIES)
+    fs.move(tmp, f"{folder}/{counts}")
+    live = m.live.set_column(
+        m.live.schema.get_field_index("groups"),
+        MANIFEST_SCHEMA.field("groups"),
+        pa.array([b""] * m.live.num_rows, pa.binary()),
+    )
+    table = pa.concat_tables([live, m.removed]).replace_schema_metadata(
+        {"live": str(m.live.num_rows), "live_groups": str(int(m.live.num_rows > 0)), "counts": counts}
+    )
+    tmp = f"{folder}/.{name}{storage.TMP_SUFFIX}"
     with pq.ParquetWriter(tmp, table.schema, filesystem=fs) as writer:
-        if live_groups:
+        if m.live.num_rows:
             writer.write_table(table.slice(0, m.live.num_rows), row_group_size=m.live.num_rows)
         if m.removed.num_rows:
             writer.write_table(table.slice(m.live.num_rows))
     fs.move(tmp, f"{folder}/{name}{storage.SHARD_SUFFIX}")
-    for old in [*m.segments, *snapshots]:
+    stale = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.startswith("counts-")]
+    for old in [*m.segments, *snapshots, *(c for c in stale if c != counts)]:
         _delete(fs, f"{folder}/{old}")
     return storage.join(_folder(g_uri), name + storage.SHARD_SUFFIX)
+
+
+def _folded(fs: pafs.FileSystem, folder: str, snapshot: str) -> set[str]:
+    """The segments snapshot `snapshot` folded (named in its counts file, or in its own metadata if older)."""
+    meta = pq.read_schema(f"{folder}/{snapshot}", filesystem=fs).metadata or {}
+    if b"counts" in meta:
+        meta = pq.read_schema(f"{folder}/{meta[b'counts'].decode()}", filesystem=fs).metadata or {}
+    return set(json.loads(meta.get(b"folded", b"[]")))
 
 
 def _delete(fs: pafs.FileSystem, path: str) -> None:
@@ -358,11 +425,6 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
         else:
             flat = pc.list_flatten(m.live.column("kept")).to_numpy(zero_copy_only=False)
             shard_kept = flat.reshape(-1, len(KEPT_THRESHOLDS))[:, column - 1].astype(np.int64)
-        packed = m.live.column("groups")
-
-        def groups_kept(s: int) -> np.ndarray:
-            return groups_of(packed.slice(s, 1))[1][:, column].astype(np.int64)
-
     total = int(shard_kept.sum())
     starts = np.cumsum(shard_kept) - shard_kept
     first = starts * world // max(total, 1)
@@ -374,7 +436,15 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
     entries: list[list[tuple[int, list[int] | None]]] = [[] for _ in range(world)]
     for w, s in zip(owner.tolist(), whole.tolist(), strict=True):
         entries[w].append((s, None))
-    for s in nonzero[first[nonzero] != last[nonzero]].tolist():  # at most world - 1 shards: a cut falls in each
+    cut = nonzero[first[nonzero] != last[nonzero]].tolist()  # at most world - 1 shards: a cut falls in each
+    if column is not None:  # their row groups' counts, read from the manifest for these shards alone
+        packed = live_column(g_uri, m, "groups", cut)
+        counts = {
+            s: groups_of(pa.array([p], pa.binary()))[1][:, column].astype(np.int64)
+            for s, p in zip(cut, packed, strict=True)
+        }
+        groups_kept = counts.__getitem__
+    for s in cut:
         kept = groups_kept(s)
         before = starts[s] + np.cumsum(kept) - kept
         worker = np.minimum(world - 1, ((before + kept / 2) * world // total).astype(np.int64))

@@ -224,7 +224,7 @@ def test_planning_shard_by_shard_matches_planning_row_group_by_row_group(tmp_pat
 
 
 def test_planning_reads_a_snapshots_live_entries_without_its_tombstones(tmp_path):
-    """After merges, a snapshot holds a tombstone per merged-away shard; the live entries are its first row group, so
+    """After merges, a snapshot holds a tombstone per merged-away shard; the live entries are its first row groups, so
     a live-only read (what planning does) skips the tombstones, before and after further commits."""
     import pyarrow.parquet as pq
 
@@ -237,7 +237,7 @@ def test_planning_reads_a_snapshots_live_entries_without_its_tombstones(tmp_path
     assert full.live.num_rows == 3 and full.removed.num_rows == 12
     (snapshot,), _ = manifest._list(root)
     meta = pq.ParquetFile(os.path.join(root, manifest.MANIFEST, snapshot)).metadata
-    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 12]
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 12]  # under 128 live entries
     live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
     assert live.shards == full.shards and live.removed.num_rows == 0 and live.partial
     with pytest.raises(ValueError, match="cannot be written back"):
@@ -248,3 +248,37 @@ def test_planning_reads_a_snapshots_live_entries_without_its_tombstones(tmp_path
     live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
     assert live.shards == manifest.read(root).shards and full.shards[0] not in live.shards
     assert manifest.plan(root, 0.0, 2).rows == manifest.plan(root, 0.0, 2, manifest.read(root)).rows
+
+
+def test_planning_reads_the_row_group_counts_of_the_cut_shards_alone(tmp_path, monkeypatch):
+    """A snapshot keeps its live entries' row-group counts in a counts file; planning reads none of them but those of
+    the shards a cut falls in, from the file's row groups holding them. Its plans equal those made from the whole
+    manifest, a column read that way equals the full one, and a snapshot's older counts files are deleted."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(manifest, "COUNTS_GROUP_ENTRIES", 2)  # many row groups of counts from a few shards
+    root = str(tmp_path / "g")
+    for i in range(28):
+        g.write_subject(subject_rows(f"s{i:02d}", 3 + i % 4), root, f"s{i:02d}")
+    manifest.write_snapshot(root)
+    manifest.compact(root, target_rows=12, final=True)
+    manifest.write_snapshot(root)
+    counts = [n for n in os.listdir(os.path.join(root, manifest.MANIFEST)) if n.startswith("counts-")]
+    assert len(counts) == 1  # the first snapshot's went with it
+    full = manifest.read(root)
+    live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
+    assert "groups" not in live.live.column_names and live.counts == counts[0]
+    meta = pq.ParquetFile(os.path.join(root, manifest.MANIFEST, counts[0])).metadata
+    assert meta.num_row_groups == -(-full.live.num_rows // 2) >= 3
+    for world in (2, 3, 5):
+        assert manifest.plan(root, 0.0, world, live).parts == manifest.plan(root, 0.0, world, full).parts
+        assert manifest.plan(root, 0.02, world).rows == manifest.plan(root, 0.02, world, full).rows
+    every = list(range(full.live.num_rows))
+    want = full.live.column("groups").to_pylist()
+    assert all(want) and manifest.live_column(root, live, "groups", every[::-1]) == want[::-1]
+    assert manifest.live_column(root, live, "groups", [1, 4]) == [want[1], want[4]]
+    # After a commit the snapshot's live entries are no longer `live` as they lie: the column is found by name.
+    g.write_subject(subject_rows("t", 4), root, "t")
+    later = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
+    assert later.counts is None
+    assert manifest.plan(root, 0.0, 3, later).parts == manifest.plan(root, 0.0, 3, manifest.read(root)).parts
