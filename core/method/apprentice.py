@@ -328,8 +328,9 @@ class Apprentice(nn.Module):
         return {"new": new, "unet": unet, "base": base, "of_unet": new / unet, "of_base": new / base}
 
     def gates(self) -> torch.Tensor:
-        """The demo branches' gates (empty with `attention="joint"`, which has no branches)."""
-        gates = [b.gate for b in self.adapter.branches.values()]
+        """The demo branches' gates in their names' order, for a built and a loaded apprentice alike (empty with
+        `attention="joint"`, which has no branches)."""
+        gates = [self.adapter.branches[name].gate for name in sorted(self.adapter.branches)]
         return torch.stack(gates) if gates else torch.zeros(0, device=self.unet.device)
 
     def caption_features(self, ids: torch.Tensor) -> torch.Tensor:

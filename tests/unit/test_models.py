@@ -326,3 +326,16 @@ def test_expert_checkpoints_render_what_a_shorter_fine_tune_renders(backbone, de
     expert.reset()
     with pytest.raises(ValueError, match="expert.checkpoints"):
         Expert(backbone, scorer, dataclasses.replace(cfg, checkpoints=[4]), provenance)
+
+
+def test_a_loaded_apprentice_lists_its_gates_in_the_order_of_the_one_saved(tmp_path):
+    """Gates are listed by branch name: an apprentice saved and loaded again gives the same vector, gate by gate."""
+    from core.pipelines.suti import load_apprentice, save_apprentice
+
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0))
+    with torch.no_grad():
+        for i, name in enumerate(sorted(apprentice.adapter.branches)):
+            apprentice.adapter.branches[name].gate.fill_(i + 1.0)
+    folder = str(tmp_path / "saved")
+    save_apprentice(apprentice, folder)
+    assert torch.equal(load_apprentice(folder).gates(), apprentice.gates())
