@@ -410,7 +410,9 @@ class WorkerRun:
         seed = cfg.seed + len(state["epochs"])
         part, rows = plan.parts[self.rank], plan.rows[self.rank]
         shards = [uri for uri, _ in part]
-        dataset = read_g(self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, part)
+        dataset = read_g(
+            self.job.g_uri, self.job.min_delta, self.tokenizer_uri, cfg.num_demos, seed, passes, part, cfg.random_flip
+        )
         # Closed when the step budget ends the epoch early, so this epoch's Ray Data pipeline stops decoding rows
         # nobody will read (it would otherwise run on beside the next stage).
         batches = iter(dataset.iter_torch_batches(batch_size=cfg.batch_size, drop_last=False, device=self.device))

@@ -30,8 +30,11 @@ def _tokenizer(uri: str):
     return AutoTokenizer.from_pretrained(storage.local_dir(uri), local_files_only=True)
 
 
-def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, passes: int = 1) -> dict:
-    """Decode a batch of G rows into arrays for training, each row `passes` times with its own pick of demos.
+def decode_batch(
+    batch: dict, tokenizer_uri: str, num_demos: int, seed: int, passes: int = 1, random_flip: bool = False
+) -> dict:
+    """Decode a batch of G rows into arrays for training, each row `passes` times with its own pick of demos (and,
+    with `random_flip`, its target mirrored left to right half the time).
 
     Returns image (B, 3, H, W) float32 in [-1, 1]; input_ids (B, L) int64; demo_images (B, K, 3, H, W);
     demo_ids (B, K, L), with B = passes * rows. K = `num_demos` demos per row, picked deterministically from the
@@ -44,12 +47,11 @@ def decode_batch(batch: dict, tokenizer_uri: str, num_demos: int, seed: int, pas
         demos = [from_png(d) for d in batch["demo_images"][i]]
         caps = [str(c) for c in batch["demo_captions"][i]]
         for p in range(passes):
-            images.append(image)
             prompts.append(str(batch["prompt"][i]))
             key = (seed, *(batch[k][i] for k in g.KEY), p)
-            pick = np.random.default_rng(seed_for(*key)).choice(
-                len(demos), size=num_demos, replace=len(demos) < num_demos
-            )
+            rng = np.random.default_rng(seed_for(*key))
+            pick = rng.choice(len(demos), size=num_demos, replace=len(demos) < num_demos)
+            images.append(np.ascontiguousarray(image[:, ::-1]) if random_flip and rng.random() < 0.5 else image)
             demo_imgs.append(np.stack([demos[j] for j in pick]))
             demo_caps.extend(caps[j] for j in pick)
     b = len(images)
@@ -83,6 +85,7 @@ def read_g(
     seed: int = 0,
     passes: int = 1,
     part: list[tuple[str, list[int] | None]] | None = None,
+    random_flip: bool = False,
 ) -> ray.data.Dataset:
     """A streaming dataset of decoded G rows with delta > min_delta (every row when min_delta is None).
 
@@ -105,7 +108,13 @@ def read_g(
     )
     return ds.map_batches(
         decode_batch,
-        fn_kwargs={"tokenizer_uri": tokenizer_uri, "num_demos": num_demos, "seed": seed, "passes": passes},
+        fn_kwargs={
+            "tokenizer_uri": tokenizer_uri,
+            "num_demos": num_demos,
+            "seed": seed,
+            "passes": passes,
+            "random_flip": random_flip,
+        },
         batch_format="numpy",
         batch_size=32,
     )

@@ -15,6 +15,9 @@ from apps.config import require_base, stage_main
 from core.config import PipelineConfig, config_hash, to_dict
 from core.data import g, storage
 
+# Apprentice options added after runs were named, with their defaults.
+LATER_OPTIONS = {"init": None, "random_flip": False}
+
 
 def run(config: PipelineConfig) -> dict:
     base = require_base(config)
@@ -38,10 +41,12 @@ def run(config: PipelineConfig) -> dict:
     # while a killed run, or one whose G grew, resumes. (Not the shard list: G may grow while training runs.)
     identity = config_hash(
         {
-            # Not the budget (runs with other budgets continue each other), nor init unless set (names stay those of
-            # runs made before the option existed).
+            # Not the budget (runs with other budgets continue each other), nor options added later while at their
+            # defaults (names stay those of runs made before the options existed).
             "apprentice": {
-                k: v for k, v in to_dict(acfg).items() if k != "budget_s" and not (k == "init" and v is None)
+                k: v
+                for k, v in to_dict(acfg).items()
+                if k != "budget_s" and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])
             },
             "min_delta": config.filter.min_delta,
             "base": base,

@@ -226,6 +226,9 @@ class ApprenticeConfig:
     zero_init: str = "gate"  # separate branches: "gate" (gate at 0) or "out" (output projection at 0, gate at 1)
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
+    # Mirror half the targets left to right (diffusers' `--random_flip`), each row's choice drawn with its demos from
+    # its key, pass and epoch; the demos are left as they are.
+    random_flip: bool = False
     checkpoint_every: int = 100
     # Stop after this many seconds of training (checked every `log_every` steps) with a checkpoint; the next run of
     # the same settings resumes from it on the same step-based schedule. None: train to `steps`. Not part of the

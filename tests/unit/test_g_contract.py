@@ -282,3 +282,31 @@ def test_planning_reads_the_row_group_counts_of_the_cut_shards_alone(tmp_path, m
     later = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
     assert later.counts is None
     assert manifest.plan(root, 0.0, 3, later).parts == manifest.plan(root, 0.0, 3, manifest.read(root)).parts
+
+
+def test_random_flip_mirrors_about_half_the_targets_by_key_and_keeps_the_demos(tmp_path):
+    """`apprentice.random_flip`: a decoded target is the stored image or its mirror, chosen from the row's key and
+    pass (the same on every call), about half of each; demo picks and demos are those of a read without it."""
+    from actors.g_dataset import decode_batch
+    from core.data.images import to_png
+    from core.models.tokenizer import create_tokenizer
+
+    tokenizer = str(tmp_path / "tokenizer")
+    create_tokenizer(16).save_pretrained(tokenizer)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(40)]
+    rows = [row(f"s{i}", "p0", 0.1) for i in range(40)]
+    for r, image in zip(rows, images, strict=True):
+        r.update(image=to_png(image), demo_images=[to_png(image[::-1]), to_png(np.ascontiguousarray(image[:, :, ::-1]))])
+        r["demo_captions"] = ["a ball", "a red ball"]
+    batch = {k: [r[k] for r in rows] for k in rows[0]}
+    plain = decode_batch(batch, tokenizer, 2, seed=3, passes=2)
+    flipped = decode_batch(batch, tokenizer, 2, seed=3, passes=2, random_flip=True)
+    assert np.array_equal(decode_batch(batch, tokenizer, 2, seed=3, passes=2, random_flip=True)["image"],
+                          flipped["image"])  # fmt: skip
+    mirrored = [bool(np.array_equal(f, p[:, :, ::-1])) and not np.array_equal(f, p)
+                for f, p in zip(flipped["image"], plain["image"], strict=True)]  # fmt: skip
+    same = [np.array_equal(f, p) for f, p in zip(flipped["image"], plain["image"], strict=True)]
+    assert all(m or s for m, s in zip(mirrored, same, strict=True)) and 25 <= sum(mirrored) <= 55, sum(mirrored)
+    for key in ("demo_images", "demo_ids", "input_ids"):
+        assert np.array_equal(flipped[key], plain[key])
