@@ -166,6 +166,26 @@ def stage_main(run):
     return main
 
 
+def stage_summary(stdout: str) -> dict:
+    """The JSON summary a stage's `main` prints last, from its standard output ({} when it printed none)."""
+    if "{" not in stdout:
+        return {}
+    start = stdout.rindex("\n{") + 1 if "\n{" in stdout else stdout.index("{")
+    try:
+        return json.loads(stdout[start:])
+    except ValueError:
+        return {}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for `serve.port` of a stage started beside others."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def base_uri(config: PipelineConfig) -> str:
     return config.model.path or config.paths.base
 

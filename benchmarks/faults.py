@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from apps.config import free_port, stage_summary
 from benchmarks.processes import alive, descendants, processes_named
 from core.data import g as gc
 
@@ -91,15 +92,7 @@ class Work:
         return compose([o for o in self.overrides(*extra) if not o.startswith("hydra.")])
 
 
-def summary(stdout: str) -> dict:
-    """The JSON summary a stage prints last ({} when it printed none)."""
-    if "{" not in stdout:
-        return {}
-    start = stdout.rindex("\n{") + 1 if "\n{" in stdout else stdout.index("{")
-    try:
-        return json.loads(stdout[start:])
-    except ValueError:
-        return {}
+summary = stage_summary
 
 
 def wait_for(condition, timeout: float, every: float = 0.2):
@@ -369,7 +362,6 @@ class Server:
     """`python -m apps.serve ... serve.keep_serving=true` in the background, stopped with SIGTERM."""
 
     def __init__(self, work: Work):
-        from tests.conftest import free_port
 
         self.extra = [*SERVE, f"serve.port={free_port()}", "serve.keep_serving=true"]
         self.config = work.config(*self.extra)

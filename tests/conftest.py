@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
@@ -31,16 +30,10 @@ def ray_session():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def smoke(ray_session, tmp_path_factory):
     """`experiment=smoke` run end to end once per session: (config, per-stage summaries)."""
-    from apps.config import compose
+    from apps.config import compose, free_port
     from apps.pipeline import run
 
     root = tmp_path_factory.mktemp("smoke")

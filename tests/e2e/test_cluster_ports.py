@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from apps.config import free_port
 from benchmarks.processes import descendants
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

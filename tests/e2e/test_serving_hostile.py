@@ -28,8 +28,8 @@ BODY_TIMEOUT_S = 2.0
 def hostile(smoke):
     from ray import serve
 
+    from apps.config import free_port
     from apps.serve import start
-    from tests.conftest import free_port
 
     config, _ = smoke
     limits = dataclasses.replace(

@@ -3,7 +3,6 @@ the same folder, each under a time limit: every stage opens the configured local
 mining engine leaves CPUs for its read tasks (it used to hang forever when run alone). Then the serve stage kept
 serving in the background, as `python -m apps.serve ... &` leaves it, stops cleanly on SIGINT and on SIGTERM."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.config import free_port, stage_summary
 from benchmarks.processes import alive, descendants
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
@@ -33,9 +32,10 @@ STAGES = [
 
 
 def summary(stdout: str) -> dict:
-    """The JSON summary a stage prints last."""
-    start = stdout.rindex("\n{") + 1 if "\n{" in stdout else stdout.index("{")
-    return json.loads(stdout[start:])
+    """The JSON summary a stage prints last (it must print one)."""
+    out = stage_summary(stdout)
+    assert out, stdout[-2000:]
+    return out
 
 
 def overrides(folder: Path) -> list[str]:

@@ -297,7 +297,9 @@ def test_random_flip_mirrors_about_half_the_targets_by_key_and_keeps_the_demos(t
     images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(40)]
     rows = [row(f"s{i}", "p0", 0.1) for i in range(40)]
     for r, image in zip(rows, images, strict=True):
-        r.update(image=to_png(image), demo_images=[to_png(image[::-1]), to_png(np.ascontiguousarray(image[:, :, ::-1]))])
+        r.update(
+            image=to_png(image), demo_images=[to_png(image[::-1]), to_png(np.ascontiguousarray(image[:, :, ::-1]))]
+        )
         r["demo_captions"] = ["a ball", "a red ball"]
     batch = {k: [r[k] for r in rows] for k in rows[0]}
     plain = decode_batch(batch, tokenizer, 2, seed=3, passes=2)
