@@ -217,6 +217,9 @@ class WorkerConfig:
     min_delta: float | None
     tensorboard_dir: str
     resolved: dict = field(default_factory=dict)  # the whole resolved pipeline config, saved beside the weights
+    # When `apprentice.budget_s` ends the run (seconds since the epoch, set once by the driver): a worker group that
+    # Ray Train restarts, and the wait for G's first rows, spend the same budget.
+    deadline: float | None = None
 
 
 class WorkerRun:
@@ -253,7 +256,7 @@ class WorkerRun:
         self.writer = SummaryWriter(tb) if self.rank == 0 else None
         self.tokenizer_uri = storage.join(job.base_uri, "tokenizer")
         self.window_start, self.window_samples, self.metrics = time.perf_counter(), 0, {}
-        self.deadline = time.monotonic() + cfg.budget_s if cfg.budget_s is not None else None
+        self.deadline = job.deadline
         self.out_of_budget = False
 
     def restore(self, latest: Checkpoint) -> None:
@@ -395,7 +398,7 @@ class WorkerRun:
         """Whether `budget_s` is spent: rank 0 decides for every worker, so all stop at the same step."""
         if self.deadline is None:
             return False
-        flag = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
+        flag = torch.tensor([float(time.time() >= self.deadline)], device=self.device)
         if self.world > 1:
             torch.distributed.broadcast(flag, src=0)
         return bool(flag.item())
@@ -529,6 +532,7 @@ def fit(
         min_delta=min_delta,
         tensorboard_dir=os.path.join(tb_root, run_name, "tensorboard"),
         resolved=config_dict,
+        deadline=time.time() + cfg.budget_s if cfg.budget_s is not None else None,
     )
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -230,9 +230,10 @@ class ApprenticeConfig:
     # its key, pass and epoch; the demos are left as they are.
     random_flip: bool = False
     checkpoint_every: int = 100
-    # Stop after this many seconds of training (checked every `log_every` steps) with a checkpoint; the next run of
-    # the same settings resumes from it on the same step-based schedule. None: train to `steps`. Not part of the
-    # run's name, so runs with other budgets continue one another.
+    # Stop this many seconds after the train stage starts (checked every `log_every` steps; Ray Train's restarts of
+    # the workers and their wait for G count too) with a checkpoint; the next run of the same settings resumes from
+    # it on the same step-based schedule. None: train to `steps`. Not part of the run's name, so runs with other
+    # budgets continue one another.
     budget_s: float | None = None
     log_every: int = 10  # metrics to ray.train.report and TensorBoard
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to 10% (core.models.schedules.warmup_cosine)
