@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -179,8 +180,6 @@ def stage_summary(stdout: str) -> dict:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now, for `serve.port` of a stage started beside others."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from apps.config import free_port, stage_summary
+from apps.config import compose, free_port, stage_summary
 from benchmarks.processes import alive, descendants, processes_named
 from core.data import g as gc
 
@@ -87,8 +87,6 @@ class Work:
         )
 
     def config(self, *extra: str):
-        from apps.config import compose
-
         return compose([o for o in self.overrides(*extra) if not o.startswith("hydra.")])
 
 
