@@ -155,7 +155,10 @@ def mine_with_ray_data(
             )
         )
     summary["kept"] = len(rows)
+    decodable = [g for g in groups if int(g["images"]) > int(g["corrupt"])]
     summary.update(
-        purity([set(json.loads(g["all_truths"])) for g in groups if int(g["images"]) > int(g["corrupt"])], kept_truths)
+        purity(
+            [set(json.loads(g["all_truths"])) for g in decodable], kept_truths, [not g["reason"] for g in decodable]
+        )
     )
     return rows, dict(summary)

@@ -86,17 +86,23 @@ def cluster_row(
     }
 
 
-def purity(all_truths: list[set], kept_truths: list[set]) -> dict:
-    """Known only in the toy world: how pure the kept clusters are against the corpus as it came.
+def purity(all_truths: list[set], kept_truths: list[set], kept: list[bool]) -> dict:
+    """Known only in the toy world: how pure the kept clusters are against the corpus as it came, and how many of the
+    pure groups mining keeps.
 
-    `all_truths` holds, for each URL group with at least one decodable image, the subjects of its decodable images;
-    `corpus_pure_share` is the share of those groups that hold one subject, `kept_pure_share` the same over the kept
-    clusters. Both mining engines report these through this function."""
+    `all_truths` holds, for each URL group with at least one decodable image, the subjects of its decodable images,
+    and `kept` whether that group became a cluster; `corpus_pure_share` is the share of those groups that hold one
+    subject, `kept_pure_share` the same over the kept clusters (precision), `pure_groups_kept_share` the share of
+    the pure groups kept (recall). Both mining engines report these through this function."""
     if not any(None not in t for t in all_truths):
         return {}
+    pure = [len(t) == 1 for t in all_truths]
     return {
-        "corpus_pure_share": float(np.mean([len(t) == 1 for t in all_truths])),
+        "corpus_pure_share": float(np.mean(pure)),
         "kept_pure_share": float(np.mean([len(t) == 1 for t in kept_truths])) if kept_truths else float("nan"),
+        "pure_groups_kept_share": float(np.mean([k for k, p in zip(kept, pure, strict=True) if p]))
+        if any(pure)
+        else float("nan"),
     }
 
 
@@ -131,6 +137,7 @@ def mine(
     rng = np.random.default_rng(cfg.seed)
     rows = []
     kept_truths: list[set] = []
+    kept_urls: set[str] = set()
     for url in tqdm(sorted(groups), desc="mine", disable=not progress, mininterval=2):
         members = groups[url]
         if len(members) < cfg.min_cluster_size:
@@ -145,6 +152,7 @@ def mine(
             summary[DROP_COUNTERS[dropped]] += 1
             continue
         kept_truths.append({members[i][2] for i in keep})
+        kept_urls.add(url)
         rows.append(
             cluster_row(
                 url,
@@ -158,5 +166,5 @@ def mine(
             )
         )
     summary["kept"] = len(rows)
-    summary.update(purity([{m[2] for m in groups[u]} for u in groups], kept_truths))
+    summary.update(purity([{m[2] for m in groups[u]} for u in groups], kept_truths, [u in kept_urls for u in groups]))
     return rows, dict(summary)

@@ -52,6 +52,7 @@ def test_ray_data_mining_equals_the_in_process_miner(ray_session, corpus_uri, wh
         "dropped_off_caption",
         "images_dropped_as_outliers",
         "kept_pure_share",
+        "pure_groups_kept_share",
         # One definition in both engines: the share of URL groups with a decodable image that hold one subject.
         "corpus_pure_share",
     ):

@@ -27,6 +27,7 @@ def test_mining_keeps_clusters_purer_than_the_corpus(corpus):
     assert rows, summary
     assert summary["kept_pure_share"] > summary["corpus_pure_share"], summary
     assert summary["kept_pure_share"] >= 0.8, summary
+    assert 0 < summary["pure_groups_kept_share"] <= 1, summary  # some pure groups kept, as a share of all of them
     for row in rows:
         assert 3 <= len(row["demo_images"]) <= 5 and len(row["prompts"]) == 4
     schema.table_from_rows(rows, schema.DS_SCHEMA)  # rows match the D_S schema
