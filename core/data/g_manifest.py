@@ -216,7 +216,10 @@ def read(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = Fal
         meta = file.schema_arrow.metadata or {}
         counts = meta[b"counts"].decode() if b"counts" in meta else None
         live_rows = int(meta[b"live"]) if b"live" in meta else None
-        live_groups = int(meta[b"live_groups"]) if b"live_groups" in meta else None
+        live_groups = None
+        if b"live_groups" in meta:  # the live entries' row groups (a writer caps their rows), found by their sizes
+            sizes = np.cumsum([file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)])
+            live_groups = int(np.searchsorted(sizes, live_rows)) + 1 if live_rows else 0
         if counts is None:  # a snapshot written before counts files: the folded segments in its own metadata
             folded = set(json.loads(meta.get(b"folded", b"[]")))
         elif segments:  # only segments still lying about can have been folded
@@ -314,10 +317,26 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
         if m.removed.num_rows:
             writer.write_table(table.slice(m.live.num_rows))
     fs.move(tmp, f"{folder}/{name}{storage.SHARD_SUFFIX}")
-    stale = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.base_name.startswith("counts-")]
-    for old in [*m.segments, *snapshots, *(c for c in stale if c != counts)]:
+    # Older counts files go, but the previous snapshot's, which a reader that listed it may still open (it goes with
+    # the next snapshot), and any newer one (another writer's, about to be named by its snapshot).
+    keep = {counts, _counts_of(fs, folder, m.snapshot) if m.snapshot else None}
+    stale = [
+        i.base_name
+        for i in fs.get_file_info(pafs.FileSelector(folder))
+        if i.base_name.startswith("counts-") and i.base_name < counts and i.base_name not in keep
+    ]
+    for old in [*m.segments, *snapshots, *stale]:
         _delete(fs, f"{folder}/{old}")
     return storage.join(_folder(g_uri), name + storage.SHARD_SUFFIX)
+
+
+def _counts_of(fs: pafs.FileSystem, folder: str, snapshot: str) -> str | None:
+    """The counts file snapshot `snapshot` names (None for one written before counts files, or gone)."""
+    try:
+        meta = pq.read_schema(f"{folder}/{snapshot}", filesystem=fs).metadata or {}
+    except FileNotFoundError:
+        return None
+    return meta[b"counts"].decode() if b"counts" in meta else None
 
 
 def _folded(fs: pafs.FileSystem, folder: str, snapshot: str) -> set[str]:
@@ -438,7 +457,12 @@ def plan(g_uri: str, min_delta: float | None, world: int, manifest: Manifest | N
         entries[w].append((s, None))
     cut = nonzero[first[nonzero] != last[nonzero]].tolist()  # at most world - 1 shards: a cut falls in each
     if column is not None:  # their row groups' counts, read from the manifest for these shards alone
-        packed = live_column(g_uri, m, "groups", cut)
+        try:
+            packed = live_column(g_uri, m, "groups", cut)
+        except (FileNotFoundError, KeyError):  # G changed since `m` was read (a writer folded or merged): read again
+            if "groups" in m.live.column_names:
+                raise
+            return plan(g_uri, min_delta, world, read(g_uri, (*PLAN_COLUMNS, "groups"), live_only=True))
         counts = {
             s: groups_of(pa.array([p], pa.binary()))[1][:, column].astype(np.int64)
             for s, p in zip(cut, packed, strict=True)

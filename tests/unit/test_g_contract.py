@@ -260,15 +260,23 @@ def test_planning_reads_the_row_group_counts_of_the_cut_shards_alone(tmp_path, m
     root = str(tmp_path / "g")
     for i in range(28):
         g.write_subject(subject_rows(f"s{i:02d}", 3 + i % 4), root, f"s{i:02d}")
+    folder = os.path.join(root, manifest.MANIFEST)
+
+    def counts_files() -> list[str]:
+        return sorted(n for n in os.listdir(folder) if n.startswith("counts-"))
+
     manifest.write_snapshot(root)
+    first = counts_files()
     manifest.compact(root, target_rows=12, final=True)
     manifest.write_snapshot(root)
-    counts = [n for n in os.listdir(os.path.join(root, manifest.MANIFEST)) if n.startswith("counts-")]
-    assert len(counts) == 1  # the first snapshot's went with it
+    assert len(counts_files()) == 2 and counts_files()[0] == first[0]  # the previous one kept for its readers
+    manifest.write_snapshot(root)
+    counts = counts_files()
+    assert len(counts) == 2 and first[0] not in counts  # and gone one snapshot later
     full = manifest.read(root)
     live = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
-    assert "groups" not in live.live.column_names and live.counts == counts[0]
-    meta = pq.ParquetFile(os.path.join(root, manifest.MANIFEST, counts[0])).metadata
+    assert "groups" not in live.live.column_names and live.counts == counts[-1]
+    meta = pq.ParquetFile(os.path.join(folder, counts[-1])).metadata
     assert meta.num_row_groups == -(-full.live.num_rows // 2) >= 3
     for world in (2, 3, 5):
         assert manifest.plan(root, 0.0, world, live).parts == manifest.plan(root, 0.0, world, full).parts
@@ -277,6 +285,11 @@ def test_planning_reads_the_row_group_counts_of_the_cut_shards_alone(tmp_path, m
     want = full.live.column("groups").to_pylist()
     assert all(want) and manifest.live_column(root, live, "groups", every[::-1]) == want[::-1]
     assert manifest.live_column(root, live, "groups", [1, 4]) == [want[1], want[4]]
+    # A manifest read before a writer's snapshots deleted its counts file: planning reads the manifest again.
+    manifest.write_snapshot(root)
+    manifest.write_snapshot(root)
+    assert live.counts not in counts_files()
+    assert manifest.plan(root, 0.0, 3, live).parts == manifest.plan(root, 0.0, 3, full).parts
     # After a commit the snapshot's live entries are no longer `live` as they lie: the column is found by name.
     g.write_subject(subject_rows("t", 4), root, "t")
     later = manifest.read(root, manifest.PLAN_COLUMNS, live_only=True)
