@@ -459,6 +459,9 @@ class WorkerRun:
         while self.state["step"] < cfg.steps and not self.out_of_budget:
             plan = self.epoch_plan(waited)
             if plan is None:
+                if self.budget_spent():  # the budget ends a wait for G too (every worker waits alike: all ask here)
+                    self.out_of_budget = True
+                    break
                 time.sleep(2.0)
                 waited += 2.0
                 continue
