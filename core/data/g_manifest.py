@@ -223,7 +223,7 @@ def read(g_uri: str, columns: Iterable[str] | None = None, live_only: bool = Fal
         if counts is None:  # a snapshot written before counts files: the folded segments in its own metadata
             folded = set(json.loads(meta.get(b"folded", b"[]")))
         elif segments:  # only segments still lying about can have been folded
-            folded = set(json.loads((pq.read_schema(f"{folder}/{counts}", filesystem=fs).metadata or {})[b"folded"]))
+            folded = _folded(fs, folder, snapshot, counts)
         if live_only and live_groups is not None:  # the live entries are the snapshot's first row groups
             table = file.read_row_groups(range(live_groups), columns=cols) if live_groups else None
             table = table if table is not None else _empty().select(cols or MANIFEST_SCHEMA.names)
@@ -272,8 +272,8 @@ def live_column(g_uri: str, m: Manifest, column: str, indices: list[int]) -> lis
         group = np.searchsorted(starts, np.asarray(indices, np.int64), side="right") - 1  # the row group of each
         wanted = np.unique(group)
         values = file.read_row_groups(wanted.tolist(), columns=[column]).column(column)
-        read_start = dict(zip(wanted.tolist(), (np.cumsum(sizes[wanted]) - sizes[wanted]).tolist(), strict=True))
-        at = [read_start[int(g)] + i - int(starts[g]) for i, g in zip(indices, group, strict=True)]
+        read_start = np.cumsum(sizes[wanted]) - sizes[wanted]  # where each wanted row group begins in `values`
+        at = read_start[np.searchsorted(wanted, group)] + np.asarray(indices, np.int64) - starts[group]
         return values.take(pa.array(at, pa.int64())).to_pylist()
     full = read(g_uri, ("shard", column), live_only=True)
     by_name = dict(zip(full.shards, full.live.column(column).to_pylist(), strict=True))
@@ -291,8 +291,12 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
         raise ValueError("a manifest read with some columns only cannot be written back as a snapshot")
     fs, folder = storage.resolve(_folder(g_uri))
     snapshots, lying = _list(g_uri)
+    prev_counts = _counts_of(fs, folder, m.snapshot) if m.snapshot else None
     # What an earlier snapshot folded stays folded while its segment files still lie about (a deletion that failed).
-    folded = set(m.segments) | (_folded(fs, folder, m.snapshot) & set(lying) if m.snapshot else set())
+    leftover = set(lying) - set(m.segments)
+    folded = set(m.segments) | (
+        _folded(fs, folder, m.snapshot, prev_counts) & leftover if leftover and m.snapshot else set()
+    )
     stamp = _stamp()
     name, counts = f"snapshot-{stamp}", f"counts-{stamp}{storage.SHARD_SUFFIX}"
     fs.create_dir(folder, recursive=True)
@@ -319,7 +323,7 @@ def write_snapshot(g_uri: str, manifest: Manifest | None = None) -> str:
     fs.move(tmp, f"{folder}/{name}{storage.SHARD_SUFFIX}")
     # Older counts files go, but the previous snapshot's, which a reader that listed it may still open (it goes with
     # the next snapshot), and any newer one (another writer's, about to be named by its snapshot).
-    keep = {counts, _counts_of(fs, folder, m.snapshot) if m.snapshot else None}
+    keep = {counts, prev_counts}
     stale = [
         i.base_name
         for i in fs.get_file_info(pafs.FileSelector(folder))
@@ -339,12 +343,10 @@ def _counts_of(fs: pafs.FileSystem, folder: str, snapshot: str) -> str | None:
     return meta[b"counts"].decode() if b"counts" in meta else None
 
 
-def _folded(fs: pafs.FileSystem, folder: str, snapshot: str) -> set[str]:
-    """The segments snapshot `snapshot` folded (named in its counts file, or in its own metadata if older)."""
-    meta = pq.read_schema(f"{folder}/{snapshot}", filesystem=fs).metadata or {}
-    if b"counts" in meta:
-        meta = pq.read_schema(f"{folder}/{meta[b'counts'].decode()}", filesystem=fs).metadata or {}
-    return set(json.loads(meta.get(b"folded", b"[]")))
+def _folded(fs: pafs.FileSystem, folder: str, snapshot: str, counts: str | None) -> set[str]:
+    """The segments snapshot `snapshot` folded: named in its counts file `counts`, or in its own metadata if older."""
+    path = f"{folder}/{counts}" if counts else f"{folder}/{snapshot}"
+    return set(json.loads((pq.read_schema(path, filesystem=fs).metadata or {}).get(b"folded", b"[]")))
 
 
 def _delete(fs: pafs.FileSystem, path: str) -> None:
