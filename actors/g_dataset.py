@@ -7,6 +7,7 @@ without re-running them. The shards read are the ones G's manifest lists (or a t
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -14,12 +15,26 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from core.data import g, schema, storage
 from core.data.images import from_png
 from core.method.expert import seed_for
 from core.models.backbone import images_to_tensor
 from core.models.tokenizer import tokenize
+
+# Ray Data's scheduling loop (ray 2.60) blocks in ray.wait only while some task runs: once every task is done and
+# their outputs wait for a slower consumer (a training step), it spins, holding the GIL that the training thread's
+# backward needs to free tensors (a toy apprentice step took 6 s in a Ray Train worker against 2 s without it). A
+# pause per loop step gives the GIL back; it delays the next dispatch by at most this much.
+SCHEDULER_PAUSE_S = 0.01
+
+
+class PauseBetweenSchedulingSteps(ExecutionCallback):
+    """Sleeps `SCHEDULER_PAUSE_S` after each step of Ray Data's scheduling loop (the executor's own thread)."""
+
+    def on_execution_step(self, executor) -> None:
+        time.sleep(SCHEDULER_PAUSE_S)
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,7 +116,10 @@ def read_g(
     if not part:
         raise storage.MissingInputError(f"G: no shards in the manifest under '{g_uri}' (config key `paths.g`)")
     fs, paths = storage.shard_paths(g_uri, [uri for uri, _ in part])
-    ray.data.DataContext.get_current().enable_progress_bars = False  # they flood the logs of long runs
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # they flood the logs of long runs
+    if PauseBetweenSchedulingSteps not in context.custom_execution_callback_classes:
+        context.custom_execution_callback_classes.append(PauseBetweenSchedulingSteps)
     pieces = [{"path": p, "row_groups": list(groups or [])} for p, (_, groups) in zip(paths, part, strict=True)]
     ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
         read_pieces, fn_kwargs={"filesystem": fs, "min_delta": min_delta}, batch_format="pyarrow", batch_size=1

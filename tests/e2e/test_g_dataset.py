@@ -1,9 +1,11 @@
 """Ray Data over G: the delta threshold is applied at read time, and mixed provenance is refused."""
 
+import time
+
 import numpy as np
 import pytest
 
-from actors.g_dataset import read_g
+from actors.g_dataset import SCHEDULER_PAUSE_S, PauseBetweenSchedulingSteps, read_g
 from core.data import g as gc
 from core.data import g_manifest
 from core.data.images import to_png
@@ -83,3 +85,16 @@ def test_workers_parts_of_a_merged_shard_are_read_once_each(ray_session, tmp_pat
         for part in plan.parts
     ]
     assert counts == [6, 6]
+
+
+def test_reading_g_pauses_between_ray_data_scheduling_steps(ray_session, tmp_path, tokenizer_dir):
+    # Ray Data's scheduling loop spins while finished outputs wait for a slower consumer, holding the GIL a training
+    # step needs; read_g's datasets pause it after every step.
+    g = str(tmp_path / "g")
+    gc.write_subject(rows("s1", [0.1, 0.2]), g, "s1")
+    ds = read_g(g, None, tokenizer_dir, num_demos=3)
+    assert PauseBetweenSchedulingSteps in ds.context.custom_execution_callback_classes
+    assert sum(len(b["image"]) for b in ds.iter_batches(batch_size=4)) == 2
+    start = time.perf_counter()
+    PauseBetweenSchedulingSteps().on_execution_step(None)
+    assert time.perf_counter() - start >= SCHEDULER_PAUSE_S
