@@ -161,6 +161,43 @@ def check_readers_world(config: PipelineConfig) -> None:
         )
 
 
+class GateMissed(RuntimeError):
+    """The apprentice's subject fidelity missed a gate of `evaluate.gain_over_base` / `evaluate.gain_over_no_demos`."""
+
+
+def gate_specs(config: PipelineConfig) -> list[tuple[str, str, float]]:
+    """(gate, reference row, gain needed) for every gate set, checked against the config before sampling."""
+    ev, specs = config.evaluate, []
+    if ev.gain_over_base is not None:
+        specs.append(("subject fidelity over the base", "base", ev.gain_over_base))
+    if ev.gain_over_no_demos is not None:
+        specs.append(("subject fidelity over 0 demos", "apprentice, 0 demos", ev.gain_over_no_demos))
+    if specs and "apprentice" not in ev.rows:
+        raise ValueError("evaluate.gain_over_* gate the apprentice: put 'apprentice' in evaluate.rows")
+    if ev.gain_over_base is not None and "base" not in ev.rows:
+        raise ValueError("evaluate.gain_over_base needs the base row: put 'base' in evaluate.rows")
+    if ev.gain_over_no_demos is not None and 0 not in ev.demo_counts:
+        raise ValueError("evaluate.gain_over_no_demos needs the 0-demo row: put 0 in evaluate.demo_counts")
+    return specs
+
+
+def check_gates(config: PipelineConfig, table: dict[str, dict]) -> list[dict]:
+    """Each gate's apprentice and reference subject fidelity, the gain needed and whether it held."""
+    found = []
+    for gate, reference, gain in gate_specs(config):
+        have, ref = table["apprentice"]["subject_fidelity"], table[reference]["subject_fidelity"]
+        found.append(
+            {
+                "gate": gate,
+                "apprentice": have,
+                "reference": ref,
+                "needed": round(ref + gain, 4),
+                "held": have >= ref + gain,
+            }
+        )
+    return found
+
+
 def run(config: PipelineConfig) -> dict:
     from core.models.scorer import load_scorer
 
@@ -175,6 +212,7 @@ def run(config: PipelineConfig) -> dict:
     require_base(config)
     storage.require(config.paths.readers, "paths.readers", "toy attribute readers (artifacts/toy-v2/readers)")
     check_readers_world(config)
+    gate_specs(config)  # refuse gates this config cannot check before sampling anything
     records = evaluation.eval_set(config.world, config.evaluate)
     plain = [{k: v for k, v in r.items() if k != "oracle"} for r in records]
     # The expert row is the experts' renders, whatever kind of G this configuration writes.
@@ -216,15 +254,27 @@ def run(config: PipelineConfig) -> dict:
             + ", ".join(f"{n}: {v:.3f}" for n, v in plateau["subject_fidelity_by_steps"].items())
             + ")."
         )
+    gates = check_gates(config, table)
+    if gates:
+        markdown += "\n\n" + "\n".join(
+            f"Gate, {g['gate']}: apprentice {g['apprentice']:.3f}, needed {g['needed']:.3f}: "
+            + ("held." if g["held"] else "**missed**.")
+            for g in gates
+        )
     metrics = {"table": table, "seconds_per_subject": seconds, "subjects": [r["subject_id"] for r in records]}
     if plateau is not None:
         metrics["expert_plateau"] = plateau
+    if gates:
+        metrics["gates"] = gates
     storage.write_bytes(storage.join(config.paths.eval, "metrics.json"), json.dumps(metrics, indent=1).encode())
     storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), (markdown + "\n").encode())
     buf = io.BytesIO()
     evaluation.grid(records, outputs).save(buf, format="PNG")
     storage.write_bytes(storage.join(config.paths.eval, "grid.png"), buf.getvalue())
     print(markdown)
+    missed = [g["gate"] for g in gates if not g["held"]]
+    if missed:
+        raise GateMissed(f"the apprentice missed its gates ({', '.join(missed)}): see {config.paths.eval}/metrics.md")
     out = {"stage": "evaluate", "table": table, "seconds_per_subject": seconds, "out": config.paths.eval}
     return out if plateau is None else {**out, "expert_plateau": plateau}
 

@@ -321,6 +321,11 @@ class EvaluateConfig:
     # whose subject fidelity reaches the lower end of the best step count's interval. Run on the validation split
     # to choose `expert.steps` for G.
     expert_steps: list[int] = field(default_factory=list)
+    # Gates on the apprentice's subject fidelity (None: not checked): at least the base's plus `gain_over_base`, and
+    # at least its own with 0 demos plus `gain_over_no_demos` (0 must be in `demo_counts`). metrics.json records
+    # each; a missed gate fails the stage once the table, metrics and grid are written.
+    gain_over_base: float | None = None
+    gain_over_no_demos: float | None = None
 
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder (open_clip_config.json and weights)

@@ -84,6 +84,29 @@ def test_the_experts_plateau_is_the_fewest_steps_reaching_the_best_interval():
     assert expert_plateau(PipelineConfig(), table) is None  # no expert_steps: no curve
 
 
+def test_the_apprentices_gates_hold_or_miss_by_their_gains_and_need_their_rows():
+    from apps.evaluate import check_gates, gate_specs
+    from core.config import PipelineConfig
+
+    gated = EvaluateConfig(demo_counts=[0, 3], gain_over_base=0.30, gain_over_no_demos=0.10)
+    config = PipelineConfig(evaluate=gated)
+    table = {
+        "base": {"subject_fidelity": 0.40},
+        "apprentice": {"subject_fidelity": 0.75},
+        "apprentice, 0 demos": {"subject_fidelity": 0.70},
+    }
+    gates = {g["gate"]: g for g in check_gates(config, table)}
+    assert gates["subject fidelity over the base"]["held"] and gates["subject fidelity over the base"]["needed"] == 0.7
+    assert not gates["subject fidelity over 0 demos"]["held"]  # 0.75 < 0.70 + 0.10
+    table["apprentice, 0 demos"]["subject_fidelity"] = 0.65
+    assert all(g["held"] for g in check_gates(config, table))
+    assert check_gates(PipelineConfig(), table) == []  # no gates set: none checked
+    with pytest.raises(ValueError, match="0 in evaluate.demo_counts"):
+        gate_specs(PipelineConfig(evaluate=EvaluateConfig(gain_over_no_demos=0.1)))
+    with pytest.raises(ValueError, match="'base' in evaluate.rows"):
+        gate_specs(PipelineConfig(evaluate=EvaluateConfig(rows=["apprentice"], gain_over_base=0.3)))
+
+
 def test_readers_made_for_another_world_version_are_refused(tmp_path):
     import dataclasses
     import json
