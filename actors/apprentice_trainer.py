@@ -164,7 +164,8 @@ def load_init(apprentice: Apprentice, folder: str) -> None:
         missing, extra = sorted(set(own) - set(trained))[:5], sorted(set(trained) - set(own))[:5]
         raise ValueError(
             f"apprentice.init {folder} does not fit this apprentice (missing {missing}, unexpected {extra}, shapes "
-            f"(file, apprentice) {dict(list(differ.items())[:5])}): it needs the same base, demo_grid and attention"
+            f"(file, apprentice) {dict(list(differ.items())[:5])}): it needs the same base, demo_grid, attention and "
+            "text_tokens"
         )
     apprentice.load_state_dict({k: v.to(own[k].dtype) for k, v in trained.items()})
 
@@ -234,7 +235,9 @@ class WorkerRun:
         torch.manual_seed(cfg.seed)
         self.device = ray.train.torch.get_device()  # this worker's own accelerator (or the CPU)
         backbone = load_backbone(storage.local_dir(job.base_uri))
-        self.apprentice = Apprentice(backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention)
+        self.apprentice = Apprentice(
+            backbone, cfg.demo_grid, zero_init=cfg.zero_init, attention=cfg.attention, text_tokens=cfg.text_tokens
+        )
         checkpoint = ray.train.get_checkpoint()
         if cfg.init and not checkpoint:  # a new run continues a trained apprentice; a resumed one has its weights
             load_init(self.apprentice, storage.local_dir(cfg.init))

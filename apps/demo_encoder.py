@@ -33,7 +33,9 @@ def train_and_save(config: PipelineConfig, command: str) -> dict:
     cfg, acfg, world = config.demo_encoder, config.apprentice, config.world
     torch.set_num_threads(cfg.threads)
     backbone = load_backbone(storage.local_dir(base_uri(config))).to(pick_device())
-    apprentice = Apprentice(backbone, acfg.demo_grid, zero_init=acfg.zero_init, attention=acfg.attention)
+    apprentice = Apprentice(
+        backbone, acfg.demo_grid, zero_init=acfg.zero_init, attention=acfg.attention, text_tokens=acfg.text_tokens
+    )
     train, test = toyworld.split_subjects(world.seed, world.test_fraction)
     deadline = time.monotonic() + cfg.budget_s if cfg.budget_s is not None else None
     info = demo_encoder.pretrain(

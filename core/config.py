@@ -224,6 +224,11 @@ class ApprenticeConfig:
         "separate"  # "separate": a new gated branch per cross-attention layer; "joint": demos join the text tokens
     )
     zero_init: str = "gate"  # separate branches: "gate" (gate at 0) or "out" (output projection at 0, gate at 1)
+    # Tokens in the text encoder's output space that the demo encoder's text head makes from the demos (averaged over
+    # them) and that join each cross-attention layer's own text tokens: the subject as words would say it. 0: none.
+    # Standard cross-attention only (not IF's added-KV layers). The toy warm start (apps.demo_encoder) trains the head
+    # on the text states of the identity spelled out, which takes 6 tokens ("a red ball with blue dots").
+    text_tokens: int = 0
     text_dropout: float = 0.1
     demo_dropout: float = 0.1
     # Mirror half the targets left to right (diffusers' `--random_flip`), each row's choice drawn with its demos from

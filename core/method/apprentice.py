@@ -19,6 +19,9 @@ Architecture (written out, with its parameter overhead, in docs/apprentice.md):
   batch element without demos still computes exactly the base (its demo tokens are masked out), but one with demos
   does not at initialisation: they take a share of the softmax from the start. Standard cross-attention only
   (Stable Diffusion, the toy models), not IF's added-KV layers.
+- `text_tokens` > 0 (an option): the demo encoder also maps each demo to that many tokens in the text encoder's
+  output space (averaged over the demos); they join every cross-attention layer's own text tokens, so the demos can
+  speak to the UNet through the key and value projections its prompts use. Rows without demos mask them out.
 - The new layers live in one diffusers model, `DemoAdapter` (ModelMixin + ConfigMixin), and reach the UNet through
   attention processors (as IP-Adapter's do) that hold no weights of their own: the UNet class and its state dict
   are untouched, so a saved apprentice is a diffusers pipeline folder whose `unet/` any diffusers UNet loader reads
@@ -122,13 +125,37 @@ class DemoBranch(nn.Module):
         return out.transpose(1, 2).reshape(hidden_states.shape) if spatial else out
 
 
+def _joint_call(
+    processor: PassthroughProcessor,
+    attn,
+    hidden_states,
+    encoder_hidden_states,
+    attention_mask,
+    temb,
+    extra_tokens,
+    demo_mask,
+):
+    """The layer's stock processor over its text tokens and `extra_tokens` together, the extra tokens of rows whose
+    `demo_mask` is 0 masked out (those rows attend to their text alone, as the base does)."""
+    b, text_len, n_extra = hidden_states.shape[0], encoder_hidden_states.shape[1], extra_tokens.shape[1]
+    keep = torch.ones(b, 1, text_len + n_extra, dtype=torch.bool, device=hidden_states.device)
+    if attention_mask is not None:  # the UNet's text mask arrives as an additive bias (0 keeps a token)
+        keep[:, :, :text_len] = attention_mask.view(b, 1, text_len) > -1
+    if demo_mask is not None:
+        keep[:, :, text_len:] = (demo_mask > 0).view(b, 1, 1)
+    states = torch.cat([encoder_hidden_states, extra_tokens.to(encoder_hidden_states.dtype)], dim=1)
+    return processor._base(attn, hidden_states, states, keep, temb)
+
+
 class DemoAttnProcessor(PassthroughProcessor):
     """The layer's stock processor plus its demo branch (a reference: the processor is not a module, so the UNet's
-    state dict stays the base UNet's)."""
+    state dict stays the base UNet's). With `text_tokens` > 0 the last that many demo tokens are the demos' text
+    tokens (`DemoEncoder`): they join the layer's own text tokens, the rest go to the branch."""
 
-    def __init__(self, base, branch: DemoBranch):
+    def __init__(self, base, branch: DemoBranch, text_tokens: int = 0):
         super().__init__(base)
         self.branch = branch
+        self.text_tokens = text_tokens
 
     def __call__(
         self,
@@ -140,9 +167,13 @@ class DemoAttnProcessor(PassthroughProcessor):
         demo_tokens=None,
         demo_mask=None,
     ):
-        out = self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if demo_tokens is None:
-            return out
+            return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if self.text_tokens:
+            demo_tokens, text = demo_tokens[:, : -self.text_tokens], demo_tokens[:, -self.text_tokens :]
+            out = _joint_call(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, text, demo_mask)
+        else:
+            out = self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         return out + self.branch(attn, hidden_states, demo_tokens, demo_mask)
 
 
@@ -162,23 +193,27 @@ class JointDemoProcessor(PassthroughProcessor):
     ):
         if demo_tokens is None:
             return self._base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        b, text_len, n_demo = hidden_states.shape[0], encoder_hidden_states.shape[1], demo_tokens.shape[1]
-        keep = torch.ones(b, 1, text_len + n_demo, dtype=torch.bool, device=hidden_states.device)
-        if attention_mask is not None:  # the UNet's text mask arrives as an additive bias (0 keeps a token)
-            keep[:, :, :text_len] = attention_mask.view(b, 1, text_len) > -1
-        if demo_mask is not None:
-            keep[:, :, text_len:] = (demo_mask > 0).view(b, 1, 1)
-        states = torch.cat([encoder_hidden_states, demo_tokens.to(encoder_hidden_states.dtype)], dim=1)
-        return self._base(attn, hidden_states, states, keep, temb)
+        return _joint_call(
+            self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, demo_tokens, demo_mask
+        )
+
+
+TEXT_HEAD_GRID = 4  # the text head reads the image features pooled to this grid
 
 
 class DemoEncoder(nn.Module):
     """Demo images in model space (B, K, C, H, W) and caption features (B, K, text_dim) -> tokens
-    (B, K * (grid**2 + 1), dim)."""
+    (B, K * (grid**2 + 1) + text_tokens, dim).
 
-    def __init__(self, in_channels: int, text_dim: int, dim: int, grid: int):
+    With `text_tokens` > 0 a text head (`text_head`) also maps each demo image to that many tokens in the text
+    encoder's output space, averaged over the K demos and appended last: the subject as words would say it, for the
+    cross-attention layers' own keys and values (`DemoAttnProcessor`). Left unnormalised, since they stand for text
+    states."""
+
+    def __init__(self, in_channels: int, text_dim: int, dim: int, grid: int, text_tokens: int = 0):
         super().__init__()
         self.grid = grid
+        self.text_tokens = text_tokens
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
             nn.SiLU(),
@@ -189,14 +224,26 @@ class DemoEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
         self.caption_proj = nn.Linear(text_dim, dim)
         self.norm = nn.LayerNorm(dim)
+        if text_tokens:
+            self.text_head = nn.Sequential(
+                nn.Linear(dim * TEXT_HEAD_GRID**2, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, text_tokens * dim)
+            )
+
+    def text_tokens_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """`conv` features (N, D, h, w) -> each image's text tokens (N, text_tokens, D)."""
+        pooled = F.adaptive_avg_pool2d(feats, TEXT_HEAD_GRID).flatten(1)
+        return self.text_head(pooled).view(feats.shape[0], self.text_tokens, -1)
 
     def forward(self, demo_images: torch.Tensor, caption_features: torch.Tensor) -> torch.Tensor:
         b, k = demo_images.shape[:2]
-        feats = self.conv(demo_images.flatten(0, 1))
-        feats = F.adaptive_avg_pool2d(feats, self.grid).flatten(2).transpose(1, 2) + self.pos  # (B*K, g*g, D)
+        conv = self.conv(demo_images.flatten(0, 1))
+        feats = F.adaptive_avg_pool2d(conv, self.grid).flatten(2).transpose(1, 2) + self.pos  # (B*K, g*g, D)
         caption = self.caption_proj(caption_features.flatten(0, 1)).unsqueeze(1)  # (B*K, 1, D)
-        tokens = torch.cat([feats, caption], dim=1).view(b, k * (self.grid * self.grid + 1), -1)
-        return self.norm(tokens)
+        tokens = self.norm(torch.cat([feats, caption], dim=1).view(b, k * (self.grid * self.grid + 1), -1))
+        if not self.text_tokens:
+            return tokens
+        text = self.text_tokens_of(conv).view(b, k, self.text_tokens, -1).mean(1)  # (B, text_tokens, D)
+        return torch.cat([tokens, text], dim=1)
 
 
 def _branch_key(processor_name: str) -> str:
@@ -231,11 +278,12 @@ class DemoAdapter(ModelMixin, ConfigMixin):
         layers: dict,
         zero_init: str = "gate",
         attention: str = "separate",
+        text_tokens: int = 0,
     ):
         super().__init__()
         if attention not in ("separate", "joint"):
             raise ValueError(f"attention must be 'separate' or 'joint', not {attention!r}")
-        self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid)
+        self.encoder = DemoEncoder(in_channels, text_dim, cross_attention_dim, demo_grid, text_tokens)
         branches = layers if attention == "separate" else {}
         self.branches = nn.ModuleDict(
             {
@@ -246,7 +294,13 @@ class DemoAdapter(ModelMixin, ConfigMixin):
 
     @classmethod
     def for_unet(
-        cls, unet, text_encoder, demo_grid: int = 4, zero_init: str = "gate", attention: str = "separate"
+        cls,
+        unet,
+        text_encoder,
+        demo_grid: int = 4,
+        zero_init: str = "gate",
+        attention: str = "separate",
+        text_tokens: int = 0,
     ) -> DemoAdapter:
         return cls(
             in_channels=int(unet.config.in_channels),
@@ -256,25 +310,27 @@ class DemoAdapter(ModelMixin, ConfigMixin):
             layers=cross_attention_layers(unet),
             zero_init=zero_init,
             attention=attention,
+            text_tokens=text_tokens,
         )
 
     def install(self, unet) -> None:
         """Point the UNet's attention processors at this adapter's branches (the stock processors do the rest)."""
         joint = self.config.attention == "joint"
-        layers = cross_attention_layers(unet) if joint else {}
+        text_tokens = int(self.config.get("text_tokens", 0))
+        layers = cross_attention_layers(unet) if joint or text_tokens else {}
         processors = {}
         for name, proc in unet.attn_processors.items():
             base = getattr(proc, "base", proc)  # re-installing wraps the stock processor, not a wrapper
             key = _branch_key(name)
+            if name in layers and getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None):
+                raise ValueError(
+                    f"attention='joint' and text_tokens need standard cross-attention; {name} is an added-KV layer "
+                    "(IF): use attention='separate' and text_tokens=0"
+                )
             if joint and name in layers:
-                if getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None) is not None:
-                    raise ValueError(
-                        f"attention='joint' needs standard cross-attention; {name} is an added-KV layer (IF): "
-                        "use 'separate'"
-                    )
                 processors[name] = JointDemoProcessor(base)
             elif key in self.branches:
-                processors[name] = DemoAttnProcessor(base, self.branches[key])
+                processors[name] = DemoAttnProcessor(base, self.branches[key], text_tokens)
             else:
                 processors[name] = PassthroughProcessor(base)
         unet.set_attn_processor(processors)
@@ -290,6 +346,7 @@ class Apprentice(nn.Module):
         adapter: DemoAdapter | None = None,
         zero_init: str = "gate",
         attention: str = "separate",
+        text_tokens: int = 0,
     ):
         super().__init__()
         self.unet = backbone.unet
@@ -301,7 +358,7 @@ class Apprentice(nn.Module):
         self.adapter = (
             adapter
             if adapter is not None
-            else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init, attention)
+            else DemoAdapter.for_unet(self.unet, self.text_encoder, demo_grid, zero_init, attention, text_tokens)
         )
         self.adapter.install(self.unet)
 
@@ -515,18 +572,27 @@ def noise_schedule_of(scheduler) -> DDPMScheduler:
 DEMO_ENCODER_FILE = "demo_encoder.safetensors"  # a demo encoder's warm start in its folder
 
 
+def _warm_start_state(encoder: DemoEncoder) -> dict[str, torch.Tensor]:
+    """What a warm start holds: the image layers (`conv`, their keys unprefixed) and, with text tokens, the text
+    head (`text_head.*`)."""
+    state = dict(encoder.conv.state_dict())
+    if encoder.text_tokens:
+        state.update({f"text_head.{k}": v for k, v in encoder.text_head.state_dict().items()})
+    return state
+
+
 def save_demo_encoder(apprentice: Apprentice, path: str) -> None:
-    """The demo encoder's image layers, as safetensors."""
-    state = {k: v.detach().cpu().contiguous() for k, v in apprentice.adapter.encoder.conv.state_dict().items()}
+    """The demo encoder's image layers (and text head), as safetensors."""
+    state = {k: v.detach().cpu().contiguous() for k, v in _warm_start_state(apprentice.adapter.encoder).items()}
     save_file(state, path)
 
 
 def load_demo_encoder(apprentice: Apprentice, path: str) -> None:
     """Load a warm start written by `save_demo_encoder` into `apprentice`'s demo encoder; a clear error when its
-    shapes differ (another demo grid, backbone or encoder width)."""
+    shapes differ (another demo grid, backbone, encoder width or number of text tokens)."""
     state = load_file(path)
-    conv = apprentice.adapter.encoder.conv
-    own = conv.state_dict()
+    encoder = apprentice.adapter.encoder
+    own = _warm_start_state(encoder)
     differ = {
         k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
     }
@@ -535,4 +601,9 @@ def load_demo_encoder(apprentice: Apprentice, path: str) -> None:
             f"the demo encoder warm start {path} does not fit this apprentice (keys {sorted(state)} against "
             f"{sorted(own)}; shapes (file, apprentice) {differ}): make it with the same base and apprentice settings"
         )
-    conv.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    encoder.conv.load_state_dict({k: v for k, v in state.items() if not k.startswith("text_head.")})
+    if encoder.text_tokens:
+        encoder.text_head.load_state_dict(
+            {k.removeprefix("text_head."): v for k, v in state.items() if k in own and k.startswith("text_head.")}
+        )

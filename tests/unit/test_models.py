@@ -339,3 +339,57 @@ def test_a_loaded_apprentice_lists_its_gates_in_the_order_of_the_one_saved(tmp_p
     folder = str(tmp_path / "saved")
     save_apprentice(apprentice, folder)
     assert torch.equal(load_apprentice(folder).gates(), apprentice.gates())
+
+
+def test_text_tokens_join_the_text_per_row_train_their_head_warm_start_and_round_trip(tmp_path, demos):
+    """apprentice.text_tokens: the demo encoder's text head adds tokens (averaged over the demos) that join each
+    cross-attention layer's own text tokens; a row without demos is still the base, a row with them is not, even
+    with the branches' output projections at zero; the toy warm start trains the head and saves it."""
+    from core.toy import demo_encoder
+
+    apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2, zero_init="out", text_tokens=2)
+    base = bb.create_backbone("tiny", seed=0)
+    images, captions = [d[0] for d in demos], [d[1] for d in demos]
+    pixels, ids = bb.images_to_tensor(images), tokenize(apprentice.tokenizer, captions)
+    with torch.no_grad():
+        tokens = apprentice.encode_demos(pixels.unsqueeze(0).repeat(2, 1, 1, 1, 1), ids.unsqueeze(0).repeat(2, 1, 1))
+        assert tokens.shape == (2, 3 * (2 * 2 + 1) + 2, 64)
+        states = bb.encode_text(apprentice.backbone, ["a ball on sand"] * 2)
+        x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+        mixed = apprentice(x, t, states, tokens, torch.tensor([0.0, 1.0])).sample
+        reference = base.unet(x, t, encoder_hidden_states=states).sample
+    torch.testing.assert_close(mixed[0], reference[0], rtol=1e-5, atol=1e-5)
+    assert (mixed[1] - reference[1]).abs().max() > 1e-4  # the text tokens speak at once; the branches do not yet
+    batch = {
+        "image": pixels,
+        "input_ids": tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
+        "demo_images": pixels.unsqueeze(0).repeat(3, 1, 1, 1, 1),
+        "demo_ids": ids.unsqueeze(0).repeat(3, 1, 1),
+    }
+    ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0)).backward()
+    assert apprentice.adapter.encoder.text_head[0].weight.grad.abs().sum() > 0
+    # The warm start: the head regresses the text states of the identity spelled out.
+    train, test = tw.split_subjects(0, 0.2)
+    info = demo_encoder.pretrain(apprentice, train, test, steps=2, batch_size=8, eval_n=8, version=2)
+    assert info["steps"] == 2 and info["text_mse"] > 0 and info["text_mse_of_mean"] > 0
+    with pytest.raises(ValueError, match="text_tokens=40"):
+        demo_encoder.text_targets(apprentice.backbone, test[:2], 40)
+    ap.save_demo_encoder(apprentice, str(tmp_path / "warm.safetensors"))
+    fresh = ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2, zero_init="out", text_tokens=2)
+    ap.load_demo_encoder(fresh, str(tmp_path / "warm.safetensors"))
+    for mine, theirs in zip(
+        fresh.adapter.encoder.text_head.parameters(), apprentice.adapter.encoder.text_head.parameters()
+    ):
+        assert torch.equal(mine, theirs)
+    with pytest.raises(ValueError, match="does not fit this apprentice"):
+        ap.load_demo_encoder(
+            ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2), str(tmp_path / "warm.safetensors")
+        )
+    save_apprentice(apprentice.eval(), str(tmp_path / "saved"), {"note": "test"})
+    loaded = load_apprentice(str(tmp_path / "saved"))
+    assert loaded.adapter.config.text_tokens == 2
+    args = ("a ball on sand", images, captions)
+    assert np.array_equal(
+        ap.sample(apprentice, *args, num_inference_steps=3, seed=5),
+        ap.sample(loaded, *args, num_inference_steps=3, seed=5),
+    )
