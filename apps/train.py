@@ -60,18 +60,18 @@ def run(config: PipelineConfig) -> dict:
         )
     with result.checkpoint.as_directory() as folder:
         state = export(folder, config.paths.apprentice, acfg.export_ema)
-    losses = state["losses"]
+    losses, epochs = state["losses"], state["epochs"]
     k = max(1, len(losses) // 4)
     return {
         "stage": "train",
         "steps": state["step"],
         "finished": state["step"] >= acfg.steps,  # else apprentice.budget_s ended the run: run it again to go on
-        "epochs": len(state["epochs"]),
-        "g_rows_kept": state["epochs"][-1]["kept_rows"],
-        "passes_per_epoch": state["epochs"][-1]["passes"],
+        "epochs": len(epochs),  # none with apprentice.steps=0: the export is the starting apprentice
+        "g_rows_kept": epochs[-1]["kept_rows"] if epochs else None,
+        "passes_per_epoch": epochs[-1]["passes"] if epochs else None,
         "resumes": len(state["resumes"]),
-        "loss_first_quarter": sum(losses[:k]) / k,
-        "loss_last_quarter": sum(losses[-k:]) / k,
+        "loss_first_quarter": sum(losses[:k]) / k if losses else None,
+        "loss_last_quarter": sum(losses[-k:]) / k if losses else None,
         "max_abs_gate": max((abs(gate) for gate in state["gates"]), default=None),  # no gates with attention="joint"
         "final_metrics": {m: result.metrics.get(m) for m in ("loss", "lr", "samples_per_s")},
         "run_name": run_name,

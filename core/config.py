@@ -203,7 +203,7 @@ class ApprenticeConfig:
     num_cpus_per_worker: float = 1.0
     use_gpu: bool = False
     threads: int = 2  # torch threads per worker
-    steps: int = 300
+    steps: int = 300  # 0 exports the starting apprentice (the base with its warm start), for comparison
     batch_size: int = 8
     lr: float = 5e-4
     lr_new: float | None = None  # the new layers' (demo encoder, demo attention, gates) rate; None: `lr`

@@ -89,6 +89,36 @@ def test_training_lowered_the_loss_on_g_and_moved_the_gates(smoke):
     assert losses["trained"] < losses["start"], losses
 
 
+def test_zero_training_steps_export_the_apprentice_training_starts_from(smoke, tmp_path):
+    """apprentice.steps=0: the train stage exports the apprentice before any step on G (the base with its new layers
+    at their start), as a row to compare the trained one with; without demos it draws what the base draws."""
+    import dataclasses
+
+    import torch
+
+    from apps import train
+    from core.method import apprentice as ap
+    from core.models import sampling
+    from core.models.backbone import load_backbone
+    from core.pipelines.suti import load_apprentice
+
+    config, _ = smoke
+    start = str(tmp_path / "start")
+    summary = train.run(
+        dataclasses.replace(
+            config,
+            apprentice=dataclasses.replace(config.apprentice, steps=0),
+            paths=dataclasses.replace(config.paths, apprentice=start),
+        )
+    )
+    assert summary["steps"] == 0 and summary["epochs"] == 0 and summary["loss_last_quarter"] is None
+    apprentice = load_apprentice(start)
+    assert torch.equal(apprentice.gates(), torch.zeros_like(apprentice.gates()))  # the smoke run's gates moved
+    drawn = ap.sample(apprentice, "a ball on sand", [], [], num_images=2, num_inference_steps=4, seed=3)
+    base = load_backbone(storage.local_dir(config.paths.base))
+    assert np.array_equal(drawn, sampling.sample(base, ["a ball on sand"] * 2, num_inference_steps=4, seed=3))
+
+
 def test_evaluation_scores_the_oracle_near_the_maximum(smoke):
     config, summaries = smoke
     table = summaries["evaluate"]["table"]
