@@ -37,6 +37,7 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     ap = config.apprentice
     ap.demo_encoder_init = storage.absolute_uri(ap.demo_encoder_init) if ap.demo_encoder_init else None
     ap.init = storage.absolute_uri(ap.init) if ap.init else None
+    config.evaluate.apprentices = {k: storage.absolute_uri(v) for k, v in config.evaluate.apprentices.items()}
     if config.model.path and config.model.path.startswith("hf://"):  # a repo in the local Hugging Face cache
         from core.models.backbone import resolve_model_dir
 
