@@ -322,7 +322,10 @@ class DemoAdapter(ModelMixin, ConfigMixin):
         for name, proc in unet.attn_processors.items():
             base = getattr(proc, "base", proc)  # re-installing wraps the stock processor, not a wrapper
             key = _branch_key(name)
-            if name in layers and getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None):
+            if (
+                name in layers
+                and getattr(unet.get_submodule(name.removesuffix(".processor")), "add_k_proj", None) is not None
+            ):
                 raise ValueError(
                     f"attention='joint' and text_tokens need standard cross-attention; {name} is an added-KV layer "
                     "(IF): use attention='separate' and text_tokens=0"
@@ -605,5 +608,5 @@ def load_demo_encoder(apprentice: Apprentice, path: str) -> None:
     encoder.conv.load_state_dict({k: v for k, v in state.items() if not k.startswith("text_head.")})
     if encoder.text_tokens:
         encoder.text_head.load_state_dict(
-            {k.removeprefix("text_head."): v for k, v in state.items() if k in own and k.startswith("text_head.")}
+            {k.removeprefix("text_head."): v for k, v in state.items() if k.startswith("text_head.")}
         )

@@ -244,6 +244,17 @@ def test_apprentice_with_zero_output_projections_starts_as_the_base_and_learns_f
         ap.Apprentice(bb.create_backbone("tiny", seed=0), zero_init="both")
 
 
+def backward_on_demos(apprentice, pixels: torch.Tensor, ids: torch.Tensor) -> None:
+    """One training loss on the demos themselves as targets, each given all the demos; its gradients kept."""
+    batch = {
+        "image": pixels,
+        "input_ids": tokenize(apprentice.tokenizer, ["a ball on sand"] * len(pixels)),
+        "demo_images": pixels.unsqueeze(0).repeat(len(pixels), 1, 1, 1, 1),
+        "demo_ids": ids.unsqueeze(0).repeat(len(pixels), 1, 1),
+    }
+    ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0)).backward()
+
+
 def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_round_trips(tmp_path, demos):
     """attention="joint": demo tokens join the text tokens in each layer's own cross-attention (no new branches)."""
     apprentice = ap.Apprentice(bb.create_backbone("tiny", seed=0), demo_grid=2, attention="joint")
@@ -275,13 +286,7 @@ def test_joint_attention_apprentice_masks_demos_per_row_trains_its_encoder_and_r
         reference = base.unet(x, t, encoder_hidden_states=states).sample
     torch.testing.assert_close(mixed[0], reference[0], rtol=1e-5, atol=1e-5)
     assert (mixed[1] - reference[1]).abs().max() > 1e-4
-    batch = {
-        "image": pixels,
-        "input_ids": tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
-        "demo_images": pixels.unsqueeze(0).repeat(3, 1, 1, 1, 1),
-        "demo_ids": ids.unsqueeze(0).repeat(3, 1, 1),
-    }
-    ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0)).backward()
+    backward_on_demos(apprentice, pixels, ids)
     assert apprentice.adapter.encoder.conv[0].weight.grad.abs().sum() > 0
     save_apprentice(apprentice.eval(), str(tmp_path), {"note": "test"})
     loaded = load_apprentice(str(tmp_path))
@@ -360,13 +365,7 @@ def test_text_tokens_join_the_text_per_row_train_their_head_warm_start_and_round
         reference = base.unet(x, t, encoder_hidden_states=states).sample
     torch.testing.assert_close(mixed[0], reference[0], rtol=1e-5, atol=1e-5)
     assert (mixed[1] - reference[1]).abs().max() > 1e-4  # the text tokens speak at once; the branches do not yet
-    batch = {
-        "image": pixels,
-        "input_ids": tokenize(apprentice.tokenizer, ["a ball on sand"] * 3),
-        "demo_images": pixels.unsqueeze(0).repeat(3, 1, 1, 1, 1),
-        "demo_ids": ids.unsqueeze(0).repeat(3, 1, 1),
-    }
-    ap.training_loss(apprentice, batch, 0.0, 0.0, torch.Generator().manual_seed(0)).backward()
+    backward_on_demos(apprentice, pixels, ids)
     assert apprentice.adapter.encoder.text_head[0].weight.grad.abs().sum() > 0
     # The warm start: the head regresses the text states of the identity spelled out.
     train, test = tw.split_subjects(0, 0.2)
