@@ -146,7 +146,7 @@ def sweep_job(cfg: DictConfig) -> dict | None:
     }
 
 
-def stage_main(run):
+def stage_main(run, epilogue=None):
     """Turn `run(config: PipelineConfig) -> dict` into a Hydra app that prints the stage's summary.
 
     Under `-m` each job writes its own outputs (see `sweep_job`) and records its overrides in
@@ -164,17 +164,20 @@ def stage_main(run):
             storage.write_bytes(storage.join(config.paths.run, "sweep_job.json"), json.dumps(job, indent=1).encode())
         summary = run(config)
         print(json.dumps(summary, indent=1, default=str))
+        if epilogue is not None:  # what a person reads last, after the summary
+            epilogue(config, summary)
 
     return main
 
 
 def stage_summary(stdout: str) -> dict:
-    """The JSON summary a stage's `main` prints last, from its standard output ({} when it printed none)."""
+    """The JSON summary a stage's `main` prints, from its standard output: the last object that starts a line, with
+    whatever follows it ignored (the pipeline's closing table); {} when it printed none."""
     if "{" not in stdout:
         return {}
     start = stdout.rindex("\n{") + 1 if "\n{" in stdout else stdout.index("{")
     try:
-        return json.loads(stdout[start:])
+        return json.JSONDecoder().raw_decode(stdout[start:])[0]
     except ValueError:
         return {}
 

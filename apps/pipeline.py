@@ -16,6 +16,7 @@ from actors.cluster import ray_cluster
 from apps import demo_encoder, dreambench, evaluate, experts, mine, pretrain, readers, scorer, serve, train, world
 from apps.config import stage_main
 from core.config import PipelineConfig
+from core.data import storage
 
 STAGES = {
     "world": world.run,
@@ -60,7 +61,18 @@ def run(config: PipelineConfig) -> dict:
     return summaries
 
 
-main = stage_main(run)
+def closing(config: PipelineConfig, summaries: dict) -> None:
+    """The main job ends on screen with the evaluation table and where its grid is."""
+    if "evaluate" not in summaries:
+        return
+    table = storage.read_bytes(storage.join(config.paths.eval, "metrics.md")).decode()
+    print(
+        f"\n{table}\nThe grid (demos, then each row's image for every prompt): {config.paths.eval}/grid.png",
+        flush=True,
+    )
+
+
+main = stage_main(run, closing)
 
 if __name__ == "__main__":
     main()

@@ -130,3 +130,23 @@ def test_demo_encoder_app_makes_a_warm_start_that_a_new_apprentice_loads(tmp_pat
     save_file(other, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="does not fit this apprentice"):
         load_demo_encoder(fresh, str(tmp_path / "other.safetensors"))
+
+
+def test_the_main_job_ends_with_the_table_and_the_grid_and_its_summary_still_parses(tmp_path, capsys):
+    import json
+
+    from apps.config import compose, stage_summary
+    from apps.pipeline import closing
+    from core.data import storage
+
+    config = compose([f"paths.root={tmp_path}"])
+    storage.write_bytes(storage.join(config.paths.eval, "metrics.md"), b"| method | subject fidelity |\n")
+    summary = {"evaluate": {"stage": "evaluate", "out": config.paths.eval}}
+    print(json.dumps(summary, indent=1))
+    closing(config, summary)
+    out = capsys.readouterr().out
+    assert "| method | subject fidelity |" in out.split("\n}\n", 1)[1]  # after the summary
+    assert out.rstrip().endswith(f"{config.paths.eval}/grid.png")
+    assert stage_summary(out) == summary
+    closing(config, {"train": {"stage": "train"}})  # no evaluation: nothing more to say
+    assert capsys.readouterr().out == ""
