@@ -95,13 +95,16 @@ def pretrain(
         text = encoder.text_tokens_of(conv) if encoder.text_tokens else None
         return {k: h(feats) for k, h in heads.items()}, text
 
+    if encoder.text_tokens:  # the text encoder stays as it is here: each subject's target is computed once
+        targets = text_targets(backbone, train, encoder.text_tokens)
+        row = {subject: i for i, subject in enumerate(train)}
     start, losses = time.perf_counter(), []
     for _ in tqdm(range(steps), desc="demo encoder", mininterval=10):
         x, y, picks = _batch(train, rng, batch_size, backbone, apprentice.resolution, version)
         out, text = outputs(x)
         loss = sum(torch.nn.functional.cross_entropy(out[k], y[k]) for k in heads)
         if text is not None:
-            loss = loss + torch.nn.functional.mse_loss(text, text_targets(backbone, picks, encoder.text_tokens))
+            loss = loss + torch.nn.functional.mse_loss(text, targets[[row[p] for p in picks]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
