@@ -21,7 +21,8 @@ from actors.cluster import ray_cluster
 from apps import evaluate, experts, train
 from apps.config import stage_main
 from core.config import PipelineConfig
-from core.data import g, storage
+from core.data import g, schema, storage
+from core.toy import evaluation as toy_eval
 
 ROW = {"finetune": "apprentice", "raw": "raw-cluster apprentice", "oracle": "oracle-G apprentice"}
 
@@ -50,6 +51,18 @@ def with_kind(config: PipelineConfig, kind: str) -> PipelineConfig:
         expert=dataclasses.replace(config.expert, kind=kind),
         paths=dataclasses.replace(config.paths, g=g_uri, apprentice=apprentice),
     )
+
+
+def g_truth(config: PipelineConfig, g_uri: str) -> list[dict] | None:
+    """Each row of G checked by the toy attribute readers against the truth D_S holds (core.toy.evaluation.g_truth);
+    None where there are no readers (a real-world G has no truth to check)."""
+    if not config.paths.readers or not storage.exists(config.paths.readers):
+        return None
+    from core.toy.readers import load_readers
+
+    rows = g.read_table(g_uri, ["subject_id", "prompt_id", "prompt_skill", "image", "delta"]).to_pylist()
+    _, records = storage.iter_rows(config.paths.ds, schema.DS_SCHEMA, "paths.ds", "D_S")
+    return toy_eval.g_truth(rows, list(records), load_readers(storage.local_dir(config.paths.readers)))
 
 
 def sweep_lambda(config: PipelineConfig, stages: dict) -> dict:
@@ -89,12 +102,14 @@ def sweep_lambda(config: PipelineConfig, stages: dict) -> dict:
              for lam in trained}  # fmt: skip
     chosen = max(trained, key=lambda lam: score[lam])  # the first of equals
     rows = g.count_kept(cfg.paths.g, None)
+    truth = g_truth(config, cfg.paths.g)
     return {
         "steps": steps,
         "by_lambda": {
             f"lambda={lam}": {
                 "kept_rows": kept[f"lambda={lam}"],
                 "kept_share": round(kept[f"lambda={lam}"] / rows, 4) if rows else None,
+                "g_truth": toy_eval.kept_truth(truth, lam) if truth is not None else None,
                 "validation": table.get(f"lambda={lam}"),
                 "score": score.get(lam),
                 "apprentice": folders.get(f"lambda={lam}"),
@@ -127,6 +142,9 @@ def run(config: PipelineConfig) -> dict:
                     "kept": g.count_kept(cfg.paths.g, config.filter.min_delta),
                     "min_delta": config.filter.min_delta,
                 }
+                truth = g_truth(config, cfg.paths.g)
+                if truth is not None:
+                    g_sizes[kind]["g_truth"] = toy_eval.kept_truth(truth, config.filter.min_delta)
             check_finished(stages)
         except Unfinished as stopped:
             print(f"[study] apprentices stopped by apprentice.budget_s ({stopped}): run the study again to go on")
@@ -146,20 +164,33 @@ def run(config: PipelineConfig) -> dict:
     storage.write_bytes(
         storage.join(config.paths.eval, "study.json"), json.dumps(report, indent=1, default=str).encode()
     )
-    lines = ["| G | rows | kept |", "|---|---|---|"]
-    lines += [f"| {kind} | {s['rows']} | {s['kept']} (lambda {s['min_delta']}) |" for kind, s in g_sizes.items()]
+    lines = ["| G | rows | kept | kept rows' subject fidelity | their text fidelity |", "|---|---|---|---|---|"]
+    lines += [f"| {kind} | {s['rows']} | {s['kept']} (lambda {s['min_delta']}) | {truth_cells(s.get('g_truth'))} |"
+              for kind, s in g_sizes.items()]  # fmt: skip
     if sweep is not None:
         lines += ["", f"lambda chosen on validation subjects: {sweep['chosen']}", "",
-                  "| lambda | G rows kept | share | validation subject fidelity | validation text fidelity |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+                  ("| lambda | G rows kept | share | kept rows' subject fidelity | their text fidelity "
+                   "| validation subject fidelity | validation text fidelity |"),
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, row in sweep["by_lambda"].items():
             val = row["validation"]
             fidelity = f"{val['subject_fidelity']:.3f} | {val['text_fidelity']:.3f}" if val else "nothing kept | "
-            lines.append(f"| {name.split('=', 1)[1]} | {row['kept_rows']} | {row['kept_share']} | {fidelity} |")
+            lines.append(
+                f"| {name.split('=', 1)[1]} | {row['kept_rows']} | {row['kept_share']} "
+                f"| {truth_cells(row.get('g_truth'))} | {fidelity} |"
+            )
+        lines += ["", "(kept rows' fidelity: G's own images read by the toy attribute readers against the truth)"]
     markdown = "\n".join(lines) + "\n\n" + storage.read_bytes(storage.join(config.paths.eval, "metrics.md")).decode()
     storage.write_bytes(storage.join(config.paths.eval, "study.md"), markdown.encode())
     print(markdown)
     return {"stage": "study", "g": g_sizes, "lambda_sweep": sweep, "table": metrics["table"], "out": config.paths.eval}
+
+
+def truth_cells(truth: dict | None) -> str:
+    """Two table cells: the subject and text fidelity of a G's kept rows (blank without readers)."""
+    if not truth:
+        return " | "
+    return " | ".join("-" if truth[m] is None else f"{truth[m]:.3f}" for m in ("subject_fidelity", "text_fidelity"))
 
 
 main = stage_main(run)

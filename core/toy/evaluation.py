@@ -14,7 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.config import EvaluateConfig, WorldConfig
+from core.data.g import passes
 from core.data.images import from_png, to_png
+from core.method.expert import truth_subject
 from core.models.sampling import renoise, sample
 from core.models.scorer import Scorer
 from core.toy import readers as rd
@@ -315,3 +317,48 @@ def grid(records: list[dict], outputs: dict[str, list], scale: int = 3) -> Image
                 tile = Image.fromarray(img).resize((cell, cell), Image.NEAREST)
                 canvas.paste(tile, (text_w + c * (cell + 2), y))
     return canvas
+
+
+def g_truth(g_rows: list[dict], records: list[dict], reader) -> list[dict]:
+    """Each G row read by the attribute readers and checked against the truth its D_S record holds: per row its
+    `delta`, `skill`, `subject_fidelity` and `text_fidelity` (nan where a measure has nothing to check: a raw row's
+    caption asks for no scene). Rows of clusters with no known toy subject (impure ones) are left out.
+    `g_rows`: subject_id, prompt_id, prompt_skill, image (PNG) and delta; `records`: D_S rows."""
+    subjects, truths = {}, {}
+    for record in records:
+        if not record.get("subject_truth"):
+            continue
+        subjects[record["subject_id"]] = truth_subject(record)
+        for pid, truth in zip(record["prompt_ids"], record["prompt_truths"], strict=True):
+            truths[(record["subject_id"], pid)] = json.loads(truth)
+    known = [r for r in g_rows if r["subject_id"] in subjects]
+    out = []
+    for row, read in zip(known, rd.read(reader, [from_png(r["image"]) for r in known]), strict=True):
+        truth = truths.get((row["subject_id"], row["prompt_id"]), {})
+        out.append(
+            {
+                "delta": float(row["delta"]),
+                "skill": row["prompt_skill"],
+                "subject_fidelity": toyworld.subject_fidelity(read, subjects[row["subject_id"]], truth),
+                "text_fidelity": toyworld.text_fidelity(read, truth) if truth else float("nan"),
+            }
+        )
+    return out
+
+
+def kept_truth(rows: list[dict], min_delta: float | None) -> dict:
+    """`g_truth`'s rows that pass `min_delta` (None: all): how many, their mean subject and text fidelity, and
+    text fidelity per prompt skill: what an apprentice trained at that threshold imitates."""
+    kept = [r for r, ok in zip(rows, passes([r["delta"] for r in rows], min_delta), strict=True) if ok]
+
+    def mean(values: list[float]) -> float | None:
+        values = [v for v in values if not math.isnan(v)]
+        return round(float(np.mean(values)), 4) if values else None
+
+    skills = sorted({r["skill"] for r in kept})
+    return {
+        "rows": len(kept),
+        "subject_fidelity": mean([r["subject_fidelity"] for r in kept]),
+        "text_fidelity": mean([r["text_fidelity"] for r in kept]),
+        "text_by_skill": {s: mean([r["text_fidelity"] for r in kept if r["skill"] == s]) for s in skills},
+    }

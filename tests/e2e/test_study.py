@@ -26,6 +26,9 @@ def test_study_trains_an_apprentice_on_each_kind_of_g_and_tables_them_with_evalu
     assert sweep["chosen"] in (None, lam) and set(by) == {"lambda=None", f"lambda={lam}", "lambda=1.0"}
     assert by["lambda=None"]["kept_rows"] > by[f"lambda={lam}"]["kept_rows"] > 0 == by["lambda=1.0"]["kept_rows"]
     assert by["lambda=1.0"]["apprentice"] is None  # nothing kept: reported, not trained
+    truth = by[f"lambda={lam}"]["g_truth"]  # the kept rows read by the toy readers against the truth
+    assert 0 < truth["rows"] <= by[f"lambda={lam}"]["kept_rows"] and 0.0 <= truth["text_fidelity"] <= 1.0
+    assert by["lambda=1.0"]["g_truth"]["rows"] == 0
     validation = json.loads(storage.read_bytes(storage.join(config.paths.eval, "validation", "metrics.json")))
     assert set(validation["table"]) == {"lambda=None", f"lambda={lam}"}
     assert {"SuTI, lambda=None", f"SuTI, lambda={lam}"} <= set(out["table"])
@@ -47,7 +50,9 @@ def test_study_trains_an_apprentice_on_each_kind_of_g_and_tables_them_with_evalu
         assert state["step"] == config.apprentice.steps
     rows = set(metrics["table"])
     assert {"apprentice", "raw-cluster apprentice", "oracle-G apprentice", "apprentice, 0 demos"} <= rows
-    assert "oracle-G apprentice" in storage.read_bytes(storage.join(config.paths.eval, "study.md")).decode()
+    markdown = storage.read_bytes(storage.join(config.paths.eval, "study.md")).decode()
+    assert "oracle-G apprentice" in markdown and "kept rows' subject fidelity" in markdown
+    assert out["g"]["oracle"]["g_truth"]["text_fidelity"] >= 0.9  # true renders follow their prompts
     for kind in ("raw", "oracle"):
         trained = out["table"][{"raw": "raw-cluster apprentice", "oracle": "oracle-G apprentice"}[kind]]
         assert 0.0 <= trained["text_fidelity"] <= 1.0 and trained["images"] > 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.config import EvaluateConfig, ScorerConfig, WorldConfig
-from core.data.images import from_png
+from core.data.images import from_png, to_png
 from core.models.scorer import create_scorer
 from core.toy import evaluation
 from core.toy import world as tw
@@ -121,3 +121,28 @@ def test_readers_made_for_another_world_version_are_refused(tmp_path):
     check_readers_world(dataclasses.replace(config, world=WorldConfig(version=1)))
     (tmp_path / "info.json").write_text(json.dumps({"steps": 3}))  # says nothing: trusted
     check_readers_world(config)
+
+
+def test_g_truth_reads_each_kept_row_against_the_truth_of_its_subject_and_prompt():
+    """G's rows checked by the readers: true renders of each prompt follow it, a demo drawn back follows no edit or
+    style; a threshold that keeps only the true renders raises the kept rows' text fidelity; rows of a cluster with
+    no known subject are left out."""
+    records = evaluation.eval_set(WorldConfig(), EvaluateConfig(num_subjects=3, prompts_per_subject=4))
+    rows = []
+    for r in records:
+        for pid, skill, oracle in zip(r["prompt_ids"], r["prompt_skills"], r["oracle"], strict=True):
+            rows.append({"subject_id": r["subject_id"], "prompt_id": pid, "prompt_skill": skill,
+                         "image": to_png(oracle[0]), "delta": 0.1})  # fmt: skip
+            rows.append({"subject_id": r["subject_id"], "prompt_id": pid, "prompt_skill": skill,
+                         "image": r["demo_images"][0], "delta": -0.1})  # fmt: skip
+    impure = {**records[0], "subject_id": "impure", "subject_truth": None}
+    rows.append({**rows[0], "subject_id": "impure"})
+    checked = evaluation.g_truth(rows, [*records, impure], load_readers(READERS))
+    assert len(checked) == len(rows) - 1
+    every, kept = evaluation.kept_truth(checked, None), evaluation.kept_truth(checked, 0.0)
+    assert every["rows"] == len(checked) and kept["rows"] == len(checked) // 2
+    assert kept["text_fidelity"] >= 0.9 and kept["subject_fidelity"] >= 0.9
+    assert every["text_fidelity"] < kept["text_fidelity"] - 0.2
+    assert set(kept["text_by_skill"]) == {s for r in records for s in r["prompt_skills"]}
+    assert evaluation.kept_truth(checked, 1.0) == {"rows": 0, "subject_fidelity": None, "text_fidelity": None,
+                                                   "text_by_skill": {}}  # fmt: skip
