@@ -83,21 +83,10 @@ def g_rows(
     return rows
 
 
-def truth_subject(record: dict) -> toyworld.Subject:
-    """The toy subject a D_S record holds: its `subject_truth` (a whole subject from the evaluation set, or the
-    subject id that a pure mined cluster carries)."""
-    truth = json.loads(record.get("subject_truth") or "null")
-    if not truth:
-        raise ValueError(f"subject {record['subject_id']}: no known toy subject (an impure or real-world cluster)")
-    if set(truth) == {"subject_id"}:
-        return toyworld.Subject(*truth["subject_id"].split("-"))
-    return toyworld.Subject(**truth)
-
-
 def oracle_renders(record: dict, cfg: ExpertConfig, size: int, version: int) -> np.ndarray:
     """kind "oracle": for each prompt, `cfg.samples_per_prompt` true renders of the subject in a scene with what
     the prompt asks (its `prompt_truths`) and the rest drawn from world `version`, seeded by subject and prompt."""
-    subject = truth_subject(record)
+    subject = toyworld.truth_subject(record)
     out = []
     for pid, truth in zip(record["prompt_ids"], record["prompt_truths"], strict=True):
         rng = np.random.default_rng(seed_for(cfg.seed, record["subject_id"], pid))

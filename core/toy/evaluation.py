@@ -16,7 +16,6 @@ from PIL import Image, ImageDraw
 from core.config import EvaluateConfig, WorldConfig
 from core.data.g import passes
 from core.data.images import from_png, to_png
-from core.method.expert import truth_subject
 from core.models.sampling import renoise, sample
 from core.models.scorer import Scorer
 from core.toy import readers as rd
@@ -328,7 +327,7 @@ def g_truth(g_rows: list[dict], records: list[dict], reader) -> list[dict]:
     for record in records:
         if not record.get("subject_truth"):
             continue
-        subjects[record["subject_id"]] = truth_subject(record)
+        subjects[record["subject_id"]] = toyworld.truth_subject(record)
         for pid, truth in zip(record["prompt_ids"], record["prompt_truths"], strict=True):
             truths[(record["subject_id"], pid)] = json.loads(truth)
     known = [r for r in g_rows if r["subject_id"] in subjects]

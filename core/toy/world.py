@@ -461,3 +461,14 @@ def subject_to_json(subject: Subject) -> str:
 
 def subject_from_json(text: str) -> Subject:
     return Subject(**json.loads(text))
+
+
+def truth_subject(record: dict) -> Subject:
+    """The toy subject a D_S record holds: its `subject_truth` (a whole subject from the evaluation set, or the
+    subject id that a pure mined cluster carries)."""
+    truth = json.loads(record.get("subject_truth") or "null")
+    if not truth:
+        raise ValueError(f"subject {record['subject_id']}: no known toy subject (an impure or real-world cluster)")
+    if set(truth) == {"subject_id"}:
+        return Subject(*truth["subject_id"].split("-"))
+    return Subject(**truth)

@@ -10,11 +10,12 @@ import pytest
 from core.config import EvaluateConfig, ExpertConfig, ScorerConfig, WorldConfig
 from core.data import g
 from core.data.images import from_png
-from core.method.expert import Expert, truth_subject
+from core.method.expert import Expert
 from core.models.backbone import create_backbone
 from core.models.scorer import create_scorer
 from core.toy import world as tw
 from core.toy.evaluation import eval_set
+from core.toy.world import truth_subject
 
 PROVENANCE = {"base_checkpoint_hash": "b", "expert_config_hash": "e", "scorer_hash": "s"}
 
